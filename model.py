@@ -1,0 +1,420 @@
+"""
+The transformer: config, attention, dense MLP, MoE, block, GPT.
+
+Read top to bottom in the order data flows. Memory layers (PKM, UltraMem) live in memory.py and plug in
+beside the blocks (see GPT.forward); everything a comparison needs (parameter and FLOP counters, MFU,
+optimizer groups, KV-cache decoding) is here so that dense, MoE and memory models are measured alike.
+
+Positions: rotary by default (the authors' release is an OLMo fork, which uses RoPE; it costs no
+parameters, so dense/MoE/UltraMem counts are not skewed by a position table). `pos_emb="learned"` gives
+GPT-2's learned table, used by config/gpt2_small.py to compare like for like with nanoGPT.
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from memory import MemoryConfig
+
+
+@dataclass
+class GPTConfig(MemoryConfig):
+    # the memory-layer settings (memory = "none" | "pkm" | "ultramem", mem_*) are inherited from
+    # memory.MemoryConfig so that memory.py owns them; everything is one flat namespace for configs.
+    block_size: int = 1024  # longest sequence (training context and KV-cache limit)
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 0  # grouped-query attention: key/value heads; 0 means n_head (plain multi-head)
+    n_embd: int = 768
+    mlp_hidden: int = 0  # dense MLP inner width; 0 means 4 * n_embd
+    dropout: float = 0.0
+    bias: bool = False  # biases in linears and LayerNorms
+    pos_emb: str = "rope"  # "rope" | "learned"
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    tie_weights: bool = True
+    ffn: str = "dense"  # "dense" | "moe"
+    # MoE (ffn = "moe"): top-k routing over moe_num_experts experts of the dense MLP's shape
+    moe_num_experts: int = 32
+    moe_top_k: int = 2
+    moe_hidden: int = 0  # expert inner width; 0 means mlp_hidden
+    moe_renorm: bool = True  # renormalise the k chosen router weights to sum to 1
+    moe_aux_coef: float = 0.01  # Switch/GShard load-balancing loss coefficient
+    moe_z_coef: float = 0.0  # router z-loss coefficient (ST-MoE); 0 disables
+    moe_impl: str = "auto"  # "auto" (grouped on CUDA, loop on CPU) | "grouped" | "loop"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        if self.mlp_hidden == 0:
+            self.mlp_hidden = 4 * self.n_embd
+        if self.moe_hidden == 0:
+            self.moe_hidden = self.mlp_hidden
+        checks = [
+            (self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
+            (self.n_head % self.n_kv_head == 0, f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}"),
+            (self.pos_emb in ("rope", "learned"), f"pos_emb must be 'rope' or 'learned', got {self.pos_emb!r}"),
+            (self.pos_emb != "rope" or (self.n_embd // self.n_head) % 2 == 0, "rope needs an even head dimension"),
+            (self.ffn in ("dense", "moe"), f"ffn must be 'dense' or 'moe', got {self.ffn!r}"),
+            (0 < self.moe_top_k <= self.moe_num_experts, f"moe_top_k={self.moe_top_k} must be in 1..moe_num_experts={self.moe_num_experts}"),
+            (self.moe_impl in ("auto", "grouped", "loop"), f"moe_impl must be 'auto', 'grouped' or 'loop', got {self.moe_impl!r}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (min(self.block_size, self.vocab_size, self.n_layer, self.n_embd) > 0, "block_size, vocab_size, n_layer and n_embd must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        """Build from a flat dict (a training config or a checkpoint), ignoring keys that are not model settings."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------------------
+# attention
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (T, hd/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: (B, T, H, hd); cos, sin: (T, hd/2). Rotates the two halves of each head (GPT-NeoX layout).
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class KVCache(nn.Module):
+    """A static, preallocated key/value cache (gpt-fast style): decoding writes at input_pos in place."""
+
+    def __init__(self, batch_size: int, max_len: int, n_kv_head: int, head_dim: int, dtype: torch.dtype, device):
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # k, v: (B, KV, T, hd) written at positions input_pos (T,)
+        B = k.shape[0]
+        self.k[:B, :, input_pos] = k.to(self.k.dtype)
+        self.v[:B, :, input_pos] = v.to(self.v.dtype)
+        return self.k[:B], self.v[:B]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, input_pos: Tensor | None, mask: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
+        q, k, v = q.view(B, T, self.n_head, hd), k.view(B, T, self.n_kv_head, hd), v.view(B, T, self.n_kv_head, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+        if input_pos is None:  # training / full forward: causal flash attention over the sequence
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        else:  # cached decoding: attend over the whole static cache, masked to positions <= input_pos
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
+            if self.n_kv_head != self.n_head:
+                rep = self.n_head // self.n_kv_head
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+# ----------------------------------------------------------------------------------------------------
+# feed-forward: dense MLP and mixture of experts. Every feed-forward returns (output, aux losses).
+
+
+class MLP(nn.Module):
+    """The paper's dense MLP: two linears with a GeLU between."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x)))), {}
+
+
+class MoE(nn.Module):
+    """Dropless top-k mixture of experts (ffn = "moe"). Implemented in the MoE issue."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        raise ValueError("ffn='moe' is not implemented yet")
+
+
+# ----------------------------------------------------------------------------------------------------
+# block and model
+
+
+class Block(nn.Module):
+    """Pre-norm block. Returns the new residual stream and the normalised FFN input, which a memory
+    layer placed at this block reads (spec section 2: "block i's normalised FFN input")."""
+
+    def __init__(self, config: GPTConfig, has_ffn: bool = True):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        # a PKM memory can replace a block's MLP (mem_replace_ffn); the block then has no feed-forward
+        self.ffn = (MoE(config) if config.ffn == "moe" else MLP(config)) if has_ffn else None
+
+    def forward(self, x, rope, input_pos, mask) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        x = x + self.attn(self.ln_1(x), rope, input_pos, mask)
+        h = self.ln_2(x)
+        if self.ffn is None:
+            return x, h, {}
+        y, aux = self.ffn(h)
+        return x + y, h, aux
+
+
+def _add_aux(total: dict[str, Tensor], new: dict[str, Tensor]) -> None:
+    for k, v in new.items():
+        total[k] = total[k] + v if k in total else v
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        # memory units (memory.py): each reads block `src`'s normalised FFN input and adds its output to
+        # the residual stream right after block `dst`; `replaces_ffn` units take the place of src's MLP.
+        import memory
+
+        units = memory.build_memory_layers(config)  # list of memory.MemoryUnit
+        replaced = {u.src for u in units if u.replaces_ffn}
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config, has_ffn=i not in replaced) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        if config.pos_emb == "rope":
+            cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights()
+        # memory units initialise themselves (the paper's init differs from the dense layers')
+        self.memories = nn.ModuleList([u.module for u in units])
+        self.mem_src = [u.src for u in units]
+        self.mem_dst = [u.dst for u in units]
+        self.causal_mask: Tensor | None = None  # set by setup_caches
+
+    def _init_weights(self):
+        # GPT-2 init: N(0, init_std) everywhere, residual output projections scaled by 1/sqrt(2 * n_layer)
+        std = self.config.init_std
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(m.weight, mean=0.0, std=std * scale)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif hasattr(m, "reset_parameters") and m is not self and not isinstance(m, nn.LayerNorm):
+                # modules with their own init (MoE experts) apply it with the model's config
+                m.reset_parameters()
+
+    # ---------------------------------------------------------------------------------------------
+    def forward(self, idx: Tensor, targets: Tensor | None = None, input_pos: Tensor | None = None):
+        """idx (B, T) token ids. Training: targets (B, T), input_pos None. Cached decoding: input_pos (T,)
+        the absolute positions of idx (prefill: arange(T); one step: a single position).
+
+        Returns (logits (B, T, V), cross-entropy or None, aux) where aux maps names to weighted auxiliary
+        losses (MoE balance, Tucker core); the training objective is ce + sum(aux.values())."""
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device) if input_pos is None else input_pos
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(pos)
+        x = self.drop(x)
+        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.wpe is None else None
+        mask = self.causal_mask[None, None, input_pos] if input_pos is not None else None
+        aux: dict[str, Tensor] = {}
+        pending: dict[int, Tensor] = {}  # block index -> memory output waiting to be added after it
+        for i, block in enumerate(self.blocks):
+            x, h, a = block(x, rope, input_pos, mask)
+            _add_aux(aux, a)
+            for mem, src, dst in zip(self.memories, self.mem_src, self.mem_dst):
+                if src == i:
+                    y, a = mem(h, input_pos)
+                    _add_aux(aux, a)
+                    pending[dst] = pending[dst] + y if dst in pending else y
+            if i in pending:
+                x = x + pending.pop(i)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        return logits, loss, aux
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute derived, non-trainable state of submodules (e.g. UltraMem's rank-1 TDQKR selection
+        vectors). The training loop calls this once per optimizer step, and before evaluation and decoding."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "refresh"):
+                m.refresh()
+
+    # ---------------------------------------------------------------------------------------------
+    # counters: the paper's Table 1 columns (total / activated parameters, forward GFLOPs per token) and MFU
+
+    def _module_counts(self) -> tuple[int, int, float]:
+        """(total params, activated params per token, forward matmul FLOPs per token). Modules with sparse
+        activation (MoE, memory layers) report their own numbers through activated_params() and
+        flops_per_token(); everything else counts every parameter as activated and 2 FLOPs per weight of a
+        linear (a tied input embedding is counted once, as the lm_head's matmul; lookups cost no FLOPs)."""
+        total = sum(p.numel() for p in self.parameters())
+        activated, flops, seen = 0, 0.0, set()
+
+        def visit(m: nn.Module):
+            nonlocal activated, flops
+            if m is not self and hasattr(m, "activated_params") and hasattr(m, "flops_per_token"):
+                activated += m.activated_params()
+                flops += m.flops_per_token()
+                seen.update(id(p) for p in m.parameters())
+                return
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    activated += p.numel()
+            if isinstance(m, nn.Linear):
+                flops += 2 * m.in_features * m.out_features
+            for c in m.children():
+                visit(c)
+
+        visit(self)
+        return total, activated, flops
+
+    def num_params(self, activated: bool = False) -> int:
+        total, act, _ = self._module_counts()
+        return act if activated else total
+
+    def flops_per_token(self, with_attention: bool = False, seq_len: int | None = None) -> float:
+        """Forward FLOPs per token. Without attention it is the paper's Table 1 column (2 x activated
+        matmul parameters); with_attention adds the score and weighted-sum products at context seq_len."""
+        flops = self._module_counts()[2]
+        if with_attention:
+            cfg = self.config
+            flops += 4 * cfg.n_layer * cfg.n_embd * (seq_len or cfg.block_size)
+        return flops
+
+    def train_flops_per_token(self, seq_len: int | None = None) -> float:
+        """Forward + backward FLOPs per token (3x forward; PaLM / nanoGPT's count, attention included)."""
+        return 3 * self.flops_per_token(with_attention=True, seq_len=seq_len)
+
+    def estimate_mfu(self, tokens_per_sec: float, peak_flops: float, seq_len: int | None = None) -> float:
+        return tokens_per_sec * self.train_flops_per_token(seq_len) / peak_flops
+
+    # ---------------------------------------------------------------------------------------------
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups. Matrices decay, vectors (norms, biases) do not. A module can tag its
+        parameters through param_tags() -> {local name: {"weight_decay": bool, "lr_mult": (start, end)}};
+        lr_mult is a learning-rate multiplier that decays linearly from start to end over training and is
+        composed with the usual schedule by train.py (UltraMem's value learning rate, spec 7.2)."""
+        tags = {}
+        for mname, m in self.named_modules():
+            if hasattr(m, "param_tags"):
+                for pname, tag in m.param_tags().items():
+                    tags[f"{mname}.{pname}" if mname else pname] = tag
+        groups: dict[tuple, list] = {}
+        names: dict[tuple, list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            tag = tags.get(name, {})
+            key = (bool(tag.get("weight_decay", p.dim() >= 2)), tuple(tag.get("lr_mult", (1.0, 1.0))))
+            groups.setdefault(key, []).append(p)
+            names.setdefault(key, []).append(name)
+        return [
+            dict(params=ps, weight_decay=weight_decay if wd else 0.0, lr_mult_start=float(lm[0]),
+                 lr_mult_end=float(lm[1]), names=names[(wd, lm)])
+            for (wd, lm), ps in groups.items()
+        ]
+
+    # ---------------------------------------------------------------------------------------------
+    # decoding with a static KV cache (prefill, then one-token steps)
+
+    def setup_caches(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> None:
+        if max_len > self.config.block_size:
+            raise ValueError(f"cache length {max_len} exceeds block_size {self.config.block_size}")
+        dtype = dtype or self.lm_head.weight.dtype
+        device = self.lm_head.weight.device
+        for block in self.blocks:
+            a = block.attn
+            a.kv_cache = KVCache(batch_size, max_len, a.n_kv_head, a.head_dim, dtype, device)
+        for m in self.memories:
+            if hasattr(m, "setup_cache"):
+                m.setup_cache(batch_size, max_len, dtype, device)
+        self.causal_mask = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 decode_step=None) -> Tensor:
+        """Prefill the prompt idx (B, T) into the KV cache, then decode one token per step. decode_step
+        may be a compiled version of decode_one_token (sample.py compiles it with fullgraph=True)."""
+        B, T = idx.shape
+        total = T + max_new_tokens
+        if total > self.config.block_size:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds block_size {self.config.block_size}")
+        self.refresh()
+        self.setup_caches(B, total)
+        step = decode_step or decode_one_token
+        out = torch.empty(B, total, dtype=torch.long, device=idx.device)
+        out[:, :T] = idx
+        input_pos = torch.arange(T, device=idx.device)
+        logits = self(idx, input_pos=input_pos)[0]
+        nxt = sample_logits(logits[:, -1], temperature, top_k)
+        out[:, T] = nxt
+        for t in range(T, total - 1):
+            nxt = step(self, nxt[:, None], torch.tensor([t], device=idx.device), temperature, top_k)
+            out[:, t + 1] = nxt
+        return out
+
+
+def sample_logits(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    """logits (B, V) -> next token (B,). temperature 0 is greedy. Sampling uses the exponential-race
+    trick (argmax of p / Exp(1)), which compiles without a graph break unlike torch.multinomial."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+
+
+def decode_one_token(model: GPT, idx: Tensor, input_pos: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    """One cached decoding step: idx (B, 1) at position input_pos (1,) -> next token (B,)."""
+    logits = model(idx, input_pos=input_pos)[0]
+    return sample_logits(logits[:, -1], temperature, top_k)
