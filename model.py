@@ -64,6 +64,9 @@ class GPTConfig(MemoryConfig):
             (self.ffn in ("dense", "moe"), f"ffn must be 'dense' or 'moe', got {self.ffn!r}"),
             (0 < self.moe_top_k <= self.moe_num_experts, f"moe_top_k={self.moe_top_k} must be in 1..moe_num_experts={self.moe_num_experts}"),
             (self.moe_impl in ("auto", "grouped", "loop"), f"moe_impl must be 'auto', 'grouped' or 'loop', got {self.moe_impl!r}"),
+            (self.ffn != "moe" or not self.bias, "MoE experts have no biases: use bias=False with ffn='moe'"),
+            (self.ffn != "moe" or self.moe_impl == "loop" or (self.n_embd % 8 == 0 and self.moe_hidden % 8 == 0),
+             f"grouped MoE needs n_embd={self.n_embd} and moe_hidden={self.moe_hidden} to be multiples of 8 (16-byte bf16 rows)"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (min(self.block_size, self.vocab_size, self.n_layer, self.n_embd) > 0, "block_size, vocab_size, n_layer and n_embd must be positive"),
         ]
@@ -164,12 +167,100 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x)))), {}
 
 
+def moe_route(logits: Tensor, k: int, renorm: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Router logits (N, E), fp32 -> (probs (N, E), top-k weights (N, k), top-k expert ids (N, k))."""
+    probs = logits.softmax(dim=-1)
+    weights, experts = probs.topk(k, dim=-1)
+    if renorm:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return probs, weights, experts
+
+
+def moe_experts_loop(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+    """Reference experts: a Python loop over experts with boolean masks. x (N, D), w_fc (E, D, F),
+    w_proj (E, F, D), weights / experts (N, k) -> (N, D) in fp32. Eager only (data-dependent shapes)."""
+    y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in range(w_fc.shape[0]):
+        tok, slot = (experts == e).nonzero(as_tuple=True)  # the tokens routed to e, and in which of k slots
+        h = F.gelu(x[tok] @ w_fc[e]) @ w_proj[e]  # (n_e, D)
+        y.index_add_(0, tok, h.float() * weights[tok, slot, None])
+    return y
+
+
+def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+    """Dropless grouped experts: the N*k token-slots sorted by expert, one torch._grouped_mm per projection,
+    then un-permuted and summed with the router weights. Same signature and result as moe_experts_loop;
+    no Python loop over experts, no host synchronisation, static shapes (compiles with fullgraph=True and
+    captures in a CUDA graph). Empty groups are zero-row problems: the kernel has no tile for them, so an
+    expert that no token chose is not read. Runs in bf16 on every device: on CUDA only bf16 takes the
+    grouped kernel (CUTLASS, sm90/sm100; other dtypes fall back to a per-expert loop that syncs with the
+    host) and torch.compile's shape function accepts only bf16. A model held in bf16 (decoding) casts
+    nothing; fp32 weights (training under autocast) are cast once per step, as autocast casts a linear's."""
+    N, k = experts.shape
+    E = w_fc.shape[0]
+    dt = torch.bfloat16
+    flat = experts.reshape(-1)  # (N*k,) expert of each token-slot, slot j of token t at t*k + j
+    sorted_e, order = flat.sort(stable=True)  # (N*k,)
+    # offs[e] = rows of experts 0..e: the int32 cumulative row ends _grouped_mm takes; offs[-1] = N*k
+    offs = torch.searchsorted(sorted_e, torch.arange(E, device=x.device), right=True).to(torch.int32)  # (E,)
+    xs = x.to(dt).index_select(0, order // k)  # (N*k, D) token rows in expert order
+    h = F.gelu(torch._grouped_mm(xs, w_fc.to(dt), offs=offs))  # (N*k, F)
+    ys = torch._grouped_mm(h, w_proj.to(dt), offs=offs)  # (N*k, D)
+    inv = torch.empty_like(order).scatter_(0, order, torch.arange(N * k, device=x.device))  # slot -> sorted row
+    ys = ys.index_select(0, inv).view(N, k, -1)  # (N, k, D) back in token order
+    return (ys.float() * weights.unsqueeze(-1)).sum(dim=1)  # (N, D) weighted sum of each token's k experts
+
+
 class MoE(nn.Module):
-    """Dropless top-k mixture of experts (ffn = "moe"). Implemented in the MoE issue."""
+    """Dropless top-k mixture of experts (ffn = "moe"): a linear router (softmax in fp32, top-k, optional
+    renormalisation of the k weights) over moe_num_experts experts of the dense MLP's shape (two linears
+    with a GeLU between, no biases), plus the Switch/GShard load-balancing loss and an optional router
+    z-loss. Expert weights are stacked: w_fc (E, D, F), w_proj (E, F, D)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        raise ValueError("ffn='moe' is not implemented yet")
+        E, D, Fh = config.moe_num_experts, config.n_embd, config.moe_hidden
+        self.n_experts, self.top_k, self.renorm = E, config.moe_top_k, config.moe_renorm
+        self.aux_coef, self.z_coef, self.impl = config.moe_aux_coef, config.moe_z_coef, config.moe_impl
+        self.init_std, self.n_layer = config.init_std, config.n_layer
+        self.router = nn.Linear(D, E, bias=False)
+        self.w_fc = nn.Parameter(torch.empty(E, D, Fh))
+        self.w_proj = nn.Parameter(torch.empty(E, Fh, D))
+        self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # as the dense MLP: N(0, init_std), the residual output projection scaled by 1/sqrt(2 * n_layer)
+        nn.init.normal_(self.router.weight, std=self.init_std)
+        nn.init.normal_(self.w_fc, std=self.init_std)
+        nn.init.normal_(self.w_proj, std=self.init_std / math.sqrt(2 * self.n_layer))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        B, T, D = x.shape
+        xf = x.reshape(B * T, D)  # (N, D)
+        with torch.autocast(x.device.type, enabled=False):  # routing in fp32
+            logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
+        probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
+        impl = self.impl if self.impl != "auto" else ("grouped" if x.is_cuda else "loop")
+        run = moe_experts_grouped if impl == "grouped" else moe_experts_loop
+        y = run(xf, self.w_fc, self.w_proj, weights, experts).to(x.dtype).view(B, T, D)
+        # Switch/GShard balance: E * sum_e f_e P_e, f_e = share of the N*k token-slots routed to e (no
+        # gradient), P_e = mean router probability of e. Uniform routing gives 1 (balanced), skewed more.
+        counts = torch.zeros(self.n_experts, device=x.device).scatter_add_(
+            0, experts.reshape(-1), torch.ones(experts.numel(), device=x.device))  # (E,)
+        f = counts / experts.numel()
+        aux = {"moe_balance": self.aux_coef * self.n_experts * (f * probs.mean(dim=0)).sum()}
+        if self.z_coef > 0:  # ST-MoE router z-loss: mean logsumexp(logits)^2
+            aux["moe_z"] = self.z_coef * logits.logsumexp(dim=-1).square().mean()
+        return self.dropout(y), aux
+
+    def activated_params(self) -> int:
+        """Per token: the router and k experts."""
+        return self.router.weight.numel() + self.top_k * (self.w_fc[0].numel() + self.w_proj[0].numel())
+
+    def flops_per_token(self) -> float:
+        """Forward matmul FLOPs per token: the router and k experts' two projections (2 per weight)."""
+        return 2.0 * self.activated_params()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,7 +365,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss, aux
 
     @torch.no_grad()
@@ -379,9 +470,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 decode_step=None) -> Tensor:
+                 decode_step=None, vocab_limit: int | None = None) -> Tensor:
         """Prefill the prompt idx (B, T) into the KV cache, then decode one token per step. decode_step
-        may be a compiled version of decode_one_token (sample.py compiles it with fullgraph=True)."""
+        may be a compiled version of decode_one_token (sample.py compiles it with fullgraph=True).
+        vocab_limit: sample only ids below it (the tokenizer's vocabulary, not the padded one)."""
         B, T = idx.shape
         total = T + max_new_tokens
         if total > self.config.block_size:
@@ -393,10 +485,10 @@ class GPT(nn.Module):
         out[:, :T] = idx
         input_pos = torch.arange(T, device=idx.device)
         logits = self(idx, input_pos=input_pos)[0]
-        nxt = sample_logits(logits[:, -1], temperature, top_k)
+        nxt = sample_logits(logits[:, -1, :vocab_limit], temperature, top_k)
         out[:, T] = nxt
         for t in range(T, total - 1):
-            nxt = step(self, nxt[:, None], torch.tensor([t], device=idx.device), temperature, top_k)
+            nxt = step(self, nxt[:, None], torch.tensor([t], device=idx.device), temperature, top_k, vocab_limit)
             out[:, t + 1] = nxt
         return out
 
@@ -414,7 +506,8 @@ def sample_logits(logits: Tensor, temperature: float, top_k: int | None) -> Tens
     return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
 
 
-def decode_one_token(model: GPT, idx: Tensor, input_pos: Tensor, temperature: float, top_k: int | None) -> Tensor:
+def decode_one_token(model: GPT, idx: Tensor, input_pos: Tensor, temperature: float, top_k: int | None,
+                     vocab_limit: int | None = None) -> Tensor:
     """One cached decoding step: idx (B, 1) at position input_pos (1,) -> next token (B,)."""
     logits = model(idx, input_pos=input_pos)[0]
-    return sample_logits(logits[:, -1], temperature, top_k)
+    return sample_logits(logits[:, -1, :vocab_limit], temperature, top_k)

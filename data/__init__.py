@@ -1,0 +1,1 @@
+"""Datasets: the format and readers in data/common.py, preparers in data/prepare.py and data/*/prepare.py."""

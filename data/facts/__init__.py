@@ -1,0 +1,1 @@
+"""The synthetic facts dataset (data/facts/prepare.py)."""

@@ -1,0 +1,29 @@
+"""Summarise a run's metrics.jsonl: median tokens/s and MFU after the warm-up records, last losses.
+
+    python scripts/metrics_summary.py out/dense_151m [--skip=3]
+"""
+
+import json
+import statistics
+import sys
+
+
+def summary(out_dir: str, skip: int = 3) -> dict:
+    with open(f"{out_dir}/metrics.jsonl") as f:
+        recs = [json.loads(line) for line in f]
+    train = [r for r in recs if "tokens_per_sec" in r][skip:]  # the first records include compilation
+    evals = [r for r in recs if "val_loss" in r]
+    return {
+        "out_dir": out_dir,
+        "steps": recs[-1]["step"],
+        "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train) if train else None,
+        "mfu": statistics.median(r["mfu"] for r in train) if train else None,
+        "last_loss": [r["loss"] for r in recs if "loss" in r][-1],
+        "val_loss": [(r["step"], round(r["val_loss"], 4)) for r in evals],
+        "peak_mem_gb": max((r.get("peak_mem_gb", 0) for r in evals), default=None),
+    }
+
+
+if __name__ == "__main__":
+    skip = int(next((a.split("=")[1] for a in sys.argv[2:] if a.startswith("--skip=")), 3))
+    print(json.dumps(summary(sys.argv[1], skip)))

@@ -1,0 +1,142 @@
+"""train.py and sample.py end to end, as subprocesses on the CPU with a tiny model on the facts dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--batch_size=8", "--eval_iters=2",
+        "--progress=False", "--device=cpu", "--compile=False"]
+
+
+def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
+    assert "Traceback" not in p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def losses(out_dir) -> list[float]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("facts")
+    run("data/facts/prepare.py", f"--out_dir={d}", "--n_people=200")
+    return str(d)
+
+
+def train(data_dir, out_dir, *args, check=True):
+    return run("train.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}", *TINY, *args, check=check)
+
+
+def test_loss_falls_within_100_steps(data_dir, tmp_path):
+    train(data_dir, tmp_path, "--max_iters=100", "--log_interval=10", "--eval_interval=100", "--learning_rate=3e-3")
+    ls = losses(tmp_path)
+    assert len(ls) == 10
+    assert ls[-1] < ls[0] - 1.0, ls  # from ~ln(vocab) towards the character statistics and beyond
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        val = [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r]
+    assert len(val) == 1 and val[0] < ls[0] - 1.0
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+    common = ["--max_iters=12", "--log_interval=1", "--eval_interval=4", "--dropout=0.1", "--learning_rate=3e-3"]
+    straight, paused = tmp_path / "straight", tmp_path / "paused"
+    train(data_dir, straight, *common)
+    train(data_dir, paused, *common, "--stop_iter=6")
+    assert len(losses(paused)) == 6
+    train(data_dir, paused, *common, "--init_from=resume")
+    assert losses(paused) == losses(straight)  # bit for bit: weights, optimizer, RNG and data position restored
+
+
+def test_checkpoint_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
+    import train as train_mod
+
+    path = str(tmp_path / "ckpt.pt")
+    train_mod.save_checkpoint({"model": {}, "model_args": {}, "step": 1}, path)
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.save_checkpoint({"model": {}, "model_args": {}, "step": 2}, path)
+    monkeypatch.undo()
+    assert train_mod.load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
+
+
+def test_bad_inputs_fail_with_one_line(data_dir, tmp_path):
+    one_line_error(run("train.py", "--data_dir=/nonexistent/dir", *TINY, check=False), 1, "/nonexistent/dir")
+    one_line_error(run("train.py", "config/no_such_config.py", check=False), 2, "no_such_config.py")
+    one_line_error(run("train.py", "--n_layers=3", check=False), 2, "n_layer")
+    one_line_error(run("train.py", "--batch_size=abc", check=False), 2, "batch_size", "int")
+    one_line_error(train(data_dir, tmp_path, "--n_embd=65", check=False), 1, "n_embd")
+    one_line_error(train(data_dir, tmp_path / "none", "--init_from=resume", check=False), 1, "no checkpoint")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "ckpt.pt").write_bytes(b"\x80\x02not a checkpoint")
+    one_line_error(train(data_dir, corrupt, "--init_from=resume", check=False), 1, "corrupt")
+    one_line_error(run("sample.py", f"--out_dir={corrupt}", check=False), 1, "corrupt")
+
+
+def test_existing_checkpoint_is_not_overwritten_and_nan_stops(data_dir, tmp_path):
+    train(data_dir, tmp_path, "--max_iters=4", "--eval_interval=4")
+    ckpt = tmp_path / "ckpt.pt"
+    before = ckpt.read_bytes()
+    one_line_error(train(data_dir, tmp_path, "--max_iters=4", check=False), 1, "--init_from=resume")
+    # a learning rate this large makes the loss non-finite within a few steps: the run must stop and
+    # leave the last good checkpoint as it was
+    p = train(data_dir, tmp_path, "--max_iters=8", "--eval_interval=8", "--log_interval=1", "--learning_rate=1e30",
+              "--grad_clip=0", "--init_from=resume", check=False)
+    one_line_error(p, 1, "non-finite")
+    assert ckpt.read_bytes() == before
+
+
+def test_sample_from_checkpoint(data_dir, tmp_path):
+    train(data_dir, tmp_path, "--max_iters=2", "--eval_interval=2")
+    p = run("sample.py", f"--out_dir={tmp_path}", "--start=The", "--num_samples=2", "--max_new_tokens=10",
+            "--device=cpu", "--compile=False")
+    samples = p.stdout.split("-" * 60 + "\n")[1:]  # the effective config, then a rule before each sample
+    assert len(samples) == 2 and all(s.strip().startswith("The") for s in samples)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Alia")
+    p = run("sample.py", f"--out_dir={tmp_path}", f"--start=FILE:{prompt}", "--num_samples=1",
+            "--max_new_tokens=5", "--device=cpu", "--compile=False", "--temperature=0")
+    assert p.stdout.split("-" * 60 + "\n")[1].startswith("Alia")
+    one_line_error(run("sample.py", f"--out_dir={tmp_path}", "--start=FILE:/no/such/prompt", check=False), 1, "prompt file")
+    one_line_error(run("sample.py", f"--out_dir={tmp_path / 'nothing'}", check=False), 1, "no checkpoint")
+
+
+def test_ddp_matches_single_process(data_dir, tmp_path):
+    """torchrun with 2 CPU ranks (gloo) and the single process with grad_accum=2 see the same global batches,
+    so their losses agree up to the order of floating-point sums."""
+    args = ["--max_iters=6", "--log_interval=1", "--eval_interval=6", "--learning_rate=3e-3"]
+    train(data_dir, tmp_path / "single", *args, "--grad_accum=2")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "train.py"), f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'ddp'}",
+                        *TINY, *args, "--grad_accum=1"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "rank 0/2" in p.stdout and "rank 1/2" in p.stdout
+    single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert len(ddp) == 6
+    assert single == pytest.approx(ddp, rel=1e-4, abs=1e-4)
