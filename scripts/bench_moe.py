@@ -1,0 +1,132 @@
+"""GPU measurements for the MoE baseline (run from the repo root: python scripts/bench_moe.py [--compile]).
+
+1. Decode latency of one MoE layer of MoE-1.6B-2in34 (D 2048, 34 experts of 4864, top-2, bf16), at 1..512
+   tokens, replayed as a CUDA graph, against its HBM floor (bytes of the distinct experts the batch touches,
+   at the measured read rate). A stack of LAYERS independent layers is timed so that L2 (50 MB) cannot hold
+   the experts between replays; the time per layer is reported.
+2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
+"""
+import sys
+import time
+
+import torch
+
+from model import GPTConfig, MoE
+
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+small = dev == "cpu"  # a dry run of the logic on a CPU, with tiny shapes
+D, E, Fh, K = (64, 34, 96, 2) if small else (2048, 34, 4864, 2)
+LAYERS = 2 if small else 8
+COMPILE = "--compile" in sys.argv
+torch.manual_seed(0)
+
+
+def time_fn(fn, iters: int = 50) -> float:
+    """Seconds per call of fn, captured in a CUDA graph (as decoding runs), median of 3 timings."""
+    if dev == "cpu":
+        fn()
+        t = time.perf_counter()
+        for _ in range(3):
+            fn()
+        return (time.perf_counter() - t) / 3
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(3):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(iters):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / iters / 1e3)
+    return sorted(times)[1]
+
+
+# --- HBM read rate: a reduction over 2 GiB ---------------------------------------------------------
+big = torch.randn(2**20 if small else 2**30, device=dev, dtype=torch.bfloat16)
+bw = big.numel() * 2 / time_fn(lambda: big.sum(dtype=torch.float32))
+print(f"device {torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'}; read rate {bw / 1e12:.2f} TB/s")
+del big
+
+# --- 1. decode latency of one MoE layer -----------------------------------------------------------------
+cfg = GPTConfig(n_layer=30, n_head=16, n_embd=D, ffn="moe", moe_num_experts=E, moe_top_k=K, moe_hidden=Fh,
+                moe_impl="grouped", moe_z_coef=0.001)
+with torch.device(dev):  # initialise on the device (a layer is 0.68B weights)
+    layers = [MoE(cfg).to(torch.bfloat16).eval() for _ in range(LAYERS)]
+expert_bytes = 2 * D * Fh * 2
+router_bytes = E * D * 2
+
+
+def stack(xs):
+    return [m(x)[0] for m, x in zip(layers, xs)]
+
+
+step = torch.compile(stack, fullgraph=True) if COMPILE else stack
+print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per expert, "
+      f"{E * expert_bytes / 1e9:.3f} GB per layer; {'compiled' if COMPILE else 'eager'} ops in a CUDA graph")
+print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} {'all-expert floor':>16}")
+with torch.no_grad():
+    for B in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]:
+        xs = [torch.randn(B, 1, D, device=dev, dtype=torch.bfloat16) for _ in layers]
+        hit = sum(len(torch.unique((x[:, 0].float() @ m.router.weight.float().T).topk(K, -1).indices))
+                  for m, x in zip(layers, xs)) / LAYERS
+        expected = E * (1 - (1 - K / E) ** B)
+        t = time_fn(lambda: step(xs)) / LAYERS
+        floor = (hit * expert_bytes + router_bytes) / bw
+        print(f"{B:6d} {hit:11.1f} {expected:7.1f} {t * 1e6:9.1f} {floor * 1e6:9.1f} {t / floor:8.2f} "
+              f"{E * expert_bytes / bw * 1e6:16.1f}")
+
+# --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------
+# 64 rows: all in group 0 (33 empty groups) vs 2 per group in 32 groups. If empty groups are skipped, the
+# first reads 1/32 of the weights of the second and should be far faster (about 32x at the HBM floor).
+w = [torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]  # one layer's w_fc each
+x = torch.randn(64, D, device=dev, dtype=torch.bfloat16)
+one = torch.full((E,), 64, device=dev, dtype=torch.int32)
+spread = torch.clamp(torch.arange(1, E + 1, device=dev) * 2, max=64).to(torch.int32)
+for name, offs in [("1 group of 64 rows", one), ("32 groups of 2 rows", spread)]:
+    t = time_fn(lambda: [torch._grouped_mm(x, wi, offs=offs) for wi in w]) / LAYERS
+    groups = int((torch.diff(offs, prepend=offs.new_zeros(1)) > 0).sum())
+    print(f"_grouped_mm {name}: {t * 1e6:.1f} us; floor if only non-empty groups are read "
+          f"{groups * D * Fh * 2 / bw * 1e6:.1f} us, if all are read {E * D * Fh * 2 / bw * 1e6:.1f} us")
+
+# --- 3. a training step has no host synchronisation, and grouped == loop on the GPU ----------------------
+if dev == "cuda":
+    del layers, w
+    with torch.device(dev):
+        m = MoE(cfg)  # fp32 weights under bf16 autocast, as train.py runs
+    x = torch.randn(8, 512, D, device=dev, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # raises on any device-to-host synchronisation
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, aux = m(x)
+        loss = y.float().square().mean() + sum(aux.values())
+    loss.backward()
+    torch.cuda.set_sync_debug_mode(0)
+    print("grouped forward+backward: no host synchronisation")
+    g_grouped = m.w_fc.grad.clone()
+    m.zero_grad()
+    m.impl = "loop"
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y_loop, aux = m(x)
+        (y_loop.float().square().mean() + sum(aux.values())).backward()
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    print(f"grouped vs loop: output rel. err {rel(y, y_loop):.2e}, w_fc grad rel. err {rel(g_grouped, m.w_fc.grad):.2e}")
+    # empty groups must get exactly zero weight gradient (not stale memory), also on a recycled allocation
+    for trial in range(3):
+        wg = torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        xg = torch.randn(64, D, device=dev, dtype=torch.bfloat16)
+        offs = torch.tensor([32] + [64] * (E - 1), device=dev, dtype=torch.int32)  # groups 0 and 1 only
+        torch._grouped_mm(xg, wg, offs=offs).backward(torch.randn(64, Fh, device=dev, dtype=torch.bfloat16))
+        print(f"trial {trial}: empty groups' grad all zero: {bool((wg.grad[2:] == 0).all())}; "
+              f"non-empty nonzero: {bool(wg.grad[:2].abs().sum() > 0)}")
+        del wg
