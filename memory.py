@@ -1,20 +1,91 @@
 """
-Memory layers: UltraMem (TDQKR, IVE, MCS) and the PKM baseline. (Implemented in the memory-layer issue;
-this module holds their settings and the placement interface model.py builds from.)
+Memory layers: UltraMem (Huang et al., arXiv 2411.12364) and the PKM baseline (Lample et al. 2019).
+
+One module, MemoryLayer, reads like spec section 3 in data-flow order: (query conv) -> query -> q/k norm
+-> row/column scores -> TDQKR (rank-1 pre-selection, exact Tucker scores of the m x m candidates, final
+top-m) -> virtual-address shuffle -> IVE decode + MCS weighting + pooling per virtual block
+(kernels.mem_lookup) -> projection. Every row of the paper's Table 2 is one named option below, so that
+memory="ultramem" with all of them switched off is PKM, and memory="pkm" is that baseline preset.
+Where the paper and the authors' released code disagree (spec 13), the option defaults to the paper and a
+comment says which is which. Placement (spec 2): "i:j/..." reads block i's normalised FFN input and adds
+the output to the residual stream after block j; GPT.forward does the routing.
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+import kernels
+
+# the options memory="pkm" fixes (Table 2's first row, the XLM PKM); memory="ultramem" reads them
+PKM_PRESET = dict(mem_softmax=True, mem_value_proj=False, mem_share_query=False, mem_qk_norm="none",
+                  mem_expand=1, mem_tdqkr=False, mem_cores=1, mem_init="pkm", mem_value_lr_mult=1.0,
+                  mem_qconv=0, mem_tucker_alpha=0.0)
 
 
 @dataclass
 class MemoryConfig:
-    memory: str = "none"  # "none" | "pkm" | "ultramem"
+    memory: str = "none"  # "none" | "pkm" (Lample et al. baseline) | "ultramem"
+    # placement and sizes (both kinds)
+    mem_layers: str = ""  # "i:j/i2:j2/..." (spec 2) or "full" (i:i for every block); "" = one at the middle block
+    mem_replace_ffn: bool = False  # the memory takes the place of block i's MLP (PKM "in place of"; needs i == j)
+    mem_knum: int = 64  # sqrt(N): N = knum^2 physical values per layer
+    mem_kdim: int = 64  # D_k, key / query dimension of one side (row or column)
+    mem_heads: int = 2  # H, key sets ("PKM heads"); each picks m values, heads are summed
+    mem_topm: int = 16  # m per head: m*H value rows are read per token
+    mem_vdim: int = 0  # D_v; 0 = n_embd / 2 with the value projection ("half vdim"), n_embd without
+    # UltraMem's steps, Table 2's rows in order (spec 2); the defaults are the full UltraMem
+    mem_softmax: bool = False  # "+rm softmax": False = raw scores used linearly (Csordas et al.); True = PKM softmax
+    mem_value_proj: bool = True  # "+half vdim+proj": Linear(E*D_v -> D) after pooling (needed for IVE)
+    mem_share_query: bool = True  # "+share query": one (q_row, q_col) for all H heads, like GQA
+    # mem_layers: "+split big mem&skip" is a placement string ("2:5/6:9/...") in place of one middle layer
+    mem_qk_norm: str = "layer"  # "+query/key LN": "layer" (paper: LN) | "rms" (code: RMSNorm) | "none"
+    mem_expand: int = 4  # "+IVE": E virtual blocks (a perfect square); 1 = off (no projectors, no shuffle)
+    mem_tdqkr: bool = True  # "+TDQKR": Tucker scores S_row^T C S_col; False = PKM's additive s_row + s_col
+    mem_rank: int = 2  # r, Tucker rank
+    mem_cores: int = 2  # "+MCS": h Tucker cores, core c scales slice c of the value; 1 = off
+    mem_init: str = "paper"  # "+improved init": "paper" (V ~ N(0, E/(2mHL)), MC-tuned norms) | "code" | "pkm"
+    mem_value_lr_mult: float = 10.0  # "+value lr decay": T -> 1 linearly; 10 paper (as read by SEC), 4 code / V2
+    mem_qconv: int = 5  # "+query conv": causal depthwise conv kernel; paper's size unknown (lucidrains 5); 0 = off; absent in code
+    mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
+    mem_tucker_tau: float = 0.15  # its margin tau
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):
             raise ValueError(f"memory must be 'none', 'pkm' or 'ultramem', got {self.memory!r}")
+        if self.memory == "pkm":  # the baseline preset: its step options are fixed, see PKM_PRESET
+            defaults = {f.name: f.default for f in fields(MemoryConfig)}
+            for k, v in PKM_PRESET.items():
+                if getattr(self, k) != defaults[k] and getattr(self, k) != v:
+                    raise ValueError(f"memory='pkm' fixes {k}={v!r}; use memory='ultramem' to switch Table 2's steps")
+                setattr(self, k, v)
+        if self.memory == "none":
+            return
+        root = math.isqrt(self.mem_expand) if self.mem_expand > 0 else 0
+        n = root * self.mem_knum  # row (= column) keys
+        checks = [
+            (min(self.mem_knum, self.mem_kdim, self.mem_heads, self.mem_topm, self.mem_rank, self.mem_cores) > 0,
+             "mem_knum, mem_kdim, mem_heads, mem_topm, mem_rank and mem_cores must be positive"),
+            (root > 0 and root * root == self.mem_expand, f"mem_expand={self.mem_expand} must be a perfect square (IVE: E in 1, 4, 9, 16, ...)"),
+            (self.mem_topm <= n, f"mem_topm={self.mem_topm} is larger than the number of row keys sqrt(mem_expand)*mem_knum={n}"),
+            (self.mem_qk_norm in ("layer", "rms", "none"), f"mem_qk_norm must be 'layer', 'rms' or 'none', got {self.mem_qk_norm!r}"),
+            (self.mem_init in ("paper", "code", "pkm"), f"mem_init must be 'paper', 'code' or 'pkm', got {self.mem_init!r}"),
+            (self.mem_init != "paper" or self.mem_qk_norm != "none", "mem_init='paper' tunes the query/key norm weights: needs mem_qk_norm"),
+            (self.mem_tdqkr or self.mem_cores == 1, "mem_cores > 1 (MCS) needs mem_tdqkr=True"),
+            (self.mem_expand == 1 or self.mem_value_proj, "mem_expand > 1 (IVE) needs mem_value_proj=True (the projectors W_p)"),
+            (self.mem_vdim >= 0 and self.mem_vdim % self.mem_cores == 0,
+             f"mem_vdim={self.mem_vdim} must be divisible by mem_cores={self.mem_cores} (MCS slices)"),
+            (self.mem_qconv >= 0, f"mem_qconv must be >= 0, got {self.mem_qconv}"),
+            (self.mem_value_lr_mult > 0, f"mem_value_lr_mult must be positive, got {self.mem_value_lr_mult}"),
+            (self.mem_tucker_alpha >= 0, f"mem_tucker_alpha must be >= 0, got {self.mem_tucker_alpha}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
 
 
 @dataclass
@@ -25,7 +96,240 @@ class MemoryUnit:
     module: nn.Module
 
 
+def parse_placement(spec: str, n_layer: int) -> list[tuple[int, int]]:
+    """ "i:j/i2:j2" -> [(i, j), (i2, j2)]; "full" -> [(0, 0), ..., (L-1, L-1)]; "" -> the middle block."""
+    if spec == "full":
+        return [(i, i) for i in range(n_layer)]
+    if spec == "":
+        return [(n_layer // 2, n_layer // 2)]
+    pairs = []
+    for part in spec.split("/"):
+        try:
+            i, j = (int(s) for s in part.split(":"))
+        except ValueError:
+            raise ValueError(f"mem_layers: bad entry {part!r} in {spec!r}; expected 'i:j/i2:j2/...' or 'full'") from None
+        if not (0 <= i < n_layer and 0 <= j < n_layer):
+            raise ValueError(f"mem_layers: {part!r} is outside the model's blocks 0..{n_layer - 1}")
+        if i > j:
+            raise ValueError(f"mem_layers: {part!r} reads block {i} but adds after block {j}: src must be <= dst")
+        pairs.append((i, j))
+    return pairs
+
+
 def build_memory_layers(config) -> list[MemoryUnit]:
     if config.memory == "none":
         return []
-    raise ValueError(f"memory={config.memory!r} is not implemented yet")
+    pairs = parse_placement(config.mem_layers, config.n_layer)
+    if config.mem_replace_ffn and any(i != j for i, j in pairs):
+        raise ValueError(f"mem_replace_ffn needs src == dst for every unit (a memory in place of block i's MLP), got {config.mem_layers!r}")
+    return [MemoryUnit(i, j, config.mem_replace_ffn, MemoryLayer(config)) for i, j in pairs]
+
+
+# ----------------------------------------------------------------------------------------------------
+# retrieval: pure functions of the row/column scores (spec 3 steps 3-5, spec 4), tested on their own
+
+
+def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """PKM product keys: s_row, s_col (T, H, n) -> row, col (T, H, m) and scores (T, H, m, 1) of the top-m
+    of the additive grid s_row[i] + s_col[j] (exact: the top-m sums use only the m best rows and columns)."""
+    vr, ir = s_row.topk(m, dim=-1)  # (T, H, m)
+    vc, ic = s_col.topk(m, dim=-1)
+    grid = (vr.unsqueeze(-1) + vc.unsqueeze(-2)).flatten(2)  # (T, H, m*m)
+    scores, top = grid.topk(m, dim=-1)  # (T, H, m)
+    return ir.gather(2, top // m), ic.gather(2, top % m), scores.unsqueeze(-1)
+
+
+def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
+    singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
+    t^T S_col; the m x m candidates get their exact per-core scores S_row^T C^(c) S_col; the final top-m
+    is taken on the sum over cores. Returns row, col (T, H, m) and per-core scores (T, H, m, h)."""
+    T, H, n, r = s_row.shape
+    h = cores.shape[1]
+    sel_r = torch.einsum("tank,ak->tan", s_row, u.to(s_row.dtype)).topk(m, dim=-1).indices  # (T, H, m)
+    sel_c = torch.einsum("tank,ak->tan", s_col, t.to(s_col.dtype)).topk(m, dim=-1).indices
+    sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r)
+    sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
+    grid = torch.einsum("tacil,tajl->tacij", torch.einsum("taik,ackl->tacil", sr, cores.to(sr.dtype)), sc)  # (T, H, h, m, m)
+    top = grid.sum(2).flatten(2).topk(m, dim=-1).indices  # (T, H, m) into the m*m candidates
+    scores = grid.flatten(3).gather(3, top.unsqueeze(2).expand(T, H, h, m)).transpose(2, 3)  # (T, H, m, h)
+    return sel_r.gather(2, top // m), sel_c.gather(2, top % m), scores
+
+
+def tucker_aux_loss(cores: Tensor, alpha: float, tau: float) -> Tensor:
+    """alpha/(r-1) * sum_{i>=2} relu(lambda_i - tau)^2 of the summed core's singular values (spec 4.3),
+    averaged over heads (as the code's mean)."""
+    lam = torch.linalg.svdvals(cores.float().sum(1))  # (H, r), descending
+    return alpha * F.relu(lam[:, 1:] - tau).square().mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the layer
+
+
+class MemoryLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        c = config
+        D = c.n_embd
+        self.D, self.H, self.m, self.Dk, self.E = D, c.mem_heads, c.mem_topm, c.mem_kdim, c.mem_expand
+        self.N = c.mem_knum ** 2  # physical values
+        self.n = math.isqrt(self.E) * c.mem_knum  # row (= column) keys: the grid has n^2 = E*N virtual slots
+        self.r = c.mem_rank if c.mem_tdqkr else 1
+        self.h = c.mem_cores if c.mem_tdqkr else 1
+        self.Dv = c.mem_vdim or (D // 2 if c.mem_value_proj else D)
+        self.tdqkr, self.softmax, self.qk_norm, self.init = c.mem_tdqkr, c.mem_softmax, c.mem_qk_norm, c.mem_init
+        self.value_lr_mult, self.alpha, self.tau = c.mem_value_lr_mult, c.mem_tucker_alpha, c.mem_tucker_tau
+        self.n_layer, self.kconv = c.n_layer, c.mem_qconv
+        if self.Dv % self.h:
+            raise ValueError(f"value dim {self.Dv} must be divisible by mem_cores={self.h} (MCS slices)")
+        if not c.mem_value_proj and self.Dv != D:
+            raise ValueError(f"without mem_value_proj the values are added to the residual: mem_vdim must be n_embd={D}, got {self.Dv}")
+        self.Hq = 1 if c.mem_share_query else self.H  # query heads
+        self.conv = nn.Parameter(torch.empty(D, 1, self.kconv)) if self.kconv else None  # (D, 1, K) depthwise
+        self.query_proj = nn.Linear(D, self.Hq * 2 * self.Dk, bias=False)
+        self.keys = nn.Parameter(torch.empty(self.H, 2, self.n, self.r, self.Dk))  # (H, row|col, n, r, D_k)
+        # one affine weight for q_row and q_col, one for all keys (code); no bias
+        norm_w = (lambda: nn.Parameter(torch.ones(self.Dk))) if self.qk_norm != "none" else (lambda: None)
+        self.query_norm, self.key_norm = norm_w(), norm_w()
+        self.cores = nn.Parameter(torch.empty(self.H, self.h, self.r, self.r)) if self.tdqkr else None
+        self.values = nn.Parameter(torch.empty(self.N, self.Dv))  # the sparse parameters
+        self.value_proj = nn.Linear(self.E * self.Dv, D, bias=False) if c.mem_value_proj else None
+        # virtual-address shuffle (IVE; identity without it), rank-1 selection vectors: persistent buffers
+        self.register_buffer("perm", torch.randperm(self.E * self.N) if self.E > 1 else torch.arange(self.N))
+        self.register_buffer("u", torch.zeros(self.H, self.r))
+        self.register_buffer("t", torch.zeros(self.H, self.r))
+        self.register_buffer("conv_cache", None, persistent=False)  # set by setup_cache
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        Dk, E, Dv = self.Dk, self.E, self.Dv
+        if self.conv is not None:  # identity: starts as the plain query (the paper's init is unknown)
+            self.conv.zero_()[:, 0, -1] = 1.0
+        if self.cores is not None:
+            self.cores.uniform_(0.0, 1.0)  # code
+        if self.value_proj is not None:
+            nn.init.normal_(self.value_proj.weight, std=(E * Dv) ** -0.5)  # code
+        if self.qk_norm != "none":  # the code's constants; the paper's init below replaces them
+            self.query_norm.fill_(Dk ** -0.33)
+            self.key_norm.fill_(Dk ** -0.33)
+        if self.init == "pkm":  # XLM: keys uniform like nn.Linear, values N(0, D_v^-1/2)
+            self.query_proj.reset_parameters()
+            self.keys.uniform_(-(Dk ** -0.5), Dk ** -0.5)
+            self.values.normal_(std=Dv ** -0.5)
+        else:  # the code's constants
+            nn.init.normal_(self.query_proj.weight, std=Dk ** -0.5)
+            self.keys.normal_(std=Dk ** -0.5)
+            self.values.normal_(std=0.02)
+        self.refresh()
+        if self.init == "paper":
+            self.paper_init()
+
+    @torch.no_grad()
+    def paper_init(self) -> None:
+        """Spec 7.1: V ~ N(0, E/(2 m H L)) so the output variance matches an MLP branch's; key-norm weight
+        1/sqrt(D_k) makes row/column scores ~ N(0, 1); the query-norm weight is then tuned by a seeded
+        Monte Carlo (random inputs through the real scoring) so that the mean top-m score is ~1."""
+        self.values.normal_(std=math.sqrt(self.E / (2 * self.m * self.H * self.n_layer)))
+        self.key_norm.fill_(self.Dk ** -0.5)
+        self.query_norm.fill_(1.0)
+        if self.keys.is_meta:
+            return
+        x = torch.randn(64, self.D, generator=torch.Generator().manual_seed(0), device="cpu").to(self.keys.device)
+        mean = self.retrieve(x)[2].sum(-1).float().mean().item()  # scores (T, H, m, h) summed over cores
+        if mean > 0:  # a Tucker score is a product of a row and a column score: each side gets the sqrt
+            self.query_norm.fill_(mean ** -0.5 if self.tdqkr else 1.0 / mean)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Rank-1 selection vectors (spec 4.2): u, t = leading left/right singular vectors of the summed core
+        per head, in fp32, with the sign of (u, t) kept continuous with the previous pair (first time:
+        u sums to >= 0)."""
+        if self.cores is None or self.cores.is_meta:
+            return
+        U, _, Vh = torch.linalg.svd(self.cores.float().sum(1))  # (H, r, r)
+        u, t = U[:, :, 0], Vh[:, 0, :]  # (H, r)
+        first = (self.u == 0).all(dim=-1, keepdim=True)  # (H, 1)
+        keep = ((u - self.u).abs().sum(-1) + (t - self.t).abs().sum(-1) <= (u + self.u).abs().sum(-1) + (t + self.t).abs().sum(-1))
+        sign = torch.where(first.squeeze(-1), torch.where(u.sum(-1) >= 0, 1.0, -1.0), torch.where(keep, 1.0, -1.0))[:, None]
+        self.u.copy_(u * sign)
+        self.t.copy_(t * sign)
+
+    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> None:
+        """The query conv's inputs at absolute positions, for cached decoding (like the KV cache)."""
+        if self.conv is not None:
+            self.conv_cache = torch.zeros(batch_size, max_len, self.D, dtype=dtype, device=device)  # (B, S, D)
+
+    # ---------------------------------------------------------------------------------------------
+    def query_conv(self, x: Tensor, input_pos: Tensor | None) -> Tensor:
+        """Causal depthwise Conv1d along the sequence, before the query projection. x (B, T, D)."""
+        K = self.kconv
+        if input_pos is None:
+            return F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), self.conv.to(x.dtype), groups=self.D).transpose(1, 2)
+        B = x.shape[0]
+        self.conv_cache[:B, input_pos] = x.to(self.conv_cache.dtype)
+        pos = input_pos[:, None] - torch.arange(K - 1, -1, -1, device=x.device)  # (T, K) the window's positions
+        win = self.conv_cache[:B, pos.clamp(min=0)] * (pos >= 0)[None, :, :, None]  # (B, T, K, D)
+        return torch.einsum("btkd,dk->btd", win.to(x.dtype), self.conv[:, 0].to(x.dtype))
+
+    def _norm(self, x: Tensor, w: Tensor | None) -> Tensor:
+        if self.qk_norm == "layer":
+            return F.layer_norm(x, (self.Dk,), w)
+        return F.rms_norm(x, (self.Dk,), w) if self.qk_norm == "rms" else x
+
+    def retrieve(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (T, D) -> row, col (T, H, m) and per-core scores (T, H, m, h): spec 3 steps 1-5."""
+        T = x.shape[0]
+        q = self._norm(self.query_proj(x).view(T, self.Hq, 2, self.Dk), self.query_norm)
+        q = q.expand(T, self.H, 2, self.Dk)  # (T, H, 2, D_k): shared query -> every head reads the same
+        keys = self._norm(self.keys, self.key_norm)  # (H, 2, n, r, D_k)
+        s_row = torch.einsum("tad,anrd->tanr", q[:, :, 0], keys[:, 0].to(q.dtype))  # (T, H, n, r)
+        s_col = torch.einsum("tad,anrd->tanr", q[:, :, 1], keys[:, 1].to(q.dtype))
+        if self.tdqkr:
+            return tdqkr_retrieve(s_row, s_col, self.cores, self.u, self.t, self.m)
+        return pkm_retrieve(s_row.squeeze(-1), s_col.squeeze(-1), self.m)
+
+    def select(self, h: Tensor, input_pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """h (B, T, D) -> shuffled virtual addresses (B*T, H*m) in [0, E*N) and their per-core weights
+        (B*T, H*m, h) (raw Tucker scores, or the PKM softmax over each head's m)."""
+        x = self.query_conv(h, input_pos) if self.conv is not None else h
+        row, col, scores = self.retrieve(x.reshape(-1, self.D))  # (T, H, m), (T, H, m, h)
+        if self.softmax:
+            scores = scores.float().softmax(dim=2)
+        addr = self.perm[(row * self.n + col).flatten(1)]  # (T, H*m) shuffled virtual addresses
+        return addr, scores.flatten(1, 2)
+
+    def forward(self, h: Tensor, input_pos: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        B, T, D = h.shape
+        addr, scores = self.select(h, input_pos)  # (B*T, H*m), (B*T, H*m, h)
+        # IVE decode (physical row, virtual block), MCS weighting and pooling per virtual block: one call
+        pooled = kernels.mem_lookup(self.values, addr % self.N, addr // self.N, scores.to(self.values.dtype), self.E)  # (B*T, E, D_v)
+        y = self.value_proj(pooled.flatten(1)) if self.value_proj is not None else pooled[:, 0]  # (B*T, D)
+        aux = {}
+        if self.alpha > 0 and self.cores is not None and self.r > 1:
+            with torch.autocast(h.device.type, enabled=False):
+                aux["tucker"] = tucker_aux_loss(self.cores, self.alpha, self.tau)
+        return y.view(B, T, D), aux
+
+    # ---------------------------------------------------------------------------------------------
+    def param_tags(self) -> dict[str, dict]:
+        """The values learn at mem_value_lr_mult x the base rate, decaying linearly to 1x (spec 7.2); they
+        keep weight decay (code)."""
+        return {"values": {"lr_mult": (self.value_lr_mult, 1.0), "weight_decay": True}}
+
+    def activated_params(self) -> int:
+        """Read per token: everything dense (query, all keys, cores, norms, projection) and m*H value rows."""
+        dense = sum(p.numel() for name, p in self.named_parameters() if name != "values")
+        return dense + self.H * self.m * self.Dv
+
+    def flops_per_token(self) -> float:
+        """Forward FLOPs per token: conv, query projection, row/column scores over all keys (the key table
+        once), rank-1 pre-selection, per-core grid on the m x m candidates, pooling of m*H rows, projection."""
+        H, m, r, h, n = self.H, self.m, self.r, self.h, self.n
+        f = 2 * self.D * self.kconv + 2 * self.query_proj.weight.numel() + 2 * self.keys.numel()
+        f += 2 * 2 * H * n * r + 2 * h * H * (m * r * r + m * m * r) if self.tdqkr else H * m * m
+        f += 2 * H * m * self.Dv
+        if self.value_proj is not None:
+            f += 2 * self.value_proj.weight.numel()
+        return float(f)

@@ -33,7 +33,7 @@ init_from = "scratch"  # "scratch" | "resume" (from out_dir/ckpt.pt)
 overwrite = False  # allow a scratch run to replace an existing checkpoint in out_dir
 seed = 1337
 # batches: tokens per optimizer step = batch_size * grad_accum * block_size * world size
-batch_size = 32  # sequences per micro-batch per device
+batch_size = 16  # sequences per micro-batch per device
 grad_accum = 1  # micro-batches per optimizer step per device
 # AdamW with the paper's defaults (spec 7.3)
 learning_rate = 1e-3
@@ -60,7 +60,7 @@ peak_tflops = 672.0  # for MFU: the H200's measured dense bf16 matmul rate (plat
 n_layer = 4
 n_head = 4
 n_embd = 128
-block_size = 256
+block_size = 128
 vocab_size = 0  # 0: taken from the dataset's meta.json (padded to a multiple of 64)
 dropout = 0.0
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,35 @@
+# Table 2 (spec 2) ablation ladder, row 1: +rm softmax: the raw top-m scores, used linearly.
+# 151M activated, ~1.5B sparse (x10) at every row; each file is the previous one plus one step (marked <-).
+# See docs/SIZES_MEMORY.md for the counts of every row.
+out_dir = "out/ablation/01_rm_softmax"
+dataset = "medium_mix"
+n_layer = 16
+n_head = 12
+n_embd = 768
+block_size = 2048
+vocab_size = 50304
+dropout = 0.1  # the paper's Table 4
+learning_rate = 6e-4  # the paper's 151M rate (spec 7.3)
+batch_size = 16
+grad_accum = 2  # 65,536 tokens per step, as dense_151m
+max_iters = 500
+eval_interval = 100
+eval_iters = 10
+log_interval = 10
+memory = "ultramem"
+mem_layers = "8:8"
+mem_knum = 1404
+mem_kdim = 256
+mem_heads = 2
+mem_topm = 80
+mem_softmax = False  # <-
+mem_value_proj = False
+mem_share_query = False
+mem_qk_norm = "none"
+mem_expand = 1
+mem_tdqkr = False
+mem_cores = 1
+mem_tucker_alpha = 0.0
+mem_init = "pkm"
+mem_value_lr_mult = 1.0
+mem_qconv = 0

@@ -1,0 +1,19 @@
+# A small PKM for quick runs and CPU tests: the facts quick start (config/facts.py, 4 blocks of 128) plus
+# one PKM layer beside block 2's MLP: 48^2 = 2304 values of 128, keys 32, top-m 2 x 8, softmax.
+out_dir = "out/pkm_small"
+dataset = "facts"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 256
+batch_size = 32
+learning_rate = 1e-3
+max_iters = 2000
+eval_interval = 250
+log_interval = 10
+memory = "pkm"
+mem_layers = "2:2"
+mem_knum = 48
+mem_kdim = 32
+mem_heads = 2
+mem_topm = 8
