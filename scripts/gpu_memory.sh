@@ -13,6 +13,6 @@ run() {  # name, then train.py arguments
   python scripts/metrics_summary.py "out/$name" | tee "$OUT/$name.json"
   cp "out/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl"
 }
-run small_dense config/small/dense.py
-run small_ultramem config/small/ultramem.py
-run ultramem_151m config/ultramem_151m.py --max_iters=30 --log_interval=5 --eval_interval=1000 --eval_iters=2
+run ultramem_151m config/ultramem_151m.py --max_iters=20 --log_interval=5 --eval_interval=1000 --eval_iters=2
+run small_dense config/small/dense.py --max_iters=200 --eval_interval=50
+run small_ultramem config/small/ultramem.py --max_iters=200 --eval_interval=50

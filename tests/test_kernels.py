@@ -1,0 +1,184 @@
+"""Tests for kernels.py: the Triton lookup (under the interpreter, on CPU) against the PyTorch reference,
+the reference's gradients by gradcheck, the custom op's autograd, and torch.compile(fullgraph=True).
+
+TRITON_INTERPRET=1 must be set before triton is first imported in a process, and other test modules
+import kernels (through memory.py) earlier in the same pytest run, so the interpreter checks run in a
+subprocess: this file run as a script with --interp.
+"""
+
+import os
+import subprocess
+import sys
+
+if __name__ == "__main__":  # the subprocess: set before anything imports triton
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+import torch
+
+import kernels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _inputs(N, Dv, T, K, E, h, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(N, Dv, generator=g).to(dtype)
+    rows = torch.randint(0, N, (T, K), generator=g)
+    if K > 2:
+        rows[:, 1] = rows[:, 0]  # duplicate rows within a token
+    if T > 1:
+        rows[T // 2:, -1] = rows[0, 0]  # and across tokens
+    blocks = torch.randint(0, E, (T, K), generator=g)
+    scores = torch.randn(T, K, h, generator=g).to(dtype)
+    gout = torch.randn(T, E, Dv, generator=g).to(dtype)
+    return values, rows, blocks, scores, gout
+
+
+def _close(out, ref, dtype, what):
+    """Relative error check; NaN (an unwritten, poisoned element) always fails."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} != {ref.dtype}"
+    out, ref = out.double(), ref.double()
+    assert torch.isfinite(out).all(), f"{what}: non-finite elements (unwritten output?)"
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process tests (reference, custom op on CPU, compile)
+
+def test_close_catches_nan_and_error():  # the comparison used everywhere can fail
+    a = torch.ones(4)
+    with pytest.raises(AssertionError):
+        _close(torch.tensor([1.0, float("nan"), 1.0, 1.0]), a, torch.float32, "nan")
+    with pytest.raises(AssertionError):
+        _close(a * 1.01, a, torch.float32, "off")
+
+
+def test_reference_gradcheck_float64():
+    values, rows, blocks, scores, _ = _inputs(9, 6, 3, 5, 4, 2, torch.float64, 0)
+    values.requires_grad_(True)
+    scores.requires_grad_(True)
+    f = lambda v, s: kernels.mem_lookup_reference(v, rows, blocks, s, 4)
+    assert torch.autograd.gradcheck(f, (values, scores))
+
+
+def test_backward_reference_matches_autograd():
+    for E, h in ((1, 1), (4, 2)):
+        values, rows, blocks, scores, gout = _inputs(11, 8, 4, 6, E, h, torch.float64, 1)
+        v, s = values.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+        gv, gs = torch.autograd.grad(kernels.mem_lookup_reference(v, rows, blocks, s, E), (v, s), gout)
+        rv, rs = kernels.mem_lookup_bwd_reference(gout, values, rows, blocks, scores, E)
+        _close(rv, gv, torch.float32, "grad values")
+        _close(rs, gs, torch.float32, "grad scores")
+
+
+def test_op_autograd_on_cpu_matches_reference():
+    values, rows, blocks, scores, gout = _inputs(13, 12, 5, 7, 4, 2, torch.float32, 2)
+    v, s = values.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+    out = kernels.mem_lookup(v, rows, blocks, s, 4)
+    _close(out, kernels.mem_lookup_reference(values, rows, blocks, scores, 4), torch.float32, "forward")
+    gv, gs = torch.autograd.grad(out, (v, s), gout)
+    rv, rs = kernels.mem_lookup_bwd_reference(gout, values, rows, blocks, scores, 4)
+    _close(gv, rv, torch.float32, "grad values")
+    _close(gs, rs, torch.float32, "grad scores")
+
+
+def test_bad_shapes_raise():
+    values, rows, blocks, scores, _ = _inputs(13, 12, 5, 7, 4, 2, torch.float32, 3)
+    with pytest.raises(ValueError):
+        kernels.mem_lookup(values, rows, blocks[:, :3], scores, 4)
+    with pytest.raises(ValueError):
+        kernels.mem_lookup(values[:, :11], rows, blocks, scores, 4)  # Dv not divisible by h
+
+
+def test_triton_on_cpu_without_interpreter_raises():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter is on in this process")
+    pytest.importorskip("triton")
+    values, rows, blocks, scores, _ = _inputs(13, 12, 5, 7, 4, 2, torch.float32, 4)
+    kernels.set_impl("triton")
+    try:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            kernels.mem_lookup(values, rows, blocks, scores, 4)
+    finally:
+        kernels.set_impl("auto")
+
+
+def test_compile_fullgraph_cpu():
+    values, rows, blocks, scores, _ = _inputs(50, 16, 6, 8, 4, 2, torch.float32, 5)
+    v, s = values.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+    f = lambda v, s: kernels.mem_lookup(v, rows, blocks, s, 4).square().sum()
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True)  # raises on any graph break
+    gv, gs = torch.autograd.grad(cf(v, s), (v, s))
+    rv, rs = torch.autograd.grad(f(v, s), (v, s))
+    _close(gv, rv, torch.float32, "compiled grad values")
+    _close(gs, rs, torch.float32, "compiled grad scores")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
+def test_triton_interpreter_against_reference():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--interp"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "interp: all" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# The interpreter checks (run in the subprocess)
+
+CASES = [  # N, Dv, T, K, E, h, dtype
+    (37, 24, 5, 7, 4, 2, torch.float32),
+    (37, 24, 5, 7, 4, 2, torch.bfloat16),
+    (50, 40, 3, 17, 1, 1, torch.float32),   # E = 1, h = 1, K over one BLOCK_K
+    (45, 12, 6, 9, 1, 2, torch.bfloat16),
+    (70, 20, 4, 5, 4, 1, torch.float32),    # N over two row tiles of the backward
+    (8, 6, 9, 11, 4, 2, torch.float32),     # more slots than rows: every row many times
+    (29, 18, 1, 3, 4, 2, torch.bfloat16),   # one token (decode)
+]
+
+
+def _interp_main() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    kernels.set_impl("triton")
+    kernels.POISON_OUTPUTS = True
+    for i, (N, Dv, T, K, E, h, dtype) in enumerate(CASES):
+        values, rows, blocks, scores, gout = _inputs(N, Dv, T, K, E, h, dtype, 100 + i)
+        tag = f"case {i} N={N} Dv={Dv} T={T} K={K} E={E} h={h} {dtype}"
+        ref = kernels.mem_lookup_reference(values, rows, blocks, scores, E)
+        _close(kernels._lookup_triton(values, rows, blocks, scores, E), ref, dtype, f"{tag}: forward")
+        rv, rs = kernels.mem_lookup_bwd_reference(gout, values, rows, blocks, scores, E)
+        grads = {}
+        for scheme in ("sorted", "atomic"):
+            kernels.set_backward_scheme(scheme)
+            grads[scheme] = gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+            _close(gv, rv, dtype, f"{tag}: {scheme} grad values")
+            _close(gs, rs, dtype, f"{tag}: {scheme} grad scores")
+        kernels.set_backward_scheme("sorted")
+        again = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+        assert all(torch.equal(a, b) for a, b in zip(again, grads["sorted"])), f"{tag}: sorted backward not deterministic"
+        print(f"interp: {tag} ok", flush=True)
+    # through the op and autograd (the path memory.py takes), in deterministic mode: atomics refused
+    kernels.set_backward_scheme("atomic")
+    kernels.set_deterministic(True)
+    values, rows, blocks, scores, gout = _inputs(31, 16, 4, 6, 4, 2, torch.float32, 7)
+    v, s = values.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+    out = kernels.mem_lookup(v, rows, blocks, s, 4)
+    gv, gs = torch.autograd.grad(out, (v, s), gout)
+    rv, rs = kernels.mem_lookup_bwd_reference(gout, values, rows, blocks, scores, 4)
+    _close(out, kernels.mem_lookup_reference(values, rows, blocks, scores, 4), torch.float32, "op forward")
+    _close(gv, rv, torch.float32, "op grad values")
+    _close(gs, rs, torch.float32, "op grad scores")
+    print("interp: all cases ok", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--interp"]:
+        _interp_main()
+    else:
+        sys.exit(pytest.main([__file__, "-q"]))
