@@ -140,3 +140,10 @@ def test_ddp_matches_single_process(data_dir, tmp_path):
     single, ddp = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert len(ddp) == 6
     assert single == pytest.approx(ddp, rel=1e-4, abs=1e-4)
+
+
+def test_facts_recall_runs(data_dir, tmp_path):
+    train(data_dir, tmp_path, "--max_iters=2", "--eval_interval=2")
+    p = run("data/facts/recall.py", f"--out_dir={tmp_path}", "--limit=12", "--device=cpu")
+    assert p.stdout.startswith("recalled ") and " of 12 facts exactly" in p.stdout
+    one_line_error(run("data/facts/recall.py", f"--out_dir={tmp_path}", "--facts=/no/facts.jsonl", check=False), 1, "facts file")
