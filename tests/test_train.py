@@ -147,3 +147,14 @@ def test_facts_recall_runs(data_dir, tmp_path):
     p = run("data/facts/recall.py", f"--out_dir={tmp_path}", "--limit=12", "--device=cpu")
     assert p.stdout.startswith("recalled ") and " of 12 facts exactly" in p.stdout
     one_line_error(run("data/facts/recall.py", f"--out_dir={tmp_path}", "--facts=/no/facts.jsonl", check=False), 1, "facts file")
+
+
+def test_lr_schedule():
+    import train as train_mod
+
+    cfg = {"learning_rate": 1e-3, "max_iters": 1000, "warmup_ratio": 0.01, "min_lr_ratio": 0.1}
+    lrs = [train_mod.lr_at(s, cfg) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warmup over 1% (10 steps)
+    assert lrs[10] == pytest.approx(1e-3) and lrs[999] == pytest.approx(1e-4, rel=1e-3)  # cosine to 0.1x
+    assert lrs[505] == pytest.approx(0.55e-3, rel=1e-3)  # halfway through the decay: the mean of peak and floor
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
