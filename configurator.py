@@ -89,9 +89,11 @@ def _parse_override(arg: str, defaults: dict, types: dict) -> tuple[str, Any]:
     return key, value
 
 
-def configure(defaults: dict[str, Any], argv: list[str], types: dict[str, Any] | None = None) -> dict[str, Any]:
+def configure(defaults: dict[str, Any], argv: list[str], types: dict[str, Any] | None = None,
+              touched: set[str] | None = None) -> dict[str, Any]:
     """Applies config files and --key=value overrides in argv, in order, over defaults; returns a new dict.
-    Expected types are types[key], else the type of the default (None defaults accept any literal)."""
+    Expected types are types[key], else the type of the default (None defaults accept any literal).
+    touched, if given, receives the keys that argv set (whatever their values)."""
     types = types or {}
     config = dict(defaults)
     for arg in argv:
@@ -106,6 +108,8 @@ def configure(defaults: dict[str, Any], argv: list[str], types: dict[str, Any] |
                 raise _unknown(key, defaults, source)
             expected = types.get(key, type(defaults[key]) if defaults[key] is not None else None)
             config[key] = _check(key, value, expected, source)
+            if touched is not None:
+                touched.add(key)
     return config
 
 
@@ -120,14 +124,14 @@ def format_config(config: dict[str, Any], defaults: dict[str, Any] | None = None
 
 
 def configure_or_exit(defaults: dict[str, Any], argv: list[str], types: dict[str, Any] | None = None,
-                      print_config: bool = True) -> dict[str, Any]:
+                      print_config: bool = True, touched: set[str] | None = None) -> dict[str, Any]:
     """configure() for scripts: --help lists the keys; a ConfigError prints `error: ...` and exits 2."""
     if "--help" in argv or "-h" in argv:
         print(f"usage: {sys.argv[0]} [config_file.py ...] [--key=value ...]\n\nkeys and defaults:")
         print(format_config(defaults))
         sys.exit(0)
     try:
-        config = configure(defaults, argv, types)
+        config = configure(defaults, argv, types, touched)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -67,6 +67,7 @@ dropout = 0.0
 
 TRAIN_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 TYPES = {"compile": (bool, type(None))}
+NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile"}  # a resume's own controls
 
 
 def default_config() -> dict:
@@ -188,10 +189,22 @@ def set_rng_state(state: dict, device_type: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from configurator import configure_or_exit
+    from configurator import configure_or_exit, format_config
     from data.common import load_meta
 
-    cfg = configure_or_exit(default_config(), argv, types=TYPES, print_config=int(os.environ.get("RANK", 0)) == 0)
+    master_env = int(os.environ.get("RANK", 0)) == 0
+    touched: set[str] = set()
+    cfg = configure_or_exit(default_config(), argv, types=TYPES, print_config=False, touched=touched)
+    # a resumed run continues with the checkpoint's settings: only what this command sets changes them
+    # (run controls such as stop_iter and the device are this command's own)
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    ckpt = None
+    if cfg["init_from"] == "resume":
+        ckpt = load_checkpoint(ckpt_path)
+        saved = {k: v for k, v in ckpt.get("config", {}).items() if k in cfg and k not in NOT_RESTORED}
+        cfg.update({k: v for k, v in saved.items() if k not in touched})
+    if master_env:
+        print(format_config(cfg, default_config()), flush=True)
 
     # --- distributed and device -------------------------------------------------------------------
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -239,15 +252,12 @@ def main(argv: list[str]) -> None:
             raise Fatal(f"{os.path.join(data_dir, split + '.bin')} not found: prepare the dataset first (see data/README.md)")
 
     # --- checkpoint and model -----------------------------------------------------------------------
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    ckpt = None
-    if cfg["init_from"] == "resume":
-        ckpt = load_checkpoint(ckpt_path)
-        saved = ckpt["model_args"]
-        changed = [k for k, v in saved.items() if k in cfg and cfg[k] != v and k not in ("dropout",) and cfg[k] != 0]
-        if changed and master:
-            print(f"note: resuming with the checkpoint's model settings; ignoring {', '.join(f'{k}={cfg[k]!r}' for k in changed)}")
-        model_args = dict(saved)
+    if ckpt is not None:
+        model_args = dict(ckpt["model_args"])
+        changed = [k for k in touched if k in model_args and k != "dropout" and cfg[k] != model_args[k]]
+        if changed:  # the architecture of a checkpoint cannot change
+            raise Fatal(f"cannot resume with other model settings ({', '.join(f'{k}={cfg[k]!r}' for k in sorted(changed))}); "
+                        f"the checkpoint has {', '.join(f'{k}={model_args[k]!r}' for k in sorted(changed))}")
         model_args["dropout"] = cfg["dropout"]
     elif cfg["init_from"] == "scratch":
         if os.path.exists(ckpt_path) and not cfg["overwrite"]:

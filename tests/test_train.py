@@ -62,8 +62,11 @@ def test_resume_is_exact(data_dir, tmp_path):
     train(data_dir, straight, *common)
     train(data_dir, paused, *common, "--stop_iter=6")
     assert len(losses(paused)) == 6
-    train(data_dir, paused, *common, "--init_from=resume")
+    # only the folder and the resume: every other setting comes back from the checkpoint
+    run("train.py", f"--out_dir={paused}", "--init_from=resume", "--progress=False", "--device=cpu")
     assert losses(paused) == losses(straight)  # bit for bit: weights, optimizer, RNG and data position restored
+    one_line_error(run("train.py", f"--out_dir={paused}", "--init_from=resume", "--n_embd=32", check=False), 1,
+                   "cannot resume with other model settings")
 
 
 def test_checkpoint_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
