@@ -1,7 +1,61 @@
 """
-Benchmarks: `python bench.py --mode=kernels [--out=bench_kernels.json] [--key=value ...]`.
+Benchmarks: `python bench.py [config_file.py ...] [--key=value ...]`, one mode per run (--mode=..., one
+function each in MODES): decode (the default), train, kernels.
 
-Modes (one function each, in MODES): kernels (the memory lookup, this file), decode and train (to come).
+Several config files are several MODELS, compared side by side (not merged): every positional argument is a
+config file (the ones train.py reads: GPTConfig fields and train.py's keys), and the --key=value overrides
+apply to every model: model i's settings = defaults <- file i <- overrides. No file: one model, the defaults.
+The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile, peak_tflops,
+...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters, measure and the
+kernels keys); bench changes two of train.py's defaults: device="cuda" (a missing GPU is an error; pass
+--device=cpu for a quick CPU run) and vocab_size=0 means 50304 (there is no dataset to take it from).
+Run-level keys (mode, out, device, dtype, batches, max_batch, kv_len, warmup, iters, measure) are read from
+the command line and the defaults; model keys, batch_size, block_size, compile and peak_tflops per model.
+
+    python bench.py config/dense_1p6b.py config/moe_1p6b_2in34.py config/ultramem_1p6b.py --batches=1,4,16,64
+    python bench.py --mode=train config/dense_151m.py config/ultramem_151m.py
+    python bench.py --mode=kernels
+
+decode (gpt-fast's way of timing decoding): each model is built with random weights directly on the device
+in `dtype` (auto: bfloat16 on CUDA, float32 on CPU; the default dtype is set for construction, so no fp32
+copy is made), refreshed, and given static caches for max(batches that fit) x (kv_len + 1) positions
+(block_size is raised to kv_len + 1 if smaller: rope tables only, except for pos_emb="learned"). The KV
+cache (and UltraMem's query-conv cache) is filled with RANDOM content written directly into the cache
+buffers at positions 0..kv_len-1 (no prefill: the content does not change the work of a step). The timed
+step is model.decode_one_token(model, idx (B, 1), input_pos=[kv_len], temperature=0, top_k=None): it
+attends to kv_len cached positions plus its own and rewrites position kv_len each time, so every step does
+the same work. On CUDA it runs under torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs;
+compile=False for eager), timed with CUDA events; on CPU eagerly with time.perf_counter. `warmup` steps,
+then the median of `iters` steps. Batch sizes: `batches` ("1,2,4" or empty: powers of two up to
+max_batch). Before allocating, the weights + caches + a workspace margin are estimated against the free GPU
+memory; batch sizes that do not fit are skipped with a message, and an OutOfMemoryError stops the sweep of
+that model with a message (not a crash). With measure=True one eager step per batch counts the distinct
+experts and value rows the router / memory actually picked (forward pre-hooks), beside the expected counts.
+
+The byte model of one decode step (what the step must read at least; decode_bytes_* below, one function per
+model kind, each computed from the model's config; el = bytes per element of `dtype`, B = batch,
+S = kv_len + 1 positions attended):
+  dense  (all models): every non-sparse parameter once (attention, MLPs, norms, the tied embedding/lm_head,
+         routers, memory query/keys/cores/projections; i.e. all parameters but MoE experts and memory
+         values) x el, plus the KV cache 2 x n_layer x B x S x n_kv_head x head_dim x el.
+  moe    (ffn="moe"): + per MoE layer, the expected distinct experts the batch touches
+         E (1 - (1 - k/E)^B) (uniform routing, k of E per token) x expert bytes 2 x n_embd x moe_hidden x el.
+  memory (memory!="none"): + per memory layer, the expected distinct value rows N (1 - (1 - 1/N)^(B m H))
+         (B m H uniform draws of N = mem_knum^2 physical rows; at most min(B m H, N)) x D_v x el.
+Buffers (rope rows, the causal-mask row, the shuffle permutation's B m H entries, the query-conv window)
+and activations are left out (a few KB to MB). Per batch: latency, tokens/s (B / latency), the bytes,
+achieved bandwidth (bytes / latency), the floor = bytes / copy bandwidth (a large device-to-device copy
+in the same run, read + written bytes; skipped on CPU) and latency / floor. After all models: MoE/UltraMem
+and UltraMem/Dense latency and MoE/UltraMem bytes per batch, where such models are present (kind from the
+config: ffn == "moe", memory != "none"). A JSON of everything goes to `out` (default bench_decode.json),
+and a log-log PNG of latency vs batch beside it when matplotlib is importable.
+
+train: each model in fp32 on the device, AdamW (fused on CUDA) over model.optim_groups, bf16 autocast when
+dtype is bfloat16 (auto: on CUDA), torch.compile per `compile` (None: on CUDA), random tokens of
+batch_size x block_size (one micro-batch per step; grad_accum is ignored); per step: refresh(), forward,
+backward, clip (grad_clip), optimizer step, as train.py. `warmup` steps, then `iters` timed steps: median
+step time, tokens/s, MFU (model.estimate_mfu at peak_tflops), peak memory (CUDA). JSON to `out`
+(default bench_train.json). An out-of-memory model is reported and skipped.
 
 kernels: the Triton lookup (kernels.mem_lookup) vs F.embedding_bag(mode="sum", per_sample_weights) vs the
 naive gather + weighted sum (kernels.mem_lookup_reference), forward and backward, on the two shapes of the
@@ -10,17 +64,22 @@ of the forward: T*K*Dv*elem (rows read) + T*K*(8+8+h*4) (row, block, scores) + T
 the backward: N*Dv*elem (the dense value gradient, written once) + T*K*Dv*elem (rows read for the score
 gradient) + T*K*Dv*elem (output-gradient rows read per slot) + T*K*(8+8+2*h*4) (indices, scores and
 their gradient). embedding_bag computes a simpler function (one bag per token: E=1, h=1) and is timed
-on the same rows and the first score.
+on the same rows and the first score. Keys: shapes, tokens, E, h, max_baseline_tokens, check_compile,
+sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
 """
 
+import gc
 import json
+import math
+import os
+import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from configurator import configure_or_exit
+from configurator import ConfigError, configure, format_config
 
 SHAPES = {"a": (4_194_304, 512, 64), "b": (652_864, 384, 160)}  # N, Dv, K (slots per token)
 
@@ -59,12 +118,12 @@ def bench_kernels(cfg: dict) -> dict:
     import kernels
 
     dev = "cuda"
-    dtype = getattr(torch, cfg["dtype"])
+    dtype = getattr(torch, "bfloat16" if cfg["dtype"] == "auto" else cfg["dtype"])
     E, h = cfg["E"], cfg["h"]
-    tokens = [int(x) for x in cfg["tokens"].split(",")]
+    tokens = _int_list(cfg["tokens"])
     bench = lambda fn, rep: triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median")  # ms
     res = {"date": time.strftime("%Y-%m-%d"), "card": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__, "E": E, "h": h, "dtype": cfg["dtype"], "rows": []}
+           "triton": triton.__version__, "E": E, "h": h, "dtype": str(dtype).replace("torch.", ""), "rows": []}
 
     # copy bandwidth (bytes read + written), 2 GB each way
     src = torch.randn(1 << 29, device=dev)
@@ -203,31 +262,607 @@ def bench_kernels(cfg: dict) -> dict:
     return res
 
 
-def _not_yet(name: str):
-    def run(cfg: dict) -> None:
-        print(f"error: bench.py mode '{name}' is not implemented yet (only 'kernels' is)", file=sys.stderr)
-        sys.exit(2)
-    return run
+# ----------------------------------------------------------------------------------------------------
+# settings
 
 
-MODES = {"kernels": bench_kernels, "decode": _not_yet("decode"), "train": _not_yet("train")}
+class BenchError(Exception):
+    """A user-facing problem (no GPU, bad model config): printed as one `error:` line, exit status 2."""
 
-DEFAULTS = {
-    "mode": "kernels",
-    "out": "bench_kernels.json",       # JSON of every number measured
+
+def _int_list(v) -> list[int]:
+    """"1,2,4" | 4 | (1, 2) | [1, 2] -> [1, 2, 4]. ("--batches=1,2" reaches us as the tuple (1, 2).)"""
+    if isinstance(v, int):
+        return [v]
+    if isinstance(v, str):
+        return [int(x) for x in v.replace(" ", "").split(",") if x]
+    return [int(x) for x in v]
+
+
+def _resolve_device(name: str) -> str:
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device={name!r} but no CUDA GPU is available (pass --device=cpu for a CPU run)")
+    if not (dev == "cpu" or dev.startswith("cuda")):
+        raise BenchError(f"device must be 'cuda', 'cuda:N', 'cpu' or 'auto', got {name!r}")
+    return dev
+
+
+def _resolve_dtype(name: str, dev: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if dev.startswith("cuda") else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise BenchError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {name!r}")
+    return getattr(torch, name)
+
+
+def model_config(cfg: dict, min_block: int = 0):
+    """GPTConfig from a bench/train config dict; vocab_size 0 (train.py: from the dataset) means 50304."""
+    from dataclasses import fields
+    from model import GPTConfig
+    args = {f.name: cfg[f.name] for f in fields(GPTConfig)}
+    args["dropout"] = 0.0
+    if args["vocab_size"] == 0:
+        args["vocab_size"] = 50304
+    args["block_size"] = max(args["block_size"], min_block)
+    try:
+        return GPTConfig(**args)
+    except ValueError as e:
+        raise BenchError(f"bad model config: {e}") from None
+
+
+def build_model(config, dev, dtype: torch.dtype | None):
+    """Random weights built directly on dev (or "meta": shapes only, for counting), in dtype (None: fp32)."""
+    from model import GPT
+    prev = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype or torch.float32)
+        with torch.device(dev):
+            return GPT(config)
+    except ValueError as e:  # e.g. a memory placement outside the model's blocks
+        raise BenchError(f"bad model config: {e}") from None
+    finally:
+        torch.set_default_dtype(prev)
+
+
+def model_kind(c) -> str:
+    """'moe' (ffn == "moe"), 'ultramem' / 'pkm' (memory != "none"), both joined by '+', else 'dense'."""
+    kinds = (["moe"] if c.ffn == "moe" else []) + ([c.memory] if c.memory != "none" else [])
+    return "+".join(kinds) or "dense"
+
+
+# ----------------------------------------------------------------------------------------------------
+# decode: the byte model (module docstring), one function per model kind
+
+
+def sparse_param_ids(model) -> set[int]:
+    """ids of the sparse parameters: MoE experts (w_fc, w_proj) and memory values."""
+    from model import MoE
+    ids = set()
+    for m in model.modules():
+        if isinstance(m, MoE):
+            ids |= {id(m.w_fc), id(m.w_proj)}
+    for m in model.memories:
+        ids.add(id(m.values))
+    return ids
+
+
+def decode_bytes_dense(model, B: int, S: int, el: int) -> dict:
+    """Every model: the non-sparse weights, read once per step, and the KV cache.
+      weights = (all parameters, the tied embedding counted once, minus MoE experts and memory values) x el
+      kv      = 2 (K and V) x n_layer x B x S x n_kv_head x head_dim x el,  S = kv_len + 1 positions."""
+    c = model.config
+    sparse = sparse_param_ids(model)
+    seen, n_dense = set(), 0
+    for p in model.parameters():  # parameters() yields a tied weight once
+        if id(p) not in sparse and id(p) not in seen:
+            seen.add(id(p))
+            n_dense += p.numel()
+    head_dim = c.n_embd // c.n_head
+    return {"dense_params": n_dense, "weights_bytes": n_dense * el,
+            "kv_bytes": 2 * c.n_layer * B * S * c.n_kv_head * head_dim * el}
+
+
+def decode_bytes_moe(model, B: int, el: int) -> dict:
+    """ffn == "moe": per MoE layer, the distinct experts B tokens touch with top-k of E experts each,
+    expected under uniform routing: E (1 - (1 - k/E)^B); one expert is w_fc (D x F) + w_proj (F x D).
+      experts = n_moe_layers x E (1 - (1 - k/E)^B) x 2 D F x el"""
+    from model import MoE
+    c = model.config
+    layers = sum(isinstance(m, MoE) for m in model.modules())
+    E, k = c.moe_num_experts, c.moe_top_k
+    distinct = E * (1.0 - (1.0 - k / E) ** B)
+    expert_bytes = 2 * c.n_embd * c.moe_hidden * el
+    return {"moe_layers": layers, "experts_distinct": distinct, "expert_bytes": expert_bytes,
+            "experts_bytes": layers * distinct * expert_bytes}
+
+
+def decode_bytes_memory(model, B: int, el: int) -> dict:
+    """memory != "none": per memory layer, B tokens read m x H value rows each (after IVE's decode, of the
+    N = mem_knum^2 physical rows); the distinct rows, for B m H uniform draws: N (1 - (1 - 1/N)^(B m H)),
+    at most min(B m H, N). One row is D_v elements.
+      values = n_memory_layers x N (1 - (1 - 1/N)^(B m H)) x D_v x el"""
+    layers = list(model.memories)
+    if not layers:
+        return {"memory_layers": 0, "values_rows": 0.0, "values_rows_max": 0, "values_bytes": 0.0}
+    m0 = layers[0]
+    N, draws = m0.N, B * m0.m * m0.H
+    rows = -N * math.expm1(draws * math.log1p(-1.0 / N))  # N (1 - (1 - 1/N)^draws), stable for large N
+    return {"memory_layers": len(layers), "values_rows": rows, "values_rows_max": min(draws, N),
+            "row_bytes": m0.Dv * el, "values_bytes": len(layers) * rows * m0.Dv * el}
+
+
+def decode_bytes(model, B: int, S: int, el: int) -> dict:
+    """The three parts summed into total_bytes (parts that do not apply are absent)."""
+    r = decode_bytes_dense(model, B, S, el)
+    total = r["weights_bytes"] + r["kv_bytes"]
+    if model.config.ffn == "moe":
+        r.update(decode_bytes_moe(model, B, el))
+        total += r["experts_bytes"]
+    if model.config.memory != "none":
+        r.update(decode_bytes_memory(model, B, el))
+        total += r["values_bytes"]
+    r["total_bytes"] = total
+    return r
+
+
+def memory_needed(meta_model, B: int, S: int, el: int, V: int) -> int:
+    """Device bytes to decode at batch B: parameters and buffers, KV and query-conv caches, the causal mask,
+    and a workspace margin (logits, activations, CUDA graph pools)."""
+    c = meta_model.config
+    params = sum(p.numel() * (el if p.is_floating_point() else p.element_size()) for p in meta_model.parameters())
+    bufs = sum(b.numel() * (el if b.is_floating_point() else b.element_size()) for b in meta_model.buffers())
+    kv = decode_bytes_dense(meta_model, B, S, el)["kv_bytes"]
+    conv = sum(B * S * c.n_embd * el for m in meta_model.memories if m.conv is not None)
+    return params + bufs + kv + conv + S * S + 8 * B * V * 4 + (2 << 30)
+
+
+# ----------------------------------------------------------------------------------------------------
+# decode: timing
+
+
+def _copy_bandwidth(dev: str) -> float:
+    """Bytes per second of a 1 GiB device-to-device copy, read + written counted (2 GiB of traffic; median
+    of CUDA events)."""
+    src = torch.randn(1 << 28, device=dev)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    ms = _time_cuda(lambda: dst.copy_(src), 50)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * (1 << 28) * 4 / (ms / 1e3)
+
+
+def _time_cuda(fn, iters: int) -> float:
+    """Median milliseconds of fn, one CUDA event pair per call."""
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def _time_cpu(fn, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _fill_caches(model, kv_len: int, gen: torch.Generator) -> None:
+    """Random KV (and query-conv) cache content at positions 0..kv_len-1, written into the buffers."""
+    for block in model.blocks:  # (B, KV heads, S, head_dim): in place, no temporary
+        block.attn.kv_cache.k[:, :, :kv_len].normal_(generator=gen)
+        block.attn.kv_cache.v[:, :, :kv_len].normal_(generator=gen)
+    for m in model.memories:  # (B, S, D)
+        if getattr(m, "conv_cache", None) is not None:
+            m.conv_cache[:, :kv_len].normal_(generator=gen)
+
+
+@torch.no_grad()
+def _measure_picks(model, idx, pos) -> dict:
+    """One eager step with forward pre-hooks that count, per layer, the distinct experts the router picked
+    (MoE) and the distinct physical value rows the memory picked; returns the sums over layers."""
+    from model import MoE, decode_one_token, moe_route
+    experts, rows, hooks = [], [], []
+
+    def moe_hook(mod, args):
+        x = args[0]
+        logits = F.linear(x.reshape(-1, x.shape[-1]).float(), mod.router.weight.float())
+        experts.append(moe_route(logits, mod.top_k, mod.renorm)[2].unique().numel())
+
+    def mem_hook(mod, args):
+        addr, _ = mod.select(*args)  # rewrites the conv cache at input_pos with what the step writes anyway
+        rows.append((addr % mod.N).unique().numel())
+
+    for m in model.modules():
+        if isinstance(m, MoE):
+            hooks.append(m.register_forward_pre_hook(moe_hook))
+    for m in model.memories:
+        hooks.append(m.register_forward_pre_hook(mem_hook))
+    try:
+        decode_one_token(model, idx, pos, 0.0, None)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    if experts:
+        out["experts_distinct_measured"] = sum(experts) / len(experts)
+    if rows:
+        out["values_rows_measured"] = sum(rows) / len(rows)
+    return out
+
+
+def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.dtype, copy_Bps: float | None) -> dict:
+    from model import decode_one_token
+    kv_len, el = run["kv_len"], torch.finfo(dtype).bits // 8
+    S = kv_len + 1
+    config = model_config(cfg, min_block=S)
+    meta = build_model(config, "meta", dtype)
+    batches = _int_list(run["batches"]) or [1 << i for i in range(run["max_batch"].bit_length()) if 1 << i <= run["max_batch"]]
+    info = {"name": name, "kind": model_kind(config), "params": meta.num_params(),
+            "activated_params": meta.num_params(activated=True), "block_size": config.block_size,
+            "rows": [], "skipped": []}
+    fit = list(batches)
+    if dev.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(dev))[0]
+        fit = [B for B in batches if memory_needed(meta, B, S, el, config.vocab_size) <= free]
+        for B in batches:
+            if B not in fit:
+                need = memory_needed(meta, B, S, el, config.vocab_size)
+                msg = f"{name}: batch {B} skipped: weights + KV cache ~{need / 1e9:.1f} GB > {free / 1e9:.1f} GB free"
+                print(msg, flush=True)
+                info["skipped"].append(msg)
+    del meta
+    print(f"\n== {name} ({info['kind']}): {info['params'] / 1e6:.2f}M parameters, {info['activated_params'] / 1e6:.2f}M "
+          f"activated; batches {fit}, kv_len {kv_len}, {str(dtype)[6:]} on {dev}", flush=True)
+    if not fit:
+        return info
+    model = None
+    try:
+        model = build_model(config, dev, dtype).eval().requires_grad_(False)
+        model.refresh()
+        model.setup_caches(max(fit), S)
+        _fill_caches(model, kv_len, torch.Generator(device=dev).manual_seed(0))
+        use_compile = run["compile"] if run["compile"] is not None else dev.startswith("cuda")
+        step = decode_one_token
+        if use_compile:
+            torch._dynamo.reset()
+            step = torch.compile(decode_one_token, fullgraph=True, dynamic=False,
+                                 mode="reduce-overhead" if dev.startswith("cuda") else None)
+        info["compiled"] = bool(use_compile)
+        pos = torch.tensor([kv_len], device=dev)
+        gen = torch.Generator(device=dev).manual_seed(1)
+        for B in fit:
+            idx = torch.randint(0, config.vocab_size, (B, 1), device=dev, generator=gen)
+            r = {"model": name, "kind": info["kind"], "batch": B, "kv_len": kv_len, "elem_bytes": el}
+            r.update(decode_bytes(model, B, S, el))
+            with torch.no_grad():
+                if run["measure"]:
+                    r.update(_measure_picks(model, idx, pos))
+                    if "experts_distinct_measured" in r:
+                        r["experts_bytes_measured"] = r["moe_layers"] * r["experts_distinct_measured"] * r["expert_bytes"]
+                    if "values_rows_measured" in r:
+                        r["values_bytes_measured"] = r["memory_layers"] * r["values_rows_measured"] * r["row_bytes"]
+                fn = lambda: step(model, idx, pos, 0.0, None)
+                for _ in range(run["warmup"]):
+                    fn()
+                if dev.startswith("cuda"):
+                    torch.cuda.synchronize()
+                    ms = _time_cuda(fn, run["iters"])
+                else:
+                    ms = _time_cpu(fn, run["iters"])
+            r["latency_ms"] = ms
+            r["tokens_per_s"] = B / (ms / 1e3)
+            r["achieved_GBps"] = r["total_bytes"] / (ms / 1e3) / 1e9
+            if copy_Bps:
+                r["floor_ms"] = r["total_bytes"] / copy_Bps * 1e3
+                r["latency_over_floor"] = ms / r["floor_ms"]
+            info["rows"].append(r)
+            extra = f", floor {r['floor_ms']:.3f} ms, x{r['latency_over_floor']:.2f}" if copy_Bps else ""
+            meas = "".join(f", {k} {r[k]:.1f}" for k in ("experts_distinct_measured", "values_rows_measured") if k in r)
+            print(f"{name} B={B}: {ms:.3f} ms, {r['tokens_per_s']:,.0f} tok/s, reads {_gb(r['total_bytes'])} "
+                  f"(weights {_gb(r['weights_bytes'])}, kv {_gb(r['kv_bytes'])}"
+                  + (f", experts {_gb(r['experts_bytes'])}" if "experts_bytes" in r else "")
+                  + (f", values {_gb(r['values_bytes'])}" if "values_bytes" in r else "")
+                  + f"), {r['achieved_GBps']:.1f} GB/s{extra}{meas}", flush=True)
+    except torch.cuda.OutOfMemoryError:
+        done = [r["batch"] for r in info["rows"]]
+        msg = f"{name}: out of GPU memory after batches {done}: stopping this model's sweep"
+        print(msg, flush=True)
+        info["stopped"] = msg
+    finally:
+        del model
+        if dev.startswith("cuda"):
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    return info
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.3f} MB"
+
+
+def _free(dev: str) -> None:
+    """Between models: drop compiled graphs (and their CUDA graph pools) and cached blocks."""
+    gc.collect()
+    if dev.startswith("cuda"):
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _ratios(models: list[dict]) -> list[dict]:
+    """Per batch: MoE/UltraMem and UltraMem/Dense latency, MoE/UltraMem bytes (first model of each kind)."""
+    first = {}
+    for m in models:
+        kind = "moe" if m["kind"].startswith("moe") else ("mem" if m["kind"] != "dense" else "dense")
+        first.setdefault(kind, {r["batch"]: r for r in m["rows"]})
+    out = []
+    for B in sorted(set().union(*[set(v) for v in first.values()]) if first else []):
+        r = {"batch": B}
+        moe, mem, dense = (first.get(k, {}).get(B) for k in ("moe", "mem", "dense"))
+        if moe and mem:
+            r["moe_over_mem_latency"] = moe["latency_ms"] / mem["latency_ms"]
+            r["moe_over_mem_bytes"] = moe["total_bytes"] / mem["total_bytes"]
+        if mem and dense:
+            r["mem_over_dense_latency"] = mem["latency_ms"] / dense["latency_ms"]
+        if len(r) > 1:
+            out.append(r)
+    return out
+
+
+def _plot(res: dict, path: str) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not importable: plot skipped"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in res["models"]:
+        if m["rows"]:
+            ax.plot([r["batch"] for r in m["rows"]], [r["latency_ms"] for r in m["rows"]], "o-", label=f"{m['name']} ({m['kind']})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("decode step latency (ms)")
+    ax.set_title(f"one-token decode, KV cache {res['kv_len']}, {res['device_name']}")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return f"plot written to {path}"
+
+
+def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
+    dev = _resolve_device(run["device"])
+    dtype = _resolve_dtype(run["dtype"], dev)
+    if run["kv_len"] < 1 or run["iters"] < 1 or run["warmup"] < 0 or run["max_batch"] < 1:
+        raise BenchError("kv_len, iters and max_batch must be >= 1 and warmup >= 0")
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(torch.device(dev))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        import torch._dynamo.config as dcfg
+        for key in ("cache_size_limit", "recompile_limit"):  # one compiled graph per batch size
+            if hasattr(dcfg, key):
+                setattr(dcfg, key, 64)
+    res = {"mode": "decode", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": dev,
+           "device_name": torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else "cpu",
+           "torch": torch.__version__, "dtype": str(dtype)[6:], "kv_len": run["kv_len"],
+           "random_kv_cache": "the KV and query-conv caches hold random values written into the buffers (no prefill)",
+           "copy_GBps": None, "models": [], "rows": []}
+    copy_Bps = None
+    if dev.startswith("cuda"):
+        copy_Bps = _copy_bandwidth(dev)
+        res["copy_GBps"] = copy_Bps / 1e9
+        print(f"copy bandwidth {copy_Bps / 1e9:.0f} GB/s (read + written)", flush=True)
+    else:
+        print("CPU: no copy-bandwidth floor", flush=True)
+    for name, cfg in models:
+        torch.manual_seed(cfg["seed"])
+        info = bench_decode_model(name, cfg, run, dev, dtype, copy_Bps)
+        _free(dev)
+        res["models"].append(info)
+        res["rows"].extend(info["rows"])
+    res["ratios"] = _ratios(res["models"])
+    if res["ratios"]:
+        print("\nratios per batch (first model of each kind):")
+        for r in res["ratios"]:
+            print(f"  B={r['batch']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "batch"))
+    with open(run["out"], "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"JSON written to {run['out']}")
+    print(_plot(res, os.path.splitext(run["out"])[0] + ".png"))
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------
+# train
+
+
+def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
+    from contextlib import nullcontext
+    cuda = dev.startswith("cuda")
+    dt = _resolve_dtype(run["dtype"], dev)
+    config = model_config(cfg)
+    B, T = cfg["batch_size"], config.block_size
+    info = {"model": name, "kind": model_kind(config), "batch_size": B, "block_size": T, "dtype": str(dt)[6:]}
+    model = opt = None
+    try:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        model = build_model(config, dev, None)
+        info["params"], info["activated_params"] = model.num_params(), model.num_params(activated=True)
+        print(f"\n== {name} ({info['kind']}): {info['params'] / 1e6:.2f}M parameters, batch {B} x {T} on {dev}", flush=True)
+        groups = model.optim_groups(cfg["weight_decay"])
+        for g in groups:
+            g.pop("names")
+        opt = torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), fused=cuda)
+        autocast = torch.autocast("cuda" if cuda else "cpu", dtype=dt) if dt != torch.float32 else nullcontext()
+        use_compile = cfg["compile"] if cfg["compile"] is not None else cuda
+        info["compiled"] = bool(use_compile)
+        fwd = torch.compile(model) if use_compile else model
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)
+        y = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)
+        model.train()
+
+        def train_step():
+            model.refresh()
+            with autocast:
+                _, ce, aux = fwd(x, y)
+                loss = ce + sum(aux.values()) if aux else ce
+            loss.backward()
+            if cfg["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        for _ in range(run["warmup"]):
+            train_step()
+        times = []
+        for _ in range(run["iters"]):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss = train_step()
+            loss.item()  # waits for the step
+            times.append(time.perf_counter() - t0)
+        step_s = statistics.median(times)
+        info["step_ms"] = step_s * 1e3
+        info["tokens_per_s"] = B * T / step_s
+        info["mfu"] = model.estimate_mfu(info["tokens_per_s"], cfg["peak_tflops"] * 1e12)
+        info["loss"] = loss.item()
+        if cuda:
+            info["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+        print(f"{name}: step {info['step_ms']:.1f} ms, {info['tokens_per_s']:,.0f} tok/s, MFU {100 * info['mfu']:.1f}% "
+              f"(at {cfg['peak_tflops']} TFLOPS)" + (f", peak {info['peak_mem_GB']:.1f} GB" if cuda else ""), flush=True)
+    except torch.cuda.OutOfMemoryError:
+        info["error"] = f"out of GPU memory (batch {B} x {T})"
+        print(f"{name}: {info['error']}: skipped", flush=True)
+    finally:
+        del model, opt
+        if cuda:
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    return info
+
+
+def bench_train(run: dict, models: list[tuple[str, dict]]) -> dict:
+    dev = _resolve_device(run["device"])
+    _resolve_dtype(run["dtype"], dev)
+    if run["iters"] < 1 or run["warmup"] < 0:
+        raise BenchError("iters must be >= 1 and warmup >= 0")
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(torch.device(dev))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    res = {"mode": "train", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": dev,
+           "device_name": torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else "cpu",
+           "torch": torch.__version__, "rows": []}
+    for name, cfg in models:
+        torch.manual_seed(cfg["seed"])
+        res["rows"].append(bench_train_model(name, cfg, run, dev))
+        _free(dev)
+    with open(run["out"], "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"JSON written to {run['out']}")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------
+# command line
+
+
+MODES = {"decode": bench_decode, "train": bench_train, "kernels": bench_kernels}
+
+BENCH_KEYS = {
+    "mode": "decode",                  # decode | train | kernels
+    "out": "",                         # JSON of every number measured; "" = bench_<mode>.json
+    # decode
+    "batches": "",                     # "1,2,4" (or --batches=1,2,4); "" = powers of two 1..max_batch
+    "max_batch": 1024,
+    "kv_len": 2048,                    # cached positions before the decoded token
+    "measure": True,                   # count the experts / value rows actually picked (one eager step)
+    # decode and train
+    "warmup": 10,                      # untimed steps
+    "iters": 50,                       # timed steps (median)
+    # kernels
     "shapes": "a,b",                   # keys of SHAPES
     "tokens": "1,8,64,512,4096,32768,65536",
-    "dtype": "bfloat16",
     "E": 4,
     "h": 2,
     "max_baseline_tokens": 32768,      # embedding_bag and the reference are timed up to this many tokens
     "check_compile": True,
     "sweep": True,                     # time a few launch configurations at 32,768 tokens
 }
+# train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
+CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
+RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "warmup", "iters")
+LIST = (str, int, tuple, list)
+
+
+def defaults_and_types() -> tuple[dict, dict]:
+    import train
+    base = train.default_config()
+    clash = set(BENCH_KEYS) & set(base)
+    assert not clash, f"bench keys clash with train.py / GPTConfig keys: {clash}"
+    return {**base, **CHANGED_TRAIN_DEFAULTS, **BENCH_KEYS}, {**train.TYPES, "batches": LIST, "tokens": LIST}
+
+
+def parse(argv: list[str]) -> tuple[dict, list[tuple[str, dict]]]:
+    """argv -> (run settings, [(model name, settings)]): positional arguments are config files (one model
+    each), --key=value overrides apply to every model."""
+    defaults, types = defaults_and_types()
+    files = [a for a in argv if not a.startswith("-")]
+    overrides = [a for a in argv if a.startswith("-")]
+    run = configure(defaults, overrides, types)
+    models, names = [], set()
+    for path in files or [None]:
+        cfg = configure(defaults, ([path] if path else []) + overrides, types)
+        name = os.path.splitext(os.path.basename(path))[0] if path else "defaults"
+        base, i = name, 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.add(name)
+        models.append((name, cfg))
+    if run["mode"] not in MODES:
+        raise ConfigError(f"unknown mode '{run['mode']}'; modes: {', '.join(MODES)}")
+    run["out"] = run["out"] or f"bench_{run['mode']}.json"
+    run["tokens"] = ",".join(map(str, _int_list(run["tokens"])))
+    return run, models
+
+
+def main(argv: list[str]) -> None:
+    if "--help" in argv or "-h" in argv:
+        defaults, _ = defaults_and_types()
+        print(f"usage: {sys.argv[0]} [config_file.py ...] [--key=value ...]   (one model per config file)\n\nkeys and defaults:")
+        print(format_config(defaults))
+        sys.exit(0)
+    try:
+        run, models = parse(argv)
+        defaults, _ = defaults_and_types()
+        for name, cfg in models:
+            changed = {k: v for k, v in cfg.items() if defaults[k] != v and k not in RUN_KEYS}
+            print(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()), flush=True)
+        print("run: " + ", ".join(f"{k}={run[k]!r}" for k in RUN_KEYS), flush=True)
+        if run["mode"] == "kernels":
+            bench_kernels(run)
+        else:
+            MODES[run["mode"]](run, models)
+    except (ConfigError, BenchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
 
 if __name__ == "__main__":
-    cfg = configure_or_exit(DEFAULTS, sys.argv[1:])
-    if cfg["mode"] not in MODES:
-        print(f"error: unknown mode '{cfg['mode']}'; modes: {', '.join(MODES)}", file=sys.stderr)
-        sys.exit(2)
-    MODES[cfg["mode"]](cfg)
+    main(sys.argv[1:])

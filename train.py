@@ -170,6 +170,17 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+def truncate_metrics(path: str, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their records from a killed run's log."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 def rng_state(device_type: str) -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if device_type == "cuda":
@@ -289,11 +300,11 @@ def main(argv: list[str]) -> None:
     for g in groups:
         g.pop("names")
     optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), fused=device_type == "cuda")
-    step = 0
+    step, ckpt_step = 0, None
     best_val = float("inf")
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+        step = ckpt_step = ckpt["step"]
         best_val = ckpt.get("best_val_loss", best_val)
         train_loader.load_state_dict(ckpt["loader"])
         rngs = ckpt["rng"]
@@ -304,6 +315,8 @@ def main(argv: list[str]) -> None:
     tokens_per_step = cfg["batch_size"] * cfg["grad_accum"] * T * world
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
+        if ckpt_step is not None:
+            truncate_metrics(os.path.join(cfg["out_dir"], "metrics.jsonl"), ckpt_step)
         print(f"model: {n_total / 1e6:.2f}M parameters, {n_act / 1e6:.2f}M activated, "
               f"{model.flops_per_token() / 1e9:.3f} GFLOPs/token forward (paper's count); "
               f"{tokens_per_step:,} tokens per step on {world} x {dev} in {dtype}")
@@ -357,6 +370,8 @@ def main(argv: list[str]) -> None:
     ckpt_interval = cfg["ckpt_interval"] or cfg["eval_interval"]
     end = cfg["max_iters"] if cfg["stop_iter"] <= 0 else min(cfg["max_iters"], cfg["stop_iter"])
     bad = torch.zeros((), dtype=torch.bool, device=dev)  # a non-finite loss or gradient since the last check
+    if step >= end and master:
+        print(f"nothing to do: the checkpoint is at step {step}, and this run stops at step {end}")
     bar = tqdm(total=end, initial=step, disable=not (master and cfg["progress"]), dynamic_ncols=True, unit="step")
     t_log, tokens_since = time.perf_counter(), 0
     pin = device_type == "cuda"

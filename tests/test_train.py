@@ -62,6 +62,8 @@ def test_resume_is_exact(data_dir, tmp_path):
     train(data_dir, straight, *common)
     train(data_dir, paused, *common, "--stop_iter=6")
     assert len(losses(paused)) == 6
+    with open(paused / "metrics.jsonl", "a") as f:  # records a killed run wrote after its last checkpoint
+        f.write(json.dumps({"step": 7, "loss": 123.0}) + "\n")
     # only the folder and the resume: every other setting comes back from the checkpoint
     run("train.py", f"--out_dir={paused}", "--init_from=resume", "--progress=False", "--device=cpu")
     assert losses(paused) == losses(straight)  # bit for bit: weights, optimizer, RNG and data position restored
