@@ -5,12 +5,14 @@ function each in MODES): decode (the default), train, kernels.
 Several config files are several MODELS, compared side by side (not merged): every positional argument is a
 config file (the ones train.py reads: GPTConfig fields and train.py's keys), and the --key=value overrides
 apply to every model: model i's settings = defaults <- file i <- overrides. No file: one model, the defaults.
-The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile, peak_tflops,
-...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters, measure and the
-kernels keys); bench changes two of train.py's defaults: device="cuda" (a missing GPU is an error; pass
---device=cpu for a quick CPU run) and vocab_size=0 means 50304 (there is no dataset to take it from).
-Run-level keys (mode, out, device, dtype, batches, max_batch, kv_len, warmup, iters, measure) are read from
-the command line and the defaults; model keys, batch_size, block_size, compile and peak_tflops per model.
+The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile,
+peak_tflops, ...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters,
+measure, compile_dynamic and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
+train.py's default device to "cuda" (a missing GPU is an error; pass --device=cpu for a quick CPU run), and
+reads vocab_size=0 (train.py: from the dataset) as 50304. Run-level keys (RUN_KEYS: mode, out,
+device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, warmup, iters) come from the defaults
+and the command line only (a config file's value for them is ignored); model keys, batch_size, compile,
+peak_tflops and the optimizer keys are per model.
 
     python bench.py config/dense_1p6b.py config/moe_1p6b_2in34.py config/ultramem_1p6b.py --batches=1,4,16,64
     python bench.py --mode=train config/dense_151m.py config/ultramem_151m.py
@@ -26,7 +28,8 @@ step is model.decode_one_token(model, idx (B, 1), input_pos=[kv_len], temperatur
 attends to kv_len cached positions plus its own and rewrites position kv_len each time, so every step does
 the same work. On CUDA it runs under torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs;
 compile=False for eager), timed with CUDA events; on CPU eagerly with time.perf_counter. `warmup` steps,
-then the median of `iters` steps. Batch sizes: `batches` ("1,2,4" or empty: powers of two up to
+then the median of `iters` steps (the first call, compilation included, is timed apart: first_call_s; on
+CUDA every batch size is a static compilation unless compile_dynamic=True). Batch sizes: `batches` ("1,2,4" or empty: powers of two up to
 max_batch). Before allocating, the weights + caches + a workspace margin are estimated against the free GPU
 memory; batch sizes that do not fit are skipped with a message, and an OutOfMemoryError stops the sweep of
 that model with a message (not a crash). With measure=True one eager step per batch counts the distinct
@@ -46,8 +49,9 @@ Buffers (rope rows, the causal-mask row, the shuffle permutation's B m H entries
 and activations are left out (a few KB to MB). Per batch: latency, tokens/s (B / latency), the bytes,
 achieved bandwidth (bytes / latency), the floor = bytes / copy bandwidth (a large device-to-device copy
 in the same run, read + written bytes; skipped on CPU) and latency / floor. After all models: MoE/UltraMem
-and UltraMem/Dense latency and MoE/UltraMem bytes per batch, where such models are present (kind from the
-config: ffn == "moe", memory != "none"). A JSON of everything goes to `out` (default bench_decode.json),
+and UltraMem/Dense latency and MoE/UltraMem bytes (with and without the KV cache, which both share and
+which dominates at kv_len 2048 without GQA) per batch, where such models are present (kind from the
+config: ffn == "moe", memory != "none"; PKM counts as a memory model; the first model of each kind). A JSON of everything goes to `out` (default bench_decode.json),
 and a log-log PNG of latency vs batch beside it when matplotlib is importable.
 
 train: each model in fp32 on the device, AdamW (fused on CUDA) over model.optim_groups, bf16 autocast when
@@ -531,11 +535,11 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
         model.refresh()
         model.setup_caches(max(fit), S)
         _fill_caches(model, kv_len, torch.Generator(device=dev).manual_seed(0))
-        use_compile = run["compile"] if run["compile"] is not None else dev.startswith("cuda")
+        use_compile = cfg["compile"] if cfg["compile"] is not None else dev.startswith("cuda")
         step = decode_one_token
         if use_compile:
             torch._dynamo.reset()
-            step = torch.compile(decode_one_token, fullgraph=True, dynamic=False,
+            step = torch.compile(decode_one_token, fullgraph=True, dynamic=None if run["compile_dynamic"] else False,
                                  mode="reduce-overhead" if dev.startswith("cuda") else None)
         info["compiled"] = bool(use_compile)
         pos = torch.tensor([kv_len], device=dev)
@@ -552,6 +556,11 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
                     if "values_rows_measured" in r:
                         r["values_bytes_measured"] = r["memory_layers"] * r["values_rows_measured"] * r["row_bytes"]
                 fn = lambda: step(model, idx, pos, 0.0, None)
+                t0 = time.perf_counter()
+                fn()  # the first call compiles (CUDA: and the next ones record the CUDA graph)
+                if dev.startswith("cuda"):
+                    torch.cuda.synchronize()
+                r["first_call_s"] = time.perf_counter() - t0
                 for _ in range(run["warmup"]):
                     fn()
                 if dev.startswith("cuda"):
@@ -578,6 +587,12 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
         msg = f"{name}: out of GPU memory after batches {done}: stopping this model's sweep"
         print(msg, flush=True)
         info["stopped"] = msg
+    except Exception as e:  # e.g. a compile failure: report it, keep the other models' results
+        import traceback
+        traceback.print_exc()
+        done = [r["batch"] for r in info["rows"]]
+        info["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} (after batches {done})"
+        print(f"{name}: failed: {info['error']}", flush=True)
     finally:
         del model
         if dev.startswith("cuda"):
@@ -612,6 +627,7 @@ def _ratios(models: list[dict]) -> list[dict]:
         if moe and mem:
             r["moe_over_mem_latency"] = moe["latency_ms"] / mem["latency_ms"]
             r["moe_over_mem_bytes"] = moe["total_bytes"] / mem["total_bytes"]
+            r["moe_over_mem_bytes_no_kv"] = (moe["total_bytes"] - moe["kv_bytes"]) / (mem["total_bytes"] - mem["kv_bytes"])
         if mem and dense:
             r["mem_over_dense_latency"] = mem["latency_ms"] / dense["latency_ms"]
         if len(r) > 1:
@@ -793,6 +809,8 @@ BENCH_KEYS = {
     "max_batch": 1024,
     "kv_len": 2048,                    # cached positions before the decoded token
     "measure": True,                   # count the experts / value rows actually picked (one eager step)
+    "compile_dynamic": False,          # False: one static compilation per batch size; True: dynamic=None
+                                       # (dynamo generalises the batch after the second size: fewer compiles)
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)
@@ -807,7 +825,7 @@ BENCH_KEYS = {
 }
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
-RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "warmup", "iters")
+RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters")
 LIST = (str, int, tuple, list)
 
 

@@ -1,0 +1,142 @@
+"""bench.py's decode and train modes on the CPU with tiny models (subprocesses), its argument parsing, and the
+decode byte model checked by hand. Timings are never asserted, only that they are positive."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--device=cpu", "--iters=2", "--warmup=1"]
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--vocab_size=512", "--block_size=64"]
+
+
+def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), *args], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"bench.py {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def one_line_error(p: subprocess.CompletedProcess, *words: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def expected_distinct(n: int, draws: int) -> float:
+    return n * (1 - (1 - 1 / n) ** draws)
+
+
+@pytest.fixture(scope="module")
+def decode_small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "x.json"
+    bench("--mode=decode", "config/ultramem_small.py", "config/moe_small.py", "--batches=1,2", "--kv_len=16",
+          f"--out={out}", *FAST)
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_decode_rows_per_model_and_batch(decode_small):
+    res = decode_small
+    assert [m["name"] for m in res["models"]] == ["ultramem_small", "moe_small"]
+    assert [m["kind"] for m in res["models"]] == ["ultramem", "moe"]
+    got = {(r["model"], r["batch"]) for r in res["rows"]}
+    assert got == {(m, b) for m in ("ultramem_small", "moe_small") for b in (1, 2)}
+    for r in res["rows"]:
+        assert r["latency_ms"] > 0 and r["tokens_per_s"] > 0 and r["achieved_GBps"] > 0
+        assert r["elem_bytes"] == 4  # dtype auto: float32 on the CPU
+        for k in ("weights_bytes", "kv_bytes", "total_bytes"):
+            assert r[k] > 0, k
+        assert "floor_ms" not in r  # no copy-bandwidth floor on the CPU
+    assert {r["batch"] for r in res["ratios"]} == {1, 2}
+    assert all("moe_over_mem_latency" in r and "moe_over_mem_bytes" in r for r in res["ratios"])
+
+
+def test_decode_bytes_memory_and_moe_by_hand(decode_small):
+    """ultramem_small: 2 memory layers of N = 32^2 rows of D_v = 128/2 floats, m x H = 8 x 2 rows per token;
+    moe_small: 4 MoE layers of 8 experts (top-2) of 2 x 128 x 256 floats; KV: 4 blocks x 4 heads x 32."""
+    models = {m["name"]: m for m in decode_small["models"]}
+    for r in decode_small["rows"]:
+        B, S = r["batch"], 16 + 1
+        assert r["kv_bytes"] == 2 * 4 * B * S * 4 * 32 * 4
+        if r["model"] == "ultramem_small":
+            assert r["values_rows"] == pytest.approx(expected_distinct(1024, B * 8 * 2))
+            assert r["values_bytes"] == pytest.approx(2 * expected_distinct(1024, B * 16) * 64 * 4)
+            assert r["values_rows_max"] == B * 16
+            assert 0 < r["values_rows_measured"] <= B * 16
+            # everything but the values is dense
+            assert r["weights_bytes"] == (models["ultramem_small"]["params"] - 2 * 1024 * 64) * 4
+            total = r["weights_bytes"] + r["kv_bytes"] + r["values_bytes"]
+        else:
+            assert r["experts_distinct"] == pytest.approx(8 * (1 - (1 - 2 / 8) ** B))
+            assert r["experts_bytes"] == pytest.approx(4 * 8 * (1 - 0.75 ** B) * 2 * 128 * 256 * 4)
+            assert 2 <= r["experts_distinct_measured"] <= min(8, 2 * B)
+            assert r["weights_bytes"] == (models["moe_small"]["params"] - 4 * 8 * 2 * 128 * 256) * 4
+            total = r["weights_bytes"] + r["kv_bytes"] + r["experts_bytes"]
+        assert r["total_bytes"] == pytest.approx(total)
+
+
+def test_decode_dense_bytes_by_hand(tmp_path):
+    out = tmp_path / "d.json"
+    bench(*TINY, "--batches=1,4", "--kv_len=8", f"--out={out}", *FAST)  # decode is the default mode
+    with open(out) as f:
+        res = json.load(f)
+    L, D, V, H, hd = 2, 64, 512, 2, 32
+    # per block: ln_1 (D), c_attn (3 D^2), attention c_proj (D^2), ln_2 (D), MLP (4 D^2 + 4 D^2); ln_f; the
+    # embedding tied to lm_head counted once; no biases
+    weights = (L * (12 * D * D + 2 * D) + D + V * D) * 4
+    assert [r["batch"] for r in res["rows"]] == [1, 4]
+    for r in res["rows"]:
+        B = r["batch"]
+        kv = 2 * L * B * (8 + 1) * H * hd * 4  # K and V, kv_len cached positions + the decoded one
+        assert r["weights_bytes"] == weights
+        assert r["kv_bytes"] == kv
+        assert r["total_bytes"] == weights + kv
+        assert "experts_bytes" not in r and "values_bytes" not in r
+        assert r["latency_ms"] > 0
+
+
+def test_train_mode(tmp_path):
+    out = tmp_path / "t.json"
+    bench("--mode=train", *TINY, "--batch_size=2", "--block_size=16", f"--out={out}", *FAST)
+    with open(out) as f:
+        res = json.load(f)
+    (r,) = res["rows"]
+    assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["mfu"] > 0
+    assert r["batch_size"] == 2 and r["block_size"] == 16 and r["compiled"] is False
+
+
+def test_missing_config_file():
+    one_line_error(bench("--device=cpu", "config/does_not_exist.py", check=False), "config file not found")
+
+
+def test_cuda_missing():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    one_line_error(bench("--device=cuda", "--batches=1", check=False), "no CUDA GPU")
+    one_line_error(bench("--mode=train", "--device=cuda", check=False), "no CUDA GPU")
+
+
+def test_parse_several_models_not_merged():
+    import bench as b
+    run, models = b.parse(["config/moe_small.py", "config/ultramem_small.py", "--kv_len=4", "--batches=1,2"])
+    assert [n for n, _ in models] == ["moe_small", "ultramem_small"]
+    moe, mem = models[0][1], models[1][1]
+    assert moe["ffn"] == "moe" and moe["memory"] == "none"
+    assert mem["ffn"] == "dense" and mem["memory"] == "ultramem"
+    assert moe["kv_len"] == mem["kv_len"] == run["kv_len"] == 4
+    assert b._int_list(run["batches"]) == [1, 2]
+    assert run["mode"] == "decode" and run["out"] == "bench_decode.json"
+    run, models = b.parse([])
+    assert [n for n, _ in models] == ["defaults"] and run["device"] == "cuda"
+
+
+def test_bad_model_config_is_one_line():
+    one_line_error(bench("config/ultramem_small.py", "--n_layer=2", "--device=cpu", check=False), "bad model config")
