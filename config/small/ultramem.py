@@ -14,10 +14,11 @@ dropout = 0.0
 learning_rate = 1e-3
 batch_size = 32
 grad_accum = 1
-max_iters = 300
-eval_interval = 50
+max_iters = 1100  # 1100 x 32,768 = 36.0M tokens: about one pass over medium_mix's 37.3M
+eval_interval = 100
 eval_iters = 20
 log_interval = 10
+seed = 1337  # fixed; scripts/gpu_results.sh passes --seed=S (and out_dir) per run
 memory = "ultramem"
 mem_layers = "1:4/5:7"
 mem_knum = 1136

@@ -1,0 +1,39 @@
+# Table 2 (spec 2) ablation ladder in miniature, row 5: +query/key LN.
+# config/ablation/*.py at the scale of config/small/dense.py (8 x 512): ~510M sparse (x10 of dense's 50.9M) at
+# every row, Dk 128, top-m 2 x 32; each file is the previous one plus one step (marked <-), the same option per
+# row as config/ablation/. Activated compute drifts with keys and projectors, as in the big ladder.
+# Counted (GPT(GPTConfig.from_dict(...)) on the meta device): 562,430,976 total / 52,509,696 activated /
+# 0.1050 GFLOPs per token forward (1.03x dense); sparse 510.0M = 9.71x activated.
+out_dir = "out/small/ablation/05_qk_norm"
+dataset = "medium_mix"
+n_layer = 8
+n_head = 8
+n_embd = 512
+block_size = 1024
+vocab_size = 50304
+dropout = 0.0
+learning_rate = 1e-3
+batch_size = 32
+grad_accum = 1
+max_iters = 1100  # 1100 x 32,768 = 36.0M tokens: about one pass over medium_mix's 37.3M
+eval_interval = 100
+eval_iters = 20
+log_interval = 10
+seed = 1337  # fixed; scripts/gpu_results.sh passes --seed=S (and out_dir) per run
+memory = "ultramem"
+mem_layers = "1:4/5:7"
+mem_knum = 998
+mem_kdim = 128
+mem_heads = 2
+mem_topm = 32
+mem_softmax = False
+mem_value_proj = True
+mem_share_query = True
+mem_qk_norm = "layer"  # <-
+mem_expand = 1
+mem_tdqkr = False
+mem_cores = 1
+mem_tucker_alpha = 0.0
+mem_init = "pkm"
+mem_value_lr_mult = 1.0
+mem_qconv = 0

@@ -1,0 +1,171 @@
+"""config/small/*: Table 1, Table 2 and Figure 6b in miniature (scripts/gpu_results.sh). Fast: every model is
+built on the meta device and counted with GPT's own counters."""
+
+import glob
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = os.path.join(ROOT, "config", "small")
+NAMES = sorted(os.path.relpath(p, SMALL)[:-3] for p in glob.glob(os.path.join(SMALL, "**", "*.py"), recursive=True))
+LADDER = [n for n in NAMES if n.startswith("ablation/")]
+RUN = dict(dataset="medium_mix", n_layer=8, n_head=8, n_embd=512, block_size=1024, vocab_size=50304, dropout=0.0,
+           learning_rate=1e-3, batch_size=32, grad_accum=1, max_iters=1100, eval_interval=100, eval_iters=20, seed=1337)
+OWN_OUT_DIR = {"dense": "out/small_dense", "ultramem": "out/small_ultramem"}  # kept: scripts/gpu_memory.sh reads them
+
+
+def settings(name: str) -> dict:
+    return {k: v for k, v in runpy.run_path(os.path.join(SMALL, name + ".py")).items() if not k.startswith("_")}
+
+
+_built = {}
+
+
+def built(name: str):
+    """(config, model, sparse memory values) of config/small/<name>.py on the meta device."""
+    if name not in _built:
+        c = GPTConfig.from_dict(settings(name))
+        with torch.device("meta"):
+            model = GPT(c)
+        _built[name] = (c, model, sum(m.values.numel() for m in model.memories))
+    return _built[name]
+
+
+def flops(name: str) -> float:
+    return built(name)[1].flops_per_token()
+
+
+def test_the_files_are_there():
+    expected = {"dense", "ultramem", "moe", "pkm", "dense_4x", *(f"sparsity_x{x}" for x in (3, 6, 12, 24))}
+    assert expected <= set(NAMES)
+    assert len(LADDER) == 12 and LADDER[0] == "ablation/00_pkm" and LADDER[-1] == "ablation/11_query_conv"
+    assert [os.path.basename(n) for n in LADDER] == \
+        [n[:-3] for n in sorted(os.listdir(os.path.join(ROOT, "config", "ablation")))]  # the same rows, same names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_small_config_builds_and_shares_the_run(name):
+    s = settings(name)
+    unknown = set(s) - set(train.default_config())
+    assert not unknown, f"keys train.py does not know: {unknown}"
+    base = {**RUN, **({"n_layer": 12, "n_head": 16, "n_embd": 1024} if name == "dense_4x" else {})}
+    assert {k: s.get(k) for k in base} == base  # same data, tokens, batch, schedule and seed for all
+    assert s["out_dir"] == OWN_OUT_DIR.get(name, f"out/small/{name}")
+    _, model, _ = built(name)
+    assert model.num_params() > 0 and model.flops_per_token() > 0
+
+
+def test_table1_counts():
+    dense, um = flops("dense"), flops("ultramem")
+    assert abs(dense / 0.1018e9 - 1) < 0.01 and abs(um / 0.1140e9 - 1) < 0.01
+    # MoE-2in32: every block MoE, expert width a multiple of 128, FLOPs within 5% of UltraMem's
+    c, moe, _ = built("moe")
+    assert (c.ffn, c.moe_num_experts, c.moe_top_k) == ("moe", 32, 2) and c.moe_hidden % 128 == 0
+    assert abs(moe.flops_per_token() / um - 1) < 0.05
+    assert 6.5 < moe.num_params() / moe.num_params(activated=True) < 7.5  # stated: 7.0x (12x needs 2.5x the FLOPs)
+    # PKM: one layer at the middle block, x10-12 sparse, compute of dense + a PKM layer (within 2%, as Table 2's
+    # PKM-151M is +1.5% over Dense-151M)
+    c, pkm, sparse = built("pkm")
+    assert c.memory == "pkm" and list(zip(pkm.mem_src, pkm.mem_dst)) == [(4, 4)]
+    assert 10 <= sparse / pkm.num_params(activated=True) <= 12.5
+    assert abs(pkm.flops_per_token() / dense - 1) < 0.02
+    # the yardstick: about 4x dense's FLOPs
+    assert abs(flops("dense_4x") / dense / 4 - 1) < 0.05
+    # UltraMem ~x12 (11.6x)
+    _, model, sparse = built("ultramem")
+    assert 11 <= sparse / model.num_params(activated=True) <= 13
+
+
+def test_sparsity_sweep():
+    ref = settings("ultramem")
+    ratios = []
+    for x in (3, 6, 12, 24):
+        s = settings(f"sparsity_x{x}")
+        diff = {k for k in set(s) | set(ref) if s.get(k) != ref.get(k)} - {"out_dir", "max_iters", "eval_interval", "seed"}
+        assert diff == ({"mem_knum"} if x != 12 else set()), diff  # vary mem_knum only; x12 is config/small/ultramem.py
+        _, model, sparse = built(f"sparsity_x{x}")
+        ratios.append(sparse / model.num_params(activated=True))
+        assert abs(ratios[-1] / x - 1) < 0.2, (x, ratios[-1])
+        assert abs(model.flops_per_token() / flops("ultramem") - 1) < 0.05  # the same activated size
+    assert ratios == sorted(ratios)
+    assert built("sparsity_x12")[1].num_params() == built("ultramem")[1].num_params()
+
+
+def test_small_ablation_ladder_adds_one_step_per_row():
+    """As tests/test_memory.py::test_ablation_ladder_adds_one_step_per_row, on the small base."""
+    resolved = []
+    for n in LADDER:
+        c, model, sparse = built(n)
+        assert abs(sparse / 510e6 - 1) < 0.01  # ~x10 of dense's 50.9M at every row
+        assert abs(model.num_params(activated=True) / 50.9e6 - 1) < 0.15
+        assert abs(model.flops_per_token() / flops("dense") - 1) < 0.15
+        resolved.append({f: getattr(c, f) for f in vars(c) if f.startswith("mem_") and f != "mem_knum"})
+    changed = [{k for k in a if a[k] != b[k]} for a, b in zip(resolved, resolved[1:])]
+    assert changed == [{"mem_softmax"}, {"mem_value_proj"}, {"mem_share_query"}, {"mem_layers"}, {"mem_qk_norm"},
+                       {"mem_expand"}, {"mem_tdqkr", "mem_tucker_alpha"}, {"mem_cores"}, {"mem_init"},
+                       {"mem_value_lr_mult"}, {"mem_qconv"}]  # TDQKR comes with its aux loss
+    assert built(LADDER[0])[0].memory == "pkm" and built(LADDER[0])[0].mem_layers == "4:4"
+    full = built(LADDER[-1])[0]
+    assert all(getattr(full, k) == f.default for k, f in GPTConfig.__dataclass_fields__.items()
+               if k.startswith("mem_") and k not in ("mem_layers", "mem_knum", "mem_kdim", "mem_heads", "mem_topm"))
+    # the last row is config/small/ultramem.py at x10 instead of x12
+    um = settings("ultramem")
+    assert all(full.__dict__[k] == um[k] for k in ("mem_layers", "mem_kdim", "mem_heads", "mem_topm"))
+    # each file marks its changed options with '# <-', as config/ablation/
+    for n, prev_changed in zip(LADDER[1:], changed):
+        text = open(os.path.join(SMALL, n + ".py")).read()
+        marked = {line.split("=")[0].strip() for line in text.splitlines() if line.rstrip().endswith("# <-")}
+        assert prev_changed <= marked <= prev_changed | {"mem_knum"}, (n, marked)
+
+
+def test_gpu_results_parts_cover_every_config():
+    def names(part):
+        out = subprocess.run(["bash", "scripts/gpu_results.sh", part, "3"], cwd=ROOT, env={**os.environ, "DRY": "1"},
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+        return [line.split()[2][len("config/small/"):-3] for line in out if line.strip()]
+
+    everything = names("all")
+    assert set(everything) | {"sparsity_x12"} == set(NAMES) and len(everything) == len(set(everything))
+    for part in ("table1a", "table1b", "table2a", "table2b", "table2c", "table2d", "fig6b", "fig6b_x12"):
+        assert names(part)
+    cmd = subprocess.run(["bash", "scripts/gpu_results.sh", "ablation/04_split_skip", "3"], cwd=ROOT,
+                         env={**os.environ, "DRY": "1"}, capture_output=True, text=True, check=True).stdout
+    assert "config/small/ablation/04_split_skip.py --seed=3 --progress=False --overwrite=True " \
+           "--out_dir=out/small/ablation/04_split_skip_s3" in cmd
+
+
+def test_results_table_on_fake_runs(tmp_path):
+    def run(name, seed, losses, log=True):
+        base = tmp_path / "small" / f"{name}_s{seed}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        recs = [{"step": 100 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]
+        recs.insert(0, {"step": 10, "loss": 9.0, "tokens_per_sec": 1.0})
+        base.with_name(base.name + ".metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        if log:
+            base.with_name(base.name + ".log").write_text(
+                "model: 717.63M parameters, 56.93M activated, 0.114 GFLOPs/token forward (paper's count); ...\n")
+
+    run("ultramem", 1, [6.0, 5.0])
+    run("ultramem", 2, [6.0, 5.2])
+    run("dense", 1, [6.0, 5.5], log=False)  # no log: counts recomputed from config/small/dense.py
+    run("ablation/00_pkm", 1, [5.4], log=False)
+    run("ablation/01_rm_softmax", 1, [5.35], log=False)
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "| run | seeds | params | activated | GFLOPs/token | steps | val loss | spread | delta |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| dense | 1 | 50.9M | 50.9M | 0.102 | 200 | 5.5000 | - | - |",
+        "| ultramem | 1,2 | 717.6M | 56.9M | 0.114 | 200 | 5.1000 | 0.2000 | - |",
+        "| ablation/00_pkm | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.4000 | - | - |",
+        "| ablation/01_rm_softmax | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.3500 | - | -0.0500 |",
+    ]
