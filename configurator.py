@@ -48,7 +48,8 @@ def _unknown(key: str, known, source: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' (in {source}); {hint}")
 
 
-def _read_file(path: str) -> dict[str, Any]:
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings a config file makes (its top-level names, less modules, functions and classes)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -102,7 +103,7 @@ def configure(defaults: dict[str, Any], argv: list[str], types: dict[str, Any] |
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option '{arg}': arguments are config files and --key=value overrides")
         else:
-            items, source = _read_file(arg).items(), arg
+            items, source = read_config_file(arg).items(), arg
         for key, value in items:
             if key not in defaults:
                 raise _unknown(key, defaults, source)

@@ -1,10 +1,10 @@
 import math
 import os
-import runpy
 
 import pytest
 import torch
 
+from configurator import read_config_file
 from model import GPT, GPTConfig, decode_one_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,9 +17,7 @@ def tiny(**kw) -> GPTConfig:
 
 
 def config_file(name: str) -> dict:
-    """The settings a config file sets (as train.py would apply them)."""
-    ns = runpy.run_path(os.path.join(ROOT, "config", name))
-    return {k: v for k, v in ns.items() if not k.startswith("_")}
+    return read_config_file(os.path.join(ROOT, "config", name))
 
 
 def test_shapes_and_initial_loss():
@@ -90,12 +88,23 @@ def test_counters_by_hand():
     assert model.estimate_mfu(1000.0, 1e12) == pytest.approx(1000 * model.train_flops_per_token() / 1e12)
 
 
-def test_dense_151m_matches_table_1():
-    cfg = config_file("dense_151m.py")
+TABLE_1 = {  # the paper's Table 1: total parameters, forward FLOPs per token
+    "dense_151m.py": (0.15e9, 0.30e9), "dense_680m.py": (0.68e9, 1.36e9), "dense_1p6b.py": (1.61e9, 3.21e9),
+    "moe_151m_2in32.py": (2.04e9, 0.35e9), "moe_680m_2in33.py": (8.95e9, 1.50e9), "moe_1p6b_2in34.py": (21.36e9, 3.52e9),
+    "ultramem_151m.py": (2.03e9, 0.35e9), "ultramem_680m.py": (8.93e9, 1.49e9), "ultramem_1p6b.py": (21.41e9, 3.50e9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_1))
+def test_configs_match_table_1(name):
     with torch.device("meta"):
-        model = GPT(GPTConfig.from_dict(cfg))
-    assert abs(model.num_params() / 0.15e9 - 1) < 0.10
-    assert abs(model.flops_per_token() / 0.30e9 - 1) < 0.10
+        model = GPT(GPTConfig.from_dict(config_file(name)))
+    params, flops = TABLE_1[name]
+    assert abs(model.num_params() / params - 1) < 0.10
+    assert abs(model.flops_per_token() / flops - 1) < 0.10
+    if model.memories:  # "x12": sparse parameters about 12x the activated ones
+        sparse = sum(m.values.numel() for m in model.memories)
+        assert 9 < sparse / model.num_params(activated=True) < 13
 
 
 def test_gpt2_small_matches_nanogpt():

@@ -1,11 +1,11 @@
 import math
 import os
-import runpy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from configurator import read_config_file
 from model import GPT, GPTConfig, MoE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,25 +189,8 @@ def test_gpt_aux_and_cached_decoding():
     torch.testing.assert_close(torch.cat([pre] + steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-PAPER = {  # Table 1: total parameters, forward FLOPs per token
-    "moe_151m_2in32.py": (2.04e9, 0.35e9),
-    "moe_680m_2in33.py": (8.95e9, 1.50e9),
-    "moe_1p6b_2in34.py": (21.36e9, 3.52e9),
-}
-
-
-@pytest.mark.parametrize("name", sorted(PAPER))
-def test_configs_match_table_1(name):
-    cfg = {k: v for k, v in runpy.run_path(os.path.join(ROOT, "config", name)).items() if not k.startswith("_")}
-    with torch.device("meta"):
-        model = GPT(GPTConfig.from_dict(cfg))
-    params, flops = PAPER[name]
-    assert abs(model.num_params() / params - 1) < 0.10
-    assert abs(model.flops_per_token() / flops - 1) < 0.10
-
-
 def test_small_config_builds():
-    cfg = {k: v for k, v in runpy.run_path(os.path.join(ROOT, "config", "moe_small.py")).items() if not k.startswith("_")}
+    cfg = read_config_file(os.path.join(ROOT, "config", "moe_small.py"))
     model = GPT(GPTConfig.from_dict({**cfg, "vocab_size": 128}))
     _, loss, aux = model(torch.randint(0, 128, (2, 16)), torch.randint(0, 128, (2, 16)))
     assert torch.isfinite(loss) and set(aux) == {"moe_balance", "moe_z"}

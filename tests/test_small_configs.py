@@ -4,7 +4,6 @@ built on the meta device and counted with GPT's own counters."""
 import glob
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import train
+from configurator import read_config_file
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ OWN_OUT_DIR = {"dense": "out/small_dense", "ultramem": "out/small_ultramem"}  # 
 
 
 def settings(name: str) -> dict:
-    return {k: v for k, v in runpy.run_path(os.path.join(SMALL, name + ".py")).items() if not k.startswith("_")}
+    return read_config_file(os.path.join(SMALL, name + ".py"))
 
 
 _built = {}
