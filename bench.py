@@ -7,7 +7,7 @@ config file (the ones train.py reads: GPTConfig fields and train.py's keys), and
 apply to every model: model i's settings = defaults <- file i <- overrides. No file: one model, the defaults.
 The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile,
 peak_tflops, ...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters,
-measure, compile_dynamic and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
+measure, compile_dynamic, profile and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
 train.py's default device to "cuda" (a missing GPU is an error; pass --device=cpu for a quick CPU run), and
 reads vocab_size=0 (train.py: from the dataset) as 50304. Run-level keys (RUN_KEYS: mode, out,
 device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, warmup, iters) come from the defaults
@@ -32,7 +32,8 @@ then the median of `iters` steps (the first call, compilation included, is timed
 CUDA every batch size is a static compilation unless compile_dynamic=True). Batch sizes: `batches` ("1,2,4" or empty: powers of two up to
 max_batch). Before allocating, the weights + caches + a workspace margin are estimated against the free GPU
 memory; batch sizes that do not fit are skipped with a message, and an OutOfMemoryError stops the sweep of
-that model with a message (not a crash). With measure=True one eager step per batch counts the distinct
+that model with a message (not a crash). With profile=N, N more steps per batch run under torch.profiler
+(kernel time per category and the top kernels, as in train mode). With measure=True one eager step per batch counts the distinct
 experts and value rows the router / memory actually picked (forward pre-hooks), beside the expected counts.
 
 The byte model of one decode step (what the step must read at least; decode_bytes_* below, one function per
@@ -59,7 +60,9 @@ dtype is bfloat16 (auto: on CUDA), torch.compile per `compile` (None: on CUDA), 
 batch_size x block_size (one micro-batch per step; grad_accum is ignored); per step: refresh(), forward,
 backward, clip (grad_clip), optimizer step, as train.py. `warmup` steps, then `iters` timed steps: median
 step time, tokens/s, MFU (model.estimate_mfu at peak_tflops), peak memory (CUDA). JSON to `out`
-(default bench_train.json). An out-of-memory model is reported and skipped.
+(default bench_train.json). An out-of-memory model is reported and skipped. With profile=N, N more steps
+run under torch.profiler and the device time is printed per kernel category (memory lookup, top-k, GEMM,
+attention, optimizer, Inductor's Triton kernels, copies, other) and per kernel: where a step's time goes.
 
 kernels: the Triton lookup (kernels.mem_lookup) vs F.embedding_bag(mode="sum", per_sample_weights) vs the
 naive gather + weighted sum (kernels.mem_lookup_reference), forward and backward, on the two shapes of the
@@ -417,7 +420,7 @@ def memory_needed(meta_model, B: int, S: int, el: int, V: int) -> int:
     params = sum(p.numel() * (el if p.is_floating_point() else p.element_size()) for p in meta_model.parameters())
     bufs = sum(b.numel() * (el if b.is_floating_point() else b.element_size()) for b in meta_model.buffers())
     kv = decode_bytes_dense(meta_model, B, S, el)["kv_bytes"]
-    conv = sum(B * S * c.n_embd * el for m in meta_model.memories if m.conv is not None)
+    conv = sum(B * m.kconv * c.n_embd * el for m in meta_model.memories if m.conv is not None)
     return params + bufs + kv + conv + S * S + 8 * B * V * 4 + (2 << 30)
 
 
@@ -461,13 +464,13 @@ def _time_cpu(fn, iters: int) -> float:
 
 
 def _fill_caches(model, kv_len: int, gen: torch.Generator) -> None:
-    """Random KV (and query-conv) cache content at positions 0..kv_len-1, written into the buffers."""
+    """Random KV cache content at positions 0..kv_len-1 and a random query-conv ring, written into the buffers."""
     for block in model.blocks:  # (B, KV heads, S, head_dim): in place, no temporary
         block.attn.kv_cache.k[:, :, :kv_len].normal_(generator=gen)
         block.attn.kv_cache.v[:, :, :kv_len].normal_(generator=gen)
-    for m in model.memories:  # (B, S, D)
+    for m in model.memories:  # (B, kconv, D): a ring of the last inputs
         if getattr(m, "conv_cache", None) is not None:
-            m.conv_cache[:, :kv_len].normal_(generator=gen)
+            m.conv_cache.normal_(generator=gen)
 
 
 @torch.no_grad()
@@ -568,6 +571,8 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
                     ms = _time_cuda(fn, run["iters"])
                 else:
                     ms = _time_cpu(fn, run["iters"])
+                if run["profile"] > 0:
+                    r["profile"] = _profile(fn, run["profile"], dev.startswith("cuda"))
             r["latency_ms"] = ms
             r["tokens_per_s"] = B / (ms / 1e3)
             r["achieved_GBps"] = r["total_bytes"] / (ms / 1e3) / 1e9
@@ -664,7 +669,7 @@ def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
     if run["kv_len"] < 1 or run["iters"] < 1 or run["warmup"] < 0 or run["max_batch"] < 1:
         raise BenchError("kv_len, iters and max_batch must be >= 1 and warmup >= 0")
     if dev.startswith("cuda"):
-        torch.cuda.set_device(torch.device(dev))
+        torch.cuda.set_device(torch.device(dev).index or 0)
         torch.backends.cuda.matmul.allow_tf32 = True
         import torch._dynamo.config as dcfg
         for key in ("cache_size_limit", "recompile_limit"):  # one compiled graph per batch size
@@ -754,6 +759,8 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
             loss.item()  # waits for the step
             times.append(time.perf_counter() - t0)
         step_s = statistics.median(times)
+        if run["profile"] > 0:
+            info["profile"] = _profile(train_step, run["profile"], cuda)
         info["step_ms"] = step_s * 1e3
         info["tokens_per_s"] = B * T / step_s
         info["mfu"] = model.estimate_mfu(info["tokens_per_s"], cfg["peak_tflops"] * 1e12)
@@ -773,13 +780,66 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
     return info
 
 
+# kernel name -> category, first match wins (kernels.py's lookup, top-k and sorting, cuBLAS / CUTLASS GEMMs,
+# SDPA's flash / efficient attention, the fused optimizer and the clip's foreach norms, Inductor's Triton kernels)
+PROFILE_CATEGORIES = (("memory lookup", ("_lookup_",)),  # kernels.py's Triton lookup, forward and backward
+                      ("moe grouped mm", ("_moe_grouped_mm",)),  # kernels.py's MoE decode kernel
+                      # attention before top-k (Inductor's FlexAttention kernel names say "sort") and before
+                      # matmul (cuDNN's say "wgmma")
+                      ("attention", ("sdpa", "flash", "fmha", "attention", "efficient", "compute_dot_do_o",
+                                     "convert_dq")),
+                      ("top-k / sort", ("topk", "sort", "radix", "bitonic", "gather_topk")),
+                      ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "wgmma", "cublas")),
+                      ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel")),
+                      ("inductor triton", ("triton",)),
+                      ("copy / fill", ("copy", "fill", "memset", "memcpy")))
+
+
+def _profile(step, n: int, cuda: bool) -> dict:
+    """n steps under torch.profiler: device time per kernel, summed per category (PROFILE_CATEGORIES,
+    else "other") and the top kernels, in ms per step; printed as a table. Measures where the step's time
+    goes, not its speed (the profiler adds host overhead; the timed steps above are without it)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0)
+        if not cuda:
+            t = e.self_cpu_time_total
+        # '#' marks ranges, not kernels: the optimizer's "Optimizer.step#AdamW.step" and compiled graphs'
+        # "## Call CompiledFxGraph ... ##", mirrored on the GPU timeline over the kernels they launch
+        if t > 0 and "#" not in e.key and (not cuda or str(getattr(e, "device_type", "")).endswith("CUDA")):
+            rows.append((e.key, t / 1e3 / n, e.count // n))
+    cats: dict[str, float] = {}
+    for key, ms, _ in rows:
+        low = key.lower()
+        cat = next((c for c, words in PROFILE_CATEGORIES if any(w in low for w in words)), "other")
+        cats[cat] = cats.get(cat, 0.0) + ms
+    rows.sort(key=lambda r: -r[1])
+    total = sum(cats.values())
+    print(f"profile ({n} steps, {'device' if cuda else 'CPU'} time per step): {total:.2f} ms in kernels", flush=True)
+    for c, ms in sorted(cats.items(), key=lambda kv: -kv[1]):
+        print(f"  {c:16s} {ms:8.2f} ms  {100 * ms / total:5.1f}%")
+    for key, ms, count in rows[:25]:
+        print(f"  {ms:8.3f} ms  x{count:<4d} {key[:110]}")
+    return {"steps": n, "kernel_ms": total, "categories_ms": cats,
+            "top": [{"kernel": k, "ms": ms, "calls": c} for k, ms, c in rows[:40]]}
+
+
 def bench_train(run: dict, models: list[tuple[str, dict]]) -> dict:
     dev = _resolve_device(run["device"])
     _resolve_dtype(run["dtype"], dev)
     if run["iters"] < 1 or run["warmup"] < 0:
         raise BenchError("iters must be >= 1 and warmup >= 0")
     if dev.startswith("cuda"):
-        torch.cuda.set_device(torch.device(dev))
+        torch.cuda.set_device(torch.device(dev).index or 0)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     res = {"mode": "train", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": dev,
@@ -814,6 +874,8 @@ BENCH_KEYS = {
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)
+    "profile": 0,                      # > 0: profile that many steps after timing (torch.profiler), per
+                                       # model (train) or per model and batch (decode)
     # kernels
     "shapes": "a,b",                   # keys of SHAPES
     "tokens": "1,8,64,512,4096,32768,65536",
@@ -825,7 +887,8 @@ BENCH_KEYS = {
 }
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
-RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters")
+RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters",
+            "profile")
 LIST = (str, int, tuple, list)
 
 

@@ -321,3 +321,144 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
     """The one entry point memory.py calls: the custom op (Triton on CUDA, reference on CPU)."""
     _check(values, rows, blocks, scores, E)
     return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E)
+
+
+# ===================================================================================================
+# Grouped matrix multiply for MoE decoding
+#
+#     moe_grouped_mm(x, w, offs, gelu=False) -> (M, N)      the custom op `ultramem::moe_grouped_mm`
+#
+# The semantics of torch._grouped_mm(x, w, offs=offs) (2D x, 3D w), optionally fused with a GeLU:
+# x (M, K) holds the token-slots sorted by expert, w (G, K, N) the stacked expert weights, offs (G,)
+# the cumulative row ends (group g owns rows offs[g-1] .. offs[g]-1, offs[-1] <= M). Rows past offs[-1]
+# belong to no group and come out as zeros (torch._grouped_mm leaves them unwritten on the CPU).
+# Built for decode, where a group has a handful of rows and the cost is streaming each touched expert's
+# weights once: one program per (group, BLOCK_N columns) reads its group's rows from offs, and an
+# empty group's programs do no work, so an expert that no token chose is never read. The tile sizes
+# depend on static shapes only (no host synchronisation: it compiles and captures in a CUDA graph).
+# Inference only: no autograd formula (moe_grouped_mm refuses inputs that require grad in grad mode).
+# The op body runs the Triton kernel on CUDA and the reference on the CPU; set_impl switches as above.
+
+# Launch parameters of the MoE kernel: the best of 36 on an H200 (scripts/bench_moe.py --tune, both
+# projections of the MoE-1.6B-2in34 layer; docs/BENCHMARKS.md): 1.06 / 1.03 / 1.14x the weight-read floor
+# at 8 / 64 / 512 tokens (64 x 128 x 4 warps, the first guess: 1.14 / 1.06 / 1.43x).
+MOE_CONFIG = {"block_n": 128, "block_k": 64, "warps": 8, "stages": 4}
+
+
+def moe_grouped_mm_reference(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
+    """x (M, K), w (G, K, N), offs (G,) integer cumulative row ends -> (M, N) in x.dtype: rows of group g
+    times w[g], accumulated in float32, then GeLU (exact erf form) if gelu; zeros past offs[-1]. A loop
+    over the groups that reads offs on the host (so it syncs on CUDA and is opaque to torch.compile)."""
+    out = torch.zeros(x.shape[0], w.shape[2], dtype=x.dtype, device=x.device)
+    start = 0
+    for g, end in enumerate(offs.tolist()):
+        if end > start:
+            y = x[start:end].float() @ w[g].float()
+            out[start:end] = (torch.nn.functional.gelu(y) if gelu else y).to(x.dtype)
+        start = end
+    return out
+
+
+def _moe_block_m(M: int, G: int) -> int:
+    # rows per tile, from static shapes only: ~1.5x the mean group size (routing is uneven), a power of
+    # two in [16, 64] (tl.dot needs 16); a larger group takes several tiles
+    return min(64, max(16, triton.next_power_of_2(triton.cdiv(3 * M, 2 * G))))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _moe_grouped_mm_kernel(x_ptr, w_ptr, offs_ptr, out_ptr, M, N, K, sxm, sxk, swg, swk, swn,
+                               GELU: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # one program per (group g, BLOCK_N output columns): for each BLOCK_M rows of the group (usually
+        # one tile at decode) stream w[g, :, n-tile] over K into an fp32 accumulator. DOT_FP32 takes the
+        # product in fp32 ("ieee", exact): for fp32 inputs, and in the interpreter, whose bf16 dot is
+        # broken in triton 3.9
+        g = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = cols < N
+        start = tl.load(offs_ptr + g - 1, mask=g > 0, other=0)
+        end = tl.load(offs_ptr + g)
+        rids = tl.arange(0, BLOCK_M)
+        if g == tl.num_programs(0) - 1:  # rows past offs[-1] belong to no group: the last group zeros them
+            for m0 in range(end, M, BLOCK_M):
+                rows = m0 + rids
+                tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :],
+                         tl.zeros((BLOCK_M, BLOCK_N), dtype=out_ptr.dtype.element_ty),
+                         mask=(rows < M)[:, None] & nmask[None, :])
+        w_g = w_ptr + g.to(tl.int64) * swg + cols[None, :] * swn
+        for m0 in range(start, end, BLOCK_M):  # no iterations for an empty group: its weights are not read
+            rows = m0 + rids
+            rmask = rows < end
+            x_rows = x_ptr + rows.to(tl.int64)[:, None] * sxm
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                kmask = ks < K
+                a = tl.load(x_rows + ks[None, :] * sxk, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(w_g + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+                if DOT_FP32:
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, b, acc)
+            if GELU:
+                acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+            tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                     mask=rmask[:, None] & nmask[None, :])
+
+
+def _moe_check(x: Tensor, w: Tensor, offs: Tensor) -> None:
+    if x.dim() != 2 or w.dim() != 3 or offs.dim() != 1 or w.shape[0] == 0 or x.shape[1] != w.shape[1] \
+            or offs.shape[0] != w.shape[0]:
+        raise ValueError(f"moe_grouped_mm: bad shapes x {tuple(x.shape)}, w {tuple(w.shape)}, offs {tuple(offs.shape)}")
+    if x.dtype != w.dtype or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"moe_grouped_mm: x and w must share a dtype of bf16, fp16 or fp32, got {x.dtype}, {w.dtype}")
+    if offs.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"moe_grouped_mm: offs must be int32 or int64, got {offs.dtype}")
+
+
+def _moe_grouped_mm_triton(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
+    M, K = x.shape
+    G, _, N = w.shape
+    out = _empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return out
+    cfg = MOE_CONFIG
+    grid = (G, triton.cdiv(N, cfg["block_n"]))
+    # w keeps its strides: a copy would read every expert, the cost this kernel exists to avoid
+    _launch(_moe_grouped_mm_kernel, grid, x.is_cuda, x, w, offs.contiguous(), out, M, N, K, x.stride(0),
+            x.stride(1), w.stride(0), w.stride(1), w.stride(2), GELU=gelu,
+            DOT_FP32=x.dtype == torch.float32 or not x.is_cuda, BLOCK_M=_moe_block_m(M, G),
+            BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+    return out
+
+
+# The reference as an opaque op: it reads offs on the host, which tracing cannot, so torch.compile
+# sees only its fake (the output's shape and dtype)
+@torch.library.custom_op("ultramem::moe_grouped_mm_reference", mutates_args=())
+def _moe_grouped_mm_reference_op(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
+    return moe_grouped_mm_reference(x, w, offs, gelu)
+
+
+@_moe_grouped_mm_reference_op.register_fake
+def _(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[2])
+
+
+@torch.library.triton_op("ultramem::moe_grouped_mm", mutates_args=())
+def _moe_grouped_mm_op(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
+    if _use_triton(x):
+        return _moe_grouped_mm_triton(x, w, offs, gelu)
+    return torch.ops.ultramem.moe_grouped_mm_reference(x, w, offs, gelu)
+
+
+def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Tensor:
+    """Grouped x @ w[g] over the row groups that offs delimits, GeLU fused if gelu (see the section
+    header): the custom op, Triton on CUDA, the reference on the CPU. Inference only: raises RuntimeError
+    if grad mode is on and x or w requires grad (call it under torch.no_grad() or torch.inference_mode())."""
+    _moe_check(x, w, offs)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        raise RuntimeError("moe_grouped_mm is inference only (no autograd formula): call it under "
+                           "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
+    return torch.ops.ultramem.moe_grouped_mm(x, w, offs, gelu)

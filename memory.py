@@ -257,9 +257,10 @@ class MemoryLayer(nn.Module):
         self.t.copy_(t * sign)
 
     def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> None:
-        """The query conv's inputs at absolute positions, for cached decoding (like the KV cache)."""
+        """The query conv's last inputs, for cached decoding: a ring of kconv positions (position p in slot
+        p % kconv), so it costs B x kconv x D, not a KV cache's B x max_len x D."""
         if self.conv is not None:
-            self.conv_cache = torch.zeros(batch_size, max_len, self.D, dtype=dtype, device=device)  # (B, S, D)
+            self.conv_cache = torch.zeros(batch_size, self.kconv, self.D, dtype=dtype, device=device)  # (B, K, D)
 
     # ---------------------------------------------------------------------------------------------
     def query_conv(self, x: Tensor, input_pos: Tensor | None) -> Tensor:
@@ -267,11 +268,15 @@ class MemoryLayer(nn.Module):
         K = self.kconv
         if input_pos is None:
             return F.conv1d(F.pad(x.transpose(1, 2), (K - 1, 0)), self.conv.to(x.dtype), groups=self.D).transpose(1, 2)
-        B = x.shape[0]
-        self.conv_cache[:B, input_pos] = x.to(self.conv_cache.dtype)
-        pos = input_pos[:, None] - torch.arange(K - 1, -1, -1, device=x.device)  # (T, K) the window's positions
-        win = self.conv_cache[:B, pos.clamp(min=0)] * (pos >= 0)[None, :, :, None]  # (B, T, K, D)
-        return torch.einsum("btkd,dk->btd", win.to(x.dtype), self.conv[:, 0].to(x.dtype))
+        # cached decoding: input_pos holds consecutive positions p0..p0+T-1 (a prefill chunk or one token);
+        # the K-1 inputs before p0 come from the ring (zeros before position 0, as the padding above)
+        B, T = x.shape[:2]
+        prev = input_pos[:1] - torch.arange(K - 1, 0, -1, device=x.device)  # (K-1,) positions p0-K+1..p0-1
+        past = self.conv_cache[:B, prev % K] * (prev >= 0)[None, :, None]  # (B, K-1, D)
+        xe = torch.cat([past.to(x.dtype), x], dim=1)  # (B, K-1+T, D)
+        last = min(T, K)  # the chunk's last K inputs go to the ring (distinct slots)
+        self.conv_cache[:B, input_pos[T - last:] % K] = x[:, T - last:].to(self.conv_cache.dtype)
+        return F.conv1d(xe.transpose(1, 2), self.conv.to(x.dtype), groups=self.D).transpose(1, 2)
 
     def _norm(self, x: Tensor, w: Tensor | None) -> Tensor:
         if self.qk_norm == "layer":

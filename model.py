@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.flex_attention import flex_attention
 
 from memory import MemoryConfig
 
@@ -46,7 +47,10 @@ class GPTConfig(MemoryConfig):
     moe_renorm: bool = True  # renormalise the k chosen router weights to sum to 1
     moe_aux_coef: float = 0.01  # Switch/GShard load-balancing loss coefficient
     moe_z_coef: float = 0.0  # router z-loss coefficient (ST-MoE); 0 disables
-    moe_impl: str = "auto"  # "auto" (grouped on CUDA, loop on CPU) | "grouped" | "loop"
+    moe_impl: str = "auto"  # "auto" (CUDA: triton when decoding, else grouped; CPU: loop) | "grouped" | "triton" | "loop"
+    # cached decoding's attention (docs/BENCHMARKS.md, decode): "sdpa" (masked scaled_dot_product_attention)
+    # | "matmul" (two batched matmuls) | "flex" (FlexAttention's split-KV decoding; compile the step)
+    attn_decode: str = "sdpa"
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,7 +67,10 @@ class GPTConfig(MemoryConfig):
             (self.pos_emb != "rope" or (self.n_embd // self.n_head) % 2 == 0, "rope needs an even head dimension"),
             (self.ffn in ("dense", "moe"), f"ffn must be 'dense' or 'moe', got {self.ffn!r}"),
             (0 < self.moe_top_k <= self.moe_num_experts, f"moe_top_k={self.moe_top_k} must be in 1..moe_num_experts={self.moe_num_experts}"),
-            (self.moe_impl in ("auto", "grouped", "loop"), f"moe_impl must be 'auto', 'grouped' or 'loop', got {self.moe_impl!r}"),
+            (self.moe_impl in ("auto", "grouped", "triton", "loop"),
+             f"moe_impl must be 'auto', 'grouped', 'triton' or 'loop', got {self.moe_impl!r}"),
+            (self.attn_decode in ("sdpa", "matmul", "flex"),
+             f"attn_decode must be 'sdpa', 'matmul' or 'flex', got {self.attn_decode!r}"),
             (self.ffn != "moe" or not self.bias, "MoE experts have no biases: use bias=False with ffn='moe'"),
             (self.ffn != "moe" or self.moe_impl == "loop" or (self.n_embd % 8 == 0 and self.moe_hidden % 8 == 0),
              f"grouped MoE needs n_embd={self.n_embd} and moe_hidden={self.moe_hidden} to be multiples of 8 (16-byte bf16 rows)"),
@@ -124,6 +131,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.attn_decode = config.attn_decode
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
@@ -142,10 +150,26 @@ class CausalSelfAttention(nn.Module):
             )
         else:  # cached decoding: attend over the whole static cache, masked to positions <= input_pos
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
-            if self.n_kv_head != self.n_head:
-                rep = self.n_head // self.n_kv_head
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            rep = self.n_head // self.n_kv_head
+            if self.attn_decode == "flex":  # FlexAttention: split-KV decoding kernel, GQA without copies
+                def causal(score, b, h, q_idx, kv_idx):  # the cache's positions after input_pos: -inf
+                    return torch.where(kv_idx <= input_pos[q_idx], score, float("-inf"))
+                y = flex_attention(q, k, v, score_mod=causal, enable_gqa=rep > 1)
+            else:
+                if rep > 1:
+                    # GQA without copying the cache: the rep query heads that share a KV head become rep*T
+                    # query rows of that head (heads h = g*rep + r, as repeat_interleave pairs them), so
+                    # attention reads each cached K/V row once instead of materialising rep copies.
+                    q = q.reshape(B, self.n_kv_head, rep * T, hd)
+                    mask = mask.repeat(1, 1, rep, 1)  # (1, 1, T, S) -> rows r*T + t
+                if self.attn_decode == "matmul":  # two batched matmuls around a masked fp32 softmax
+                    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # (B, KV, rep*T, S)
+                    att = att.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(q.dtype)
+                    y = att @ v
+                else:
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = y.view(B, self.n_head, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -187,7 +211,8 @@ def moe_experts_loop(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor, e
     return y
 
 
-def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor, experts: Tensor,
+                        triton: bool = False) -> Tensor:
     """Dropless grouped experts: the N*k token-slots sorted by expert, one torch._grouped_mm per projection,
     then un-permuted and summed with the router weights. Same signature and result as moe_experts_loop;
     no Python loop over experts, no host synchronisation, static shapes (compiles with fullgraph=True and
@@ -195,7 +220,9 @@ def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor
     expert that no token chose is not read. Runs in bf16 on every device: on CUDA only bf16 takes the
     grouped kernel (CUTLASS, sm90/sm100; other dtypes fall back to a per-expert loop that syncs with the
     host) and torch.compile's shape function accepts only bf16. A model held in bf16 (decoding) casts
-    nothing; fp32 weights (training under autocast) are cast once per step, as autocast casts a linear's."""
+    nothing; fp32 weights (training under autocast) are cast once per step, as autocast casts a linear's.
+    triton=True: kernels.moe_grouped_mm instead (a weight-streaming Triton kernel for decoding: inference
+    only, GeLU fused; same result up to the GeLU's rounding)."""
     N, k = experts.shape
     E = w_fc.shape[0]
     dt = torch.bfloat16
@@ -204,11 +231,19 @@ def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor
     # offs[e] = rows of experts 0..e: the int32 cumulative row ends _grouped_mm takes; offs[-1] = N*k
     offs = torch.searchsorted(sorted_e, torch.arange(E, device=x.device), right=True).to(torch.int32)  # (E,)
     xs = x.to(dt).index_select(0, order // k)  # (N*k, D) token rows in expert order
-    h = F.gelu(torch._grouped_mm(xs, w_fc.to(dt), offs=offs))  # (N*k, F)
-    ys = torch._grouped_mm(h, w_proj.to(dt), offs=offs)  # (N*k, D)
+    if triton:
+        import kernels
+        h = kernels.moe_grouped_mm(xs, w_fc.to(dt), offs, gelu=True)  # (N*k, F)
+        ys = kernels.moe_grouped_mm(h, w_proj.to(dt), offs)  # (N*k, D)
+    else:
+        h = F.gelu(torch._grouped_mm(xs, w_fc.to(dt), offs=offs))  # (N*k, F)
+        ys = torch._grouped_mm(h, w_proj.to(dt), offs=offs)  # (N*k, D)
     inv = torch.empty_like(order).scatter_(0, order, torch.arange(N * k, device=x.device))  # slot -> sorted row
     ys = ys.index_select(0, inv).view(N, k, -1)  # (N, k, D) back in token order
     return (ys.float() * weights.unsqueeze(-1)).sum(dim=1)  # (N, D) weighted sum of each token's k experts
+
+
+MOE_TRITON_MAX_TOKENS = 1024  # moe_impl="auto": tokens up to which inference takes kernels.moe_grouped_mm
 
 
 class MoE(nn.Module):
@@ -241,9 +276,16 @@ class MoE(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # routing in fp32
             logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
         probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
-        impl = self.impl if self.impl != "auto" else ("grouped" if x.is_cuda else "loop")
-        run = moe_experts_grouped if impl == "grouped" else moe_experts_loop
-        y = run(xf, self.w_fc, self.w_proj, weights, experts).to(x.dtype).view(B, T, D)
+        impl = self.impl
+        if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, measured 1.0-1.2x its floor
+            # at 8-512 tokens where torch._grouped_mm takes 1.7-2.2x; training and long prefills: grouped
+            decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
+            impl = ("triton" if decode else "grouped") if x.is_cuda else "loop"
+        if impl == "loop":
+            y = moe_experts_loop(xf, self.w_fc, self.w_proj, weights, experts)
+        else:
+            y = moe_experts_grouped(xf, self.w_fc, self.w_proj, weights, experts, triton=impl == "triton")
+        y = y.to(x.dtype).view(B, T, D)
         # Switch/GShard balance: E * sum_e f_e P_e, f_e = share of the N*k token-slots routed to e (no
         # gradient), P_e = mean router probability of e. Uniform routing gives 1 (balanced), skewed more.
         counts = torch.zeros(self.n_experts, device=x.device).scatter_add_(

@@ -1,9 +1,11 @@
-"""GPU measurements for the MoE baseline (run from the repo root: python scripts/bench_moe.py [--compile]).
+"""GPU measurements for the MoE baseline (run from the repo root:
+python scripts/bench_moe.py [--compile] [--impls=grouped,triton] [--tune]).
 
 1. Decode latency of one MoE layer of MoE-1.6B-2in34 (D 2048, 34 experts of 4864, top-2, bf16), at 1..512
    tokens, replayed as a CUDA graph, against its HBM floor (bytes of the distinct experts the batch touches,
    at the measured read rate). A stack of LAYERS independent layers is timed so that L2 (50 MB) cannot hold
-   the experts between replays; the time per layer is reported.
+   the experts between replays; the time per layer is reported. Once per moe_impl in --impls.
+   --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens.
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
 import sys
@@ -18,6 +20,7 @@ small = dev == "cpu"  # a dry run of the logic on a CPU, with tiny shapes
 D, E, Fh, K = (64, 34, 96, 2) if small else (2048, 34, 4864, 2)
 LAYERS = 2 if small else 8
 COMPILE = "--compile" in sys.argv
+IMPLS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--impls=")), ["grouped", "triton"])
 torch.manual_seed(0)
 
 
@@ -74,17 +77,59 @@ def stack(xs):
 step = torch.compile(stack, fullgraph=True) if COMPILE else stack
 print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per expert, "
       f"{E * expert_bytes / 1e9:.3f} GB per layer; {'compiled' if COMPILE else 'eager'} ops in a CUDA graph")
-print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} {'all-expert floor':>16}")
-with torch.no_grad():
-    for B in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]:
-        xs = [torch.randn(B, 1, D, device=dev, dtype=torch.bfloat16) for _ in layers]
-        hit = sum(len(torch.unique((x[:, 0].float() @ m.router.weight.float().T).topk(K, -1).indices))
-                  for m, x in zip(layers, xs)) / LAYERS
-        expected = E * (1 - (1 - K / E) ** B)
-        t = time_fn(lambda: step(xs)) / LAYERS
-        floor = (hit * expert_bytes + router_bytes) / bw
-        print(f"{B:6d} {hit:11.1f} {expected:7.1f} {t * 1e6:9.1f} {floor * 1e6:9.1f} {t / floor:8.2f} "
-              f"{E * expert_bytes / bw * 1e6:16.1f}")
+import kernels
+
+for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm) and "triton" (kernels.moe_grouped_mm)
+    for m in layers:
+        m.impl = impl
+    if COMPILE:
+        torch._dynamo.reset()
+    print(f"moe_impl={impl}" + (f" {kernels.MOE_CONFIG}" if impl == "triton" else ""))
+    print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} {'all-expert floor':>16}")
+    with torch.no_grad():
+        for B in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]:
+            xs = [torch.randn(B, 1, D, device=dev, dtype=torch.bfloat16) for _ in layers]
+            hit = sum(len(torch.unique((x[:, 0].float() @ m.router.weight.float().T).topk(K, -1).indices))
+                      for m, x in zip(layers, xs)) / LAYERS
+            expected = E * (1 - (1 - K / E) ** B)
+            t = time_fn(lambda: step(xs)) / LAYERS
+            floor = (hit * expert_bytes + router_bytes) / bw
+            print(f"{B:6d} {hit:11.1f} {expected:7.1f} {t * 1e6:9.1f} {floor * 1e6:9.1f} {t / floor:8.2f} "
+                  f"{E * expert_bytes / bw * 1e6:16.1f}")
+
+# --- 1b. the Triton kernel alone, launch configurations (both projections of a layer per call) --------
+if "triton" in IMPLS and "--tune" in sys.argv:
+    import itertools
+    base = dict(kernels.MOE_CONFIG)
+    with torch.no_grad():
+        for B in [8, 64, 512]:
+            xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
+            routes = []
+            for m, x in zip(layers, xs):
+                experts = (x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1)
+                se, order = experts.sort(stable=True)
+                offs = torch.searchsorted(se, torch.arange(E, device=dev), right=True).to(torch.int32)
+                routes.append((x.index_select(0, order // K), offs, len(torch.unique(experts))))
+            hit = sum(r[2] for r in routes) / LAYERS
+            floor = hit * expert_bytes / bw
+
+            def two(routes=routes):
+                return [kernels.moe_grouped_mm(kernels.moe_grouped_mm(xs_, m.w_fc, offs, gelu=True), m.w_proj, offs)
+                        for m, (xs_, offs, _) in zip(layers, routes)]
+
+            best = None
+            for bn, bk, warps, stages in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (3, 4)):
+                kernels.MOE_CONFIG.update(block_n=bn, block_k=bk, warps=warps, stages=stages)
+                try:
+                    t = time_fn(two) / LAYERS
+                except Exception as e:  # e.g. out of shared memory for this tile
+                    print(f"  B={B} {kernels.MOE_CONFIG}: failed ({type(e).__name__})")
+                    continue
+                if best is None or t < best[0]:
+                    best = (t, dict(kernels.MOE_CONFIG))
+                print(f"  B={B} bn={bn} bk={bk} warps={warps} stages={stages}: {t * 1e6:7.1f} us, x{t / floor:.2f} floor")
+            print(f"B={B}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
+            kernels.MOE_CONFIG.update(base)
 
 # --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------
 # 64 rows: all in group 0 (33 empty groups) vs 2 per group in 32 groups. If empty groups are skipped, the

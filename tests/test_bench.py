@@ -105,12 +105,16 @@ def test_decode_dense_bytes_by_hand(tmp_path):
 
 def test_train_mode(tmp_path):
     out = tmp_path / "t.json"
-    bench("--mode=train", *TINY, "--batch_size=2", "--block_size=16", f"--out={out}", *FAST)
+    p = bench("--mode=train", *TINY, "--batch_size=2", "--block_size=16", f"--out={out}", "--profile=1", *FAST)
     with open(out) as f:
         res = json.load(f)
     (r,) = res["rows"]
     assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["mfu"] > 0
     assert r["batch_size"] == 2 and r["block_size"] == 16 and r["compiled"] is False
+    prof = r["profile"]  # on the CPU: operator self time per step, by category and the top operators
+    assert prof["steps"] == 1 and prof["kernel_ms"] > 0 and prof["top"]
+    assert abs(sum(prof["categories_ms"].values()) - prof["kernel_ms"]) < 1e-6 * prof["kernel_ms"] + 1e-9
+    assert "profile (1 steps" in p.stdout
 
 
 def test_missing_config_file():

@@ -274,7 +274,8 @@ def test_pkm_preset_is_ultramem_with_every_step_off():
 # decoding, sizes, compile
 
 
-def test_cached_decoding_equals_full_forward():
+@pytest.mark.parametrize("prefill", [2, 5])  # shorter and longer than the conv window (the ring's size)
+def test_cached_decoding_equals_full_forward(prefill):
     torch.manual_seed(0)
     model = GPT(cfg(mem_qconv=4)).eval()
     with torch.no_grad():
@@ -284,8 +285,8 @@ def test_cached_decoding_equals_full_forward():
         idx = torch.randint(0, 61, (2, 12))
         full = model(idx)[0]
         model.setup_caches(2, 12)
-        steps = [model(idx[:, :5], input_pos=torch.arange(5))[0]]
-        for t in range(5, 12):
+        steps = [model(idx[:, :prefill], input_pos=torch.arange(prefill))[0]]
+        for t in range(prefill, 12):
             steps.append(model(idx[:, t:t + 1], input_pos=torch.tensor([t]))[0])
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 

@@ -33,10 +33,13 @@ def test_shapes_and_initial_loss():
     assert loss2 is None and torch.equal(logits, logits2)
 
 
-@pytest.mark.parametrize("pos_emb,n_kv_head", [("rope", 4), ("rope", 2), ("learned", 1)])
-def test_cached_decoding_equals_full_forward(pos_emb, n_kv_head):
+@pytest.mark.parametrize("pos_emb,n_kv_head,attn_decode", [("rope", 4, "sdpa"), ("rope", 2, "sdpa"), ("learned", 1, "sdpa"),
+                                                        ("rope", 4, "matmul"), ("rope", 1, "matmul"),
+                                                        ("rope", 4, "flex"), ("rope", 2, "flex")])
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager: unfused, fine here
+def test_cached_decoding_equals_full_forward(pos_emb, n_kv_head, attn_decode):
     torch.manual_seed(0)
-    model = GPT(tiny(pos_emb=pos_emb, n_kv_head=n_kv_head)).eval()
+    model = GPT(tiny(pos_emb=pos_emb, n_kv_head=n_kv_head, attn_decode=attn_decode)).eval()
     idx = torch.randint(0, 101, (2, 20))
     with torch.no_grad():
         full = model(idx)[0]
@@ -61,9 +64,11 @@ def test_greedy_generate_matches_uncached_argmax():
         model.generate(prompt, max_new_tokens=40)
 
 
-def test_decode_step_compiles_fullgraph():
+@pytest.mark.parametrize("attn_decode", ["sdpa", "flex"])
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the eager reference run
+def test_decode_step_compiles_fullgraph(attn_decode):
     torch.manual_seed(0)
-    model = GPT(tiny(n_kv_head=2)).eval()
+    model = GPT(tiny(n_kv_head=2, attn_decode=attn_decode)).eval()
     prompt = torch.randint(0, 101, (2, 6))
     step = torch.compile(decode_one_token, fullgraph=True)  # fullgraph: any graph break raises
     out = model.generate(prompt, max_new_tokens=5, temperature=0, decode_step=step)

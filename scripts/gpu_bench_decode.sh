@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The paper's inference comparison (issue 6, docs/BENCHMARKS.md): Dense-1.6B, MoE-1.6B-2in34 and
+# UltraMem-1.6B-x12 decoding one token with a 2048-token KV cache, random bf16 weights, compiled with
+# CUDA graphs, one static compilation per batch size (~50-80 s each for a 30-block model, so a part with
+# many batch sizes takes several 10-minute calls: pass --batches=...). compile_dynamic=True compiles
+# twice per model but was measured 5x slower at batch 64 (MHA, 2026-11-29): not used for the numbers.
+#   bash scripts/gpu_bench_decode.sh mha     # multi-head attention (16 KV heads), batch 1-128 (256 does not fit)
+#   bash scripts/gpu_bench_decode.sh gqa     # grouped-query attention with 2 KV heads, batch 1-1024
+#   bash scripts/gpu_bench_decode.sh fig6c   # Figure 6c: batch 512, 2 KV heads, sparse parameters x0.25-x2
+#   bash scripts/gpu_bench_decode.sh diag    # profiles of an 8-block Dense-1.6B decode step (attention variants)
+# Arguments after the part go to bench.py (e.g. --attn_decode=matmul).
+set -euo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
+TRIO="config/dense_1p6b.py config/moe_1p6b_2in34.py config/ultramem_1p6b.py"
+case ${1:?usage: bash scripts/gpu_bench_decode.sh mha|gqa|fig6c|diag [bench.py args]} in
+  mha) args="$TRIO --batches=1,2,4,8,16,32,64,128" ;;
+  gqa) args="$TRIO --n_kv_head=2" ;;
+  fig6c) args="config/dense_1p6b.py config/fig6c/moe_2in10.py config/fig6c/moe_2in18.py config/moe_1p6b_2in34.py
+        config/fig6c/moe_2in68.py config/fig6c/ultramem_6b.py config/fig6c/ultramem_12b.py config/ultramem_1p6b.py
+        config/fig6c/ultramem_41b.py --n_kv_head=2 --batches=512" ;;
+  diag)  # where a step's time goes: Dense-1.6B cut to 8 blocks, both decode attentions, MHA and 2 KV heads
+    for attn in sdpa matmul; do for kv in 16 2; do
+      python bench.py config/dense_1p6b.py --n_layer=8 --n_kv_head=$kv --attn_decode=$attn --batches=1,64 \
+        --profile=2 --out="$OUT/diag_${attn}_kv$kv.json" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/diag_${attn}_kv$kv.log"
+    done; done
+    exit 0 ;;
+  *) echo "unknown part: $1" >&2; exit 2 ;;
+esac
+python bench.py $args --out="$OUT/decode_$1.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/decode_$1.log"

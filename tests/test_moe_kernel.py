@@ -1,0 +1,194 @@
+"""Tests for the MoE grouped matmul in kernels.py (moe_grouped_mm): the Triton kernel (under the interpreter,
+on CPU) against the PyTorch reference and torch._grouped_mm, the custom op on CPU, its refusal of autograd,
+and torch.compile(fullgraph=True).
+
+TRITON_INTERPRET=1 must be set before triton is first imported in a process, and other test modules
+import kernels earlier in the same pytest run, so the interpreter checks run in a subprocess: this file
+run as a script with --interp (as in test_kernels.py).
+"""
+
+import os
+import subprocess
+import sys
+
+if __name__ == "__main__":  # the subprocess: set before anything imports triton
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _inputs(M, K, N, sizes, dtype, seed):
+    """x (M, K), w (G, K, N) and int32 offs from the group sizes (len G); rows past sum(sizes) are in no group."""
+    assert sum(sizes) <= M
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    w = (torch.randn(len(sizes), K, N, generator=g) / K ** 0.5).to(dtype)
+    offs = torch.tensor(sizes, dtype=torch.int64).cumsum(0).to(torch.int32)
+    return x, w, offs
+
+
+def _routed_sizes(M, G, seed):
+    """Group sizes of M token-slots routed at random to G experts, the first and last expert left empty."""
+    g = torch.Generator().manual_seed(seed)
+    experts = torch.randint(1, G - 1, (M,), generator=g)
+    return torch.bincount(experts, minlength=G).tolist()
+
+
+def _close(out, ref, dtype, what):
+    """Relative error check; NaN (an unwritten, poisoned element) always fails. bf16 is loose: the
+    interpreter rounds fp32 -> bf16 towards zero, torch to nearest."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} != {ref.dtype}"
+    out, ref = out.double(), ref.double()
+    assert torch.isfinite(out).all(), f"{what}: non-finite elements (unwritten output?)"
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
+
+
+def _grouped_mm(x, w, offs, gelu):
+    """torch._grouped_mm (+ GeLU) on the rows in a group; it leaves the rows past offs[-1] unwritten."""
+    n = int(offs[-1])
+    y = torch._grouped_mm(x, w, offs=offs)[:n]
+    return F.gelu(y) if gelu else y
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process tests (reference, custom op on CPU, compile)
+
+def test_reference_matches_grouped_mm():
+    for dtype in (torch.float32, torch.bfloat16):
+        for gelu in (False, True):
+            x, w, offs = _inputs(40, 96, 200, [0, 30, 0, 7, 0], dtype, 0)
+            ref = kernels.moe_grouped_mm_reference(x, w, offs, gelu)
+            _close(ref[:37], _grouped_mm(x, w, offs, gelu), dtype, f"reference vs _grouped_mm {dtype} gelu={gelu}")
+            assert (ref[37:] == 0).all(), "rows past offs[-1] must be zero"
+
+
+def test_op_on_cpu_is_reference():
+    x, w, offs = _inputs(24, 96, 72, _routed_sizes(24, 34, 1), torch.bfloat16, 1)
+    assert torch.equal(kernels.moe_grouped_mm(x, w, offs, gelu=True), kernels.moe_grouped_mm_reference(x, w, offs, True))
+
+
+def test_requires_grad_raises_unless_no_grad():
+    x, w, offs = _inputs(12, 32, 48, [5, 0, 6], torch.float32, 2)
+    w = torch.nn.Parameter(w)
+    with pytest.raises(RuntimeError, match="inference only"):
+        kernels.moe_grouped_mm(x, w, offs)
+    with pytest.raises(RuntimeError, match="inference only"):
+        kernels.moe_grouped_mm(x.clone().requires_grad_(True), w.detach(), offs)
+    with torch.no_grad():
+        out = kernels.moe_grouped_mm(x, w, offs)
+    with torch.inference_mode():
+        assert torch.equal(kernels.moe_grouped_mm(x, w, offs), out)
+
+
+def test_bad_inputs_raise():
+    x, w, offs = _inputs(12, 32, 48, [5, 0, 6], torch.float32, 3)
+    with pytest.raises(ValueError):
+        kernels.moe_grouped_mm(x[:, :31], w, offs)  # K mismatch
+    with pytest.raises(ValueError):
+        kernels.moe_grouped_mm(x, w, offs[:2])  # one offset per group
+    with pytest.raises(ValueError):
+        kernels.moe_grouped_mm(x, w.bfloat16(), offs)  # dtype mismatch
+    with pytest.raises(ValueError):
+        kernels.moe_grouped_mm(x, w, offs.float())
+
+
+def test_block_m():
+    pytest.importorskip("triton")
+    assert kernels._moe_block_m(1, 64) == 16      # decode: one tile of the minimum
+    assert kernels._moe_block_m(24, 5) == 16      # ceil(1.5 * 24 / 5) = 8, clamped up to 16
+    assert kernels._moe_block_m(200, 5) == 64     # 60 -> 64
+    assert kernels._moe_block_m(1000, 2) == 64    # clamped down
+
+
+def test_triton_on_cpu_without_interpreter_raises():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter is on in this process")
+    pytest.importorskip("triton")
+    x, w, offs = _inputs(12, 32, 48, [5, 0, 6], torch.float32, 4)
+    kernels.set_impl("triton")
+    try:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            kernels.moe_grouped_mm(x, w, offs)
+    finally:
+        kernels.set_impl("auto")
+
+
+def test_compile_fullgraph_cpu():
+    x, w_fc, offs = _inputs(24, 32, 64, _routed_sizes(22, 8, 5), torch.float32, 5)
+    w_proj = torch.randn(8, 64, 32) / 8
+    f = lambda x, offs: kernels.moe_grouped_mm(kernels.moe_grouped_mm(x, w_fc, offs, gelu=True), w_proj, offs) * 2
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True)  # raises on any graph break
+    _close(cf(x, offs), f(x, offs), torch.float32, "compiled")
+    offs2 = torch.tensor(_routed_sizes(24, 8, 6)).cumsum(0).to(torch.int32)  # new routing, same graph
+    _close(cf(x, offs2), f(x, offs2), torch.float32, "compiled, new routing")
+    with pytest.raises(RuntimeError, match="inference only"):  # still refused when compiled
+        cf(x.clone().requires_grad_(True), offs)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
+def test_triton_interpreter_against_reference():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--interp"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "interp: all" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# The interpreter checks (run in the subprocess)
+
+CASES = [  # M, K, N, group sizes, MOE_CONFIG overrides
+    (100, 96, 200, [100], {}),                         # G = 1, 100 rows > BLOCK_M = 64: two row tiles
+    (75, 96, 200, [70], {}),                           # G = 1, 5 rows past offs[-1]
+    (40, 96, 200, [0, 30, 0, 7, 0], {}),               # first and last empty, 30 rows > BLOCK_M = 16, 3 past
+    (40, 96, 200, [9, 0, 20, 3, 5], {}),               # first and last full, 20 rows > BLOCK_M = 16, 3 past
+    (40, 100, 72, [0, 30, 0, 7, 0], {"block_k": 32, "block_n": 32}),  # four K steps, a masked K tail
+    (24, 96, 200, _routed_sizes(24, 34, 7), {}),       # decode: 12 tokens x top-2 over 34 experts
+    (30, 96, 200, _routed_sizes(26, 34, 8), {}),       # and 4 rows past offs[-1]
+]
+
+
+def _interp_main() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    kernels.set_impl("triton")
+    kernels.POISON_OUTPUTS = True  # the output starts as NaN: an element the kernel leaves unwritten fails
+    defaults = dict(kernels.MOE_CONFIG)
+    for i, (M, K, N, sizes, cfg) in enumerate(CASES):
+        kernels.MOE_CONFIG.update(defaults, **cfg)
+        for dtype in (torch.float32, torch.bfloat16):
+            x, w, offs = _inputs(M, K, N, sizes, dtype, 100 + i)
+            n = int(offs[-1])
+            for gelu in (False, True):
+                tag = f"case {i} M={M} K={K} N={N} G={len(sizes)} {cfg} {dtype} gelu={gelu}"
+                out = kernels._moe_grouped_mm_triton(x, w, offs, gelu)
+                _close(out, kernels.moe_grouped_mm_reference(x, w, offs, gelu), dtype, f"{tag}: vs reference")
+                assert (out[n:] == 0).all(), f"{tag}: rows past offs[-1] not zero"
+                if K % 8 == 0:  # torch._grouped_mm wants 16-byte strides
+                    _close(out[:n], _grouped_mm(x, w, offs, gelu), dtype, f"{tag}: vs torch._grouped_mm")
+        print(f"interp: case {i} ok", flush=True)
+    kernels.MOE_CONFIG.update(defaults)
+    # through the op (the path model.py takes), with int64 offsets and a strided (transposed) w
+    x, w, offs = _inputs(30, 96, 200, _routed_sizes(26, 34, 9), torch.bfloat16, 9)
+    wt = w.transpose(1, 2).contiguous().transpose(1, 2)  # same values, N-major strides
+    with torch.no_grad():
+        out = kernels.moe_grouped_mm(x, wt, offs.long(), gelu=True)
+    _close(out, kernels.moe_grouped_mm_reference(x, w, offs, True), torch.bfloat16, "op, int64 offs, strided w")
+    print("interp: all cases ok", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--interp"]:
+        _interp_main()
+    else:
+        sys.exit(pytest.main([__file__, "-q"]))
