@@ -129,6 +129,15 @@ def build_memory_layers(config) -> list[MemoryUnit]:
 # retrieval: pure functions of the row/column scores (spec 3 steps 3-5, spec 4), tested on their own
 
 
+def head_scores(q: Tensor, keys: Tensor) -> Tensor:
+    """q (T, H, D_k), keys (H, n, r, D_k) -> (T, H, n, r): each head's query against its keys, one plain GEMM
+    per head (H is small) rather than an einsum batched over heads, so that the keys' gradient, a
+    reduction over all T tokens, gets cuBLAS's split-K kernels."""
+    T, H = q.shape[:2]
+    n, r, Dk = keys.shape[1:]
+    return torch.stack([q[:, a] @ keys[a].reshape(n * r, Dk).t() for a in range(H)], dim=1).view(T, H, n, r)
+
+
 def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     """PKM product keys: s_row, s_col (T, H, n) -> row, col (T, H, m) and scores (T, H, m, 1) of the top-m
     of the additive grid s_row[i] + s_col[j] (exact: the top-m sums use only the m best rows and columns)."""
@@ -143,17 +152,37 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
     singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
     t^T S_col; the m x m candidates get their exact per-core scores S_row^T C^(c) S_col; the final top-m
-    is taken on the sum over cores. Returns row, col (T, H, m) and per-core scores (T, H, m, h)."""
+    is taken on the sum over cores. Returns row, col (T, H, m) and per-core scores (T, H, m, h).
+
+    The rank r is small (2-4), so every contraction over it is a broadcast multiply and a sum, which
+    Inductor fuses, not a matmul: cuBLAS runs matmuls with an inner size of 2 far from the bandwidth limit
+    (the UltraMem-151M profile in docs/BENCHMARKS.md: a small-tile batched GEMM, 9 ms per layer at 32K
+    tokens, one call per layer, as the einsum over the candidate grid was). Only the selection
+    (rank-1 scores, the summed m x m grid) is computed without gradient; the per-core scores of the m winners
+    are recomputed from gathered rows, so the backward never touches an (m x m x h) tensor."""
     T, H, n, r = s_row.shape
     h = cores.shape[1]
-    sel_r = torch.einsum("tank,ak->tan", s_row, u.to(s_row.dtype)).topk(m, dim=-1).indices  # (T, H, m)
-    sel_c = torch.einsum("tank,ak->tan", s_col, t.to(s_col.dtype)).topk(m, dim=-1).indices
+    with torch.no_grad():  # the pre-selection yields indices only
+        sel_r = _rdot(s_row, u.to(s_row.dtype)[None, :, None, :]).topk(m, dim=-1).indices  # (T, H, m)
+        sel_c = _rdot(s_col, t.to(s_col.dtype)[None, :, None, :]).topk(m, dim=-1).indices
     sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r)
     sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
-    grid = torch.einsum("tacil,tajl->tacij", torch.einsum("taik,ackl->tacil", sr, cores.to(sr.dtype)), sc)  # (T, H, h, m, m)
-    top = grid.sum(2).flatten(2).topk(m, dim=-1).indices  # (T, H, m) into the m*m candidates
-    scores = grid.flatten(3).gather(3, top.unsqueeze(2).expand(T, H, h, m)).transpose(2, 3)  # (T, H, m, h)
-    return sel_r.gather(2, top // m), sel_c.gather(2, top % m), scores
+    # A[t, a, c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core
+    a = _rdot(sr[:, :, None, :, None, :], cores.to(sr.dtype).transpose(-1, -2)[None, :, :, None])  # (T, H, h, m, r)
+    with torch.no_grad():  # grid[i, j] = sum_l (sum_c A[c, i, l]) S_col[j, l]: the summed Tucker scores
+        grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :])  # (T, H, m, m)
+        top = grid.flatten(2).topk(m, dim=-1).indices  # (T, H, m) into the m*m candidates
+    i, j = top // m, top % m
+    ai = a.gather(3, i[:, :, None, :, None].expand(T, H, h, m, r))  # (T, H, h, m, r) the winners' rows
+    sj = sc.gather(2, j.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r) and columns
+    scores = _rdot(ai, sj[:, :, None]).transpose(2, 3)  # (T, H, m, h)
+    return sel_r.gather(2, i), sel_c.gather(2, j), scores
+
+
+def _rdot(x: Tensor, y: Tensor) -> Tensor:
+    """sum_l x[..., l] * y[..., l] with broadcasting, for a small last (rank) dimension: one product per l
+    (eager holds one output-sized temporary, not the broadcast product; Inductor fuses the whole sum)."""
+    return sum(x[..., l] * y[..., l] for l in range(x.shape[-1]))
 
 
 def tucker_aux_loss(cores: Tensor, alpha: float, tau: float) -> Tensor:
@@ -288,9 +317,9 @@ class MemoryLayer(nn.Module):
         T = x.shape[0]
         q = self._norm(self.query_proj(x).view(T, self.Hq, 2, self.Dk), self.query_norm)
         q = q.expand(T, self.H, 2, self.Dk)  # (T, H, 2, D_k): shared query -> every head reads the same
-        keys = self._norm(self.keys, self.key_norm)  # (H, 2, n, r, D_k)
-        s_row = torch.einsum("tad,anrd->tanr", q[:, :, 0], keys[:, 0].to(q.dtype))  # (T, H, n, r)
-        s_col = torch.einsum("tad,anrd->tanr", q[:, :, 1], keys[:, 1].to(q.dtype))
+        keys = self._norm(self.keys, self.key_norm).to(q.dtype)  # (H, 2, n, r, D_k)
+        s_row = head_scores(q[:, :, 0], keys[:, 0])  # (T, H, n, r)
+        s_col = head_scores(q[:, :, 1], keys[:, 1])
         if self.tdqkr:
             return tdqkr_retrieve(s_row, s_col, self.cores, self.u, self.t, self.m)
         return pkm_retrieve(s_row.squeeze(-1), s_col.squeeze(-1), self.m)

@@ -6,7 +6,7 @@ import torch
 
 import memory
 import train
-from memory import MemoryLayer, pkm_retrieve, tdqkr_retrieve, tucker_aux_loss
+from memory import MemoryLayer, head_scores, pkm_retrieve, tdqkr_retrieve, tucker_aux_loss
 from configurator import read_config_file
 from model import GPT, GPTConfig
 
@@ -69,6 +69,46 @@ def test_general_cores_return_exact_tucker_scores():
             # the final top-m is taken on the sum over cores: sorted, distinct slots
             assert len(set((row[b, a] * n + col[b, a]).tolist())) == m
             assert (scores[b, a].sum(-1).diff() <= 1e-6).all()
+
+
+def tdqkr_einsum(s_row, s_col, cores, u, t, m):
+    """TDQKR written with einsums over the full (T, H, h, m, m) candidate grid: the formulation
+    tdqkr_retrieve replaced (fused multiply-sums, no grid in the backward); the two must agree."""
+    T, H, n, r = s_row.shape
+    h = cores.shape[1]
+    sel_r = torch.einsum("tank,ak->tan", s_row, u).topk(m, dim=-1).indices
+    sel_c = torch.einsum("tank,ak->tan", s_col, t).topk(m, dim=-1).indices
+    sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))
+    sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
+    grid = torch.einsum("tacil,tajl->tacij", torch.einsum("taik,ackl->tacil", sr, cores), sc)
+    top = grid.sum(2).flatten(2).topk(m, dim=-1).indices
+    scores = grid.flatten(3).gather(3, top.unsqueeze(2).expand(T, H, h, m)).transpose(2, 3)
+    return sel_r.gather(2, top // m), sel_c.gather(2, top % m), scores
+
+
+@pytest.mark.parametrize("r,h", [(2, 2), (3, 1)])
+def test_tdqkr_equals_the_einsum_grid_with_gradients(r, h):
+    torch.manual_seed(3)
+    T, H, n, m = 6, 2, 9, 4
+    leaf = lambda *shape: torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    s_row, s_col, cores = leaf(T, H, n, r), leaf(T, H, n, r), leaf(H, h, r, r)
+    u, t = torch.randn(H, r, dtype=torch.float64), torch.randn(H, r, dtype=torch.float64)
+    got, ref = tdqkr_retrieve(s_row, s_col, cores, u, t, m), tdqkr_einsum(s_row, s_col, cores, u, t, m)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    torch.testing.assert_close(got[2], ref[2])
+    w = torch.randn_like(got[2])
+    g_got = torch.autograd.grad((got[2] * w).sum(), (s_row, s_col, cores))
+    g_ref = torch.autograd.grad((ref[2] * w).sum(), (s_row, s_col, cores))
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_head_scores_equal_the_batched_einsum():
+    torch.manual_seed(4)
+    q, keys = torch.randn(7, 3, 8, dtype=torch.float64), torch.randn(3, 5, 2, 8, dtype=torch.float64)
+    torch.testing.assert_close(head_scores(q, keys), torch.einsum("tad,anrd->tanr", q, keys))
+    shared = q[:, :1].expand(7, 3, 8)  # mem_share_query: one query read by every head (a broadcast view)
+    torch.testing.assert_close(head_scores(shared, keys), torch.einsum("tad,anrd->tanr", shared, keys))
 
 
 def test_pkm_retrieve_is_exact_and_softmax_rows_sum_to_one():
