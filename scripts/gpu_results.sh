@@ -5,6 +5,7 @@
 #
 #   bash scripts/gpu_results.sh PART [SEED]      # SEED defaults to 1; OUT (default out/gpu) collects the results
 #   DRY=1 bash scripts/gpu_results.sh all 1      # print the train.py commands only
+#   JOBS=3 bash scripts/gpu_results.sh table1 1  # three runs at a time on the one GPU (default JOBS=1)
 #
 # Each run: python train.py config/small/X.py --seed=S --progress=False --overwrite=True --out_dir=out/small/X_sS
 # (plus --ckpt_interval past the end: one checkpoint at the last step instead of 11, which for the 0.7-1.4B
@@ -35,6 +36,7 @@ PART=${1:?usage: bash scripts/gpu_results.sh table1|table1a|table1b|table2|table
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
+JOBS=${JOBS:-1}
 
 part() {  # the config names (under config/small/, without .py) of a part
   case $1 in
@@ -65,15 +67,27 @@ fi
 mkdir -p "$OUT"
 [ -f data/medium_mix/train.bin ] || python data/prepare.py --input=.device_carry/medium_mix.jsonl.xz \
     --out_dir=data/medium_mix --val_fraction=0.02 --workers=16 | tail -3
-for X in $NAMES; do
-  run="small/${X}_s$SEED"
+
+one() {  # train config/small/$1.py with seed $SEED, then digest it
+  local X=$1 run="small/${1}_s$SEED" start
   mkdir -p "$(dirname "$OUT/$run")"
   start=$(date +%s)
   python train.py "config/small/$X.py" --seed="$SEED" --progress=False --overwrite=True \
-    --out_dir="out/$run" --ckpt_interval=1000000 > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; exit 1; }
-  echo "$run: $(( $(date +%s) - start )) s wall"
-  python scripts/metrics_summary.py "out/$run" | tee "$OUT/$run.json"
+    --out_dir="out/$run" --ckpt_interval=1000000 > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; return 1; }
+  echo "$run: $(( $(date +%s) - start )) s wall (JOBS=$JOBS)"
+  python scripts/metrics_summary.py "out/$run" > "$OUT/$run.json" && cat "$OUT/$run.json"
   cp "out/$run/metrics.jsonl" "$OUT/$run.metrics.jsonl"
   [ -n "${KEEP_CKPT:-}" ] || rm -f "out/$run/ckpt.pt"
+}
+
+# JOBS runs at a time on the one GPU: a small model leaves the H200 partly idle (short kernels, the
+# Python between them, a minute of compilation on the CPU), so runs side by side finish the set sooner;
+# each run's wall time then counts the others' load too. A failed run stops the script (set -e).
+running=0
+for X in $NAMES; do
+  one "$X" &
+  running=$((running + 1))
+  if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
 done
+while [ "$running" -gt 0 ]; do wait -n; running=$((running - 1)); done
 python scripts/results_table.py "$OUT" | tee "$OUT/results_${PART//\//_}_s$SEED.md"
