@@ -7,10 +7,10 @@ config file (the ones train.py reads: GPTConfig fields and train.py's keys), and
 apply to every model: model i's settings = defaults <- file i <- overrides. No file: one model, the defaults.
 The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile,
 peak_tflops, ...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters,
-measure, compile_dynamic, profile and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
+measure, compile_dynamic, compile_scope, profile and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
 train.py's default device to "cuda" (a missing GPU is an error; pass --device=cpu for a quick CPU run), and
 reads vocab_size=0 (train.py: from the dataset) as 50304. Run-level keys (RUN_KEYS: mode, out,
-device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, warmup, iters) come from the defaults
+device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, compile_scope, warmup, iters, profile) come from the defaults
 and the command line only (a config file's value for them is ignored); model keys, batch_size, compile,
 peak_tflops and the optimizer keys are per model.
 
@@ -27,7 +27,10 @@ buffers at positions 0..kv_len-1 (no prefill: the content does not change the wo
 step is model.decode_one_token(model, idx (B, 1), input_pos=[kv_len], temperature=0, top_k=None): it
 attends to kv_len cached positions plus its own and rewrites position kv_len each time, so every step does
 the same work. On CUDA it runs under torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs;
-compile=False for eager), timed with CUDA events; on CPU eagerly with time.perf_counter. `warmup` steps,
+compile=False for eager), timed with CUDA events; on CPU eagerly with time.perf_counter. compile_scope="blocks"
+compiles each transformer block and memory layer instead (identical blocks share one compilation, where
+the whole step of a 30-block model took 50-80 s per batch size to compile on the H200) and captures the
+whole step, Python glue included, in one torch.cuda.CUDAGraph; it loses only fusions across blocks. `warmup` steps,
 then the median of `iters` steps (the first call, compilation included, is timed apart: first_call_s; on
 CUDA every batch size is a static compilation unless compile_dynamic=True). Batch sizes: `batches` ("1,2,4" or empty: powers of two up to
 max_batch). Before allocating, the weights + caches + a workspace margin are estimated against the free GPU
@@ -441,6 +444,21 @@ def _copy_bandwidth(dev: str) -> float:
     return 2 * (1 << 28) * 4 / (ms / 1e3)
 
 
+def _cuda_graph(fn):
+    """fn run 3 times on a side stream (compilation, allocator warm-up), then captured into one CUDA graph;
+    returns its replay (the step's inputs are fixed tensors, so replaying redoes the same step)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def _time_cuda(fn, iters: int) -> float:
     """Median milliseconds of fn, one CUDA event pair per call."""
     times = []
@@ -540,11 +558,17 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
         _fill_caches(model, kv_len, torch.Generator(device=dev).manual_seed(0))
         use_compile = cfg["compile"] if cfg["compile"] is not None else dev.startswith("cuda")
         step = decode_one_token
-        if use_compile:
+        blocks_scope = use_compile and run["compile_scope"] == "blocks"
+        if blocks_scope:  # each block and memory layer compiled on its own; the step is replayed as one CUDA graph
+            torch._dynamo.reset()
+            for mod in list(model.blocks) + list(model.memories):
+                mod.compile(fullgraph=True, dynamic=None if run["compile_dynamic"] else False)
+        elif use_compile:
             torch._dynamo.reset()
             step = torch.compile(decode_one_token, fullgraph=True, dynamic=None if run["compile_dynamic"] else False,
                                  mode="reduce-overhead" if dev.startswith("cuda") else None)
         info["compiled"] = bool(use_compile)
+        info["compile_scope"] = run["compile_scope"] if use_compile else None
         pos = torch.tensor([kv_len], device=dev)
         gen = torch.Generator(device=dev).manual_seed(1)
         for B in fit:
@@ -553,14 +577,18 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
             r.update(decode_bytes(model, B, S, el))
             with torch.no_grad():
                 if run["measure"]:
-                    r.update(_measure_picks(model, idx, pos))
+                    with torch.compiler.set_stance("force_eager"):  # compiled blocks: no recompile for the hooks
+                        r.update(_measure_picks(model, idx, pos))
                     if "experts_distinct_measured" in r:
                         r["experts_bytes_measured"] = r["moe_layers"] * r["experts_distinct_measured"] * r["expert_bytes"]
                     if "values_rows_measured" in r:
                         r["values_bytes_measured"] = r["memory_layers"] * r["values_rows_measured"] * r["row_bytes"]
                 fn = lambda: step(model, idx, pos, 0.0, None)
                 t0 = time.perf_counter()
-                fn()  # the first call compiles (CUDA: and the next ones record the CUDA graph)
+                if blocks_scope and dev.startswith("cuda"):
+                    fn = _cuda_graph(fn)  # compiles the blocks (warm-up), then captures the whole step
+                else:
+                    fn()  # the first call compiles (CUDA: and the next ones record the CUDA graph)
                 if dev.startswith("cuda"):
                     torch.cuda.synchronize()
                 r["first_call_s"] = time.perf_counter() - t0
@@ -668,6 +696,8 @@ def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
     dtype = _resolve_dtype(run["dtype"], dev)
     if run["kv_len"] < 1 or run["iters"] < 1 or run["warmup"] < 0 or run["max_batch"] < 1:
         raise BenchError("kv_len, iters and max_batch must be >= 1 and warmup >= 0")
+    if run["compile_scope"] not in ("model", "blocks"):
+        raise BenchError(f"compile_scope must be 'model' or 'blocks', got {run['compile_scope']!r}")
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev).index or 0)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -871,6 +901,9 @@ BENCH_KEYS = {
     "measure": True,                   # count the experts / value rows actually picked (one eager step)
     "compile_dynamic": False,          # False: one static compilation per batch size; True: dynamic=None
                                        # (dynamo generalises the batch after the second size: fewer compiles)
+    "compile_scope": "model",          # "model": the whole step, mode="reduce-overhead" (gpt-fast's way);
+                                       # "blocks": each block / memory layer compiled once for all of its
+                                       # copies, the whole step captured in one CUDA graph (far less compile)
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)
@@ -888,7 +921,7 @@ BENCH_KEYS = {
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
 RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters",
-            "profile")
+            "profile", "compile_scope")
 LIST = (str, int, tuple, list)
 
 

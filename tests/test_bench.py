@@ -144,3 +144,19 @@ def test_parse_several_models_not_merged():
 
 def test_bad_model_config_is_one_line():
     one_line_error(bench("config/ultramem_small.py", "--n_layer=2", "--device=cpu", check=False), "bad model config")
+
+
+def test_decode_blocks_compile_scope(tmp_path):
+    """compile_scope="blocks": every block compiled once for all its copies (MoE blocks too, with the measuring
+    hooks run eagerly so they cause no recompilation), several batch sizes, results beside the eager ones."""
+    out = tmp_path / "b.json"
+    bench("--mode=decode", "config/moe_small.py", *TINY, "--n_layer=3", "--batches=1,2,3", "--kv_len=8",
+          "--compile=True", "--compile_scope=blocks", f"--out={out}", *FAST)
+    with open(out) as f:
+        (m,) = json.load(f)["models"]
+    assert m["compiled"] is True and m["compile_scope"] == "blocks" and "error" not in m
+    assert [r["batch"] for r in m["rows"]] == [1, 2, 3] and all(r["latency_ms"] > 0 for r in m["rows"])
+
+
+def test_bad_compile_scope():
+    one_line_error(bench("--compile_scope=layer", "--device=cpu", check=False), "compile_scope")
