@@ -286,6 +286,8 @@ class MoE(nn.Module):
         else:
             y = moe_experts_grouped(xf, self.w_fc, self.w_proj, weights, experts, triton=impl == "triton")
         y = y.to(x.dtype).view(B, T, D)
+        if not self.training and not torch.is_grad_enabled():  # inference (decoding): no objective to add to
+            return y, {}
         # Switch/GShard balance: E * sum_e f_e P_e, f_e = share of the N*k token-slots routed to e (no
         # gradient), P_e = mean router probability of e. Uniform routing gives 1 (balanced), skewed more.
         counts = torch.zeros(self.n_experts, device=x.device).scatter_add_(
@@ -383,7 +385,8 @@ class GPT(nn.Module):
         the absolute positions of idx (prefill: arange(T); one step: a single position).
 
         Returns (logits (B, T, V), cross-entropy or None, aux) where aux maps names to weighted auxiliary
-        losses (MoE balance, Tucker core); the training objective is ce + sum(aux.values())."""
+        losses (MoE balance, Tucker core); the training objective is ce + sum(aux.values()). MoE layers skip
+        theirs in inference (eval mode without grad: decoding), where nothing would use them."""
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device) if input_pos is None else input_pos
         x = self.wte(idx)

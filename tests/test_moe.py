@@ -177,12 +177,15 @@ def test_init():
 
 def test_gpt_aux_and_cached_decoding():
     torch.manual_seed(0)
-    model = GPT(moe_cfg()).eval()
+    model = GPT(moe_cfg())
     idx = torch.randint(0, 128, (2, 20))
     with torch.no_grad():
-        full, loss, aux = model(idx, idx)
+        _, _, aux = model(idx, idx)  # training mode: the auxiliary objectives
         assert set(aux) == {"moe_balance", "moe_z"}
         assert 2 * 0.01 * 0.9 < aux["moe_balance"].item() < 2 * 0.01 * 2  # summed over 2 layers, near 1 each
+        model.eval()
+        full, loss, aux = model(idx, idx)
+        assert aux == {}  # inference (eval, no grad): nothing to add to, so nothing computed
         model.setup_caches(batch_size=2, max_len=32)
         pre = model(idx[:, :11], input_pos=torch.arange(11))[0]
         steps = [model(idx[:, t : t + 1], input_pos=torch.tensor([t]))[0] for t in range(11, 20)]
