@@ -462,3 +462,241 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
         raise RuntimeError("moe_grouped_mm is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
     return torch.ops.ultramem.moe_grouped_mm(x, w, offs, gelu)
+
+
+# ===================================================================================================
+# Split-KV attention for decoding ("flash-decoding")
+#
+#     decode_attention(q, k, v, input_pos) -> (B, H, T, D)      the custom op `ultramem::decode_attention`
+#
+# q (B, H, T, D) holds the queries of T new tokens (T small: 1 when decoding, up to ~16 for a short chunk)
+# at absolute positions input_pos (T,) (integer, 0 <= input_pos < S; consecutive in practice, not relied
+# on); k, v (B, KV, S, D) the key/value caches, already holding the new tokens. They may be batch-slices
+# of bigger buffers (buf[:B]): any strides, the last dim contiguous. Grouped-query attention: H = KV * rep,
+# query head h reads KV head h // rep (the pairing of repeat_interleave(rep, dim=1) and of SDPA's
+# enable_gqa). Query t attends to cache positions 0 .. input_pos[t] inclusive, scale 1/sqrt(D); softmax
+# and accumulation in fp32, the output in q.dtype. D a power of two in [16, 256]; q, k, v of one dtype,
+# bf16, fp16 or fp32.
+# Why: with few KV heads, one program per (batch, KV head) walking the whole cache (cuDNN's flash
+# attention, FlexAttention's decoding kernel) leaves most SMs idle and streams the cache at well under
+# the HBM bandwidth. Here a (batch, KV head) pair's positions are cut into n_splits contiguous chunks:
+#   split kernel,   grid (B * KV, n_splits): the rep * T query rows of the KV head, ordered (r, t) and
+#                   padded to BLOCK_M >= 16 for tl.dot, as one tile; an online softmax over the chunk's
+#                   BLOCK_S tiles leaves a partial (max m, sum l, accumulator acc) per row in fp32
+#                   workspaces (B * KV, n_splits, BLOCK_M[, D]). Nothing past max(input_pos) is read: a
+#                   chunk that starts after it reads no K/V (input_pos is read in the kernel, no host sync).
+#   combine kernel, grid (B * KV, rep * T): merges a row's partials by the log-sum-exp rule and writes it.
+# n_splits depends on static shapes only (it compiles and captures in a CUDA graph): enough programs to
+# fill the GPU, DECODE_ATTN_CONFIG["programs_per_sm"] per SM, but at least one BLOCK_S tile per split.
+# Inference only: no autograd formula (decode_attention refuses inputs that require grad in grad mode).
+# The op body runs the Triton kernels on CUDA and the reference on the CPU; set_impl switches as above.
+
+# Launch parameters of the split kernel and the split count: untuned first guesses for the H200 (132 SMs).
+# "splits" forces n_splits (tests, benchmarks); "max_splits" caps the automatic choice (None: no cap).
+DECODE_ATTN_CONFIG = {"block_s": 64, "warps": 4, "stages": 3, "combine_warps": 4, "programs_per_sm": 4, "sms": 132,
+                      "max_splits": None, "splits": None}
+
+
+def decode_attention_reference(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
+    """q (B, H, T, D), k, v (B, KV, S, D), input_pos (T,) -> (B, H, T, D) in q.dtype (see the section
+    header): the KV heads repeated to H, scores, softmax and product in float32 (float64 for float64
+    inputs), query t masked to positions <= input_pos[t]. Traceable: no host synchronisation."""
+    H, D = q.shape[1], q.shape[3]
+    S = k.shape[2]
+    rep = H // k.shape[1]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    k = k.to(acc).repeat_interleave(rep, dim=1)
+    v = v.to(acc).repeat_interleave(rep, dim=1)
+    scores = (q.to(acc) @ k.transpose(-1, -2)) * D ** -0.5  # (B, H, T, S)
+    allowed = torch.arange(S, device=q.device) <= input_pos[:, None]  # (T, S)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).to(q.dtype)
+
+
+def _decode_attn_block_s(block_m: int, D: int, itemsize: int) -> int:
+    """BLOCK_S: DECODE_ATTN_CONFIG["block_s"], halved (down to 16, the least tl.dot takes) while a rough
+    estimate of the split kernel's shared memory exceeds 192 KiB (an H100/H200 block may have 227 KiB): the
+    stages - 1 buffered K and V tiles plus the q and p tiles. Compiled by triton 3.9 for sm_90 it came within
+    -10% .. +60% of the need (reported as the kernel's "shared"; 262 KiB for bf16, D = 256, BLOCK_M = 128,
+    BLOCK_S = 64: too much). At the default 64 x 3 stages it shrinks only large heads with many rows: for
+    bf16 / fp16 when D = 256 and rep * T > 32, for fp32 when D = 256 or rep * T > 32."""
+    cfg = DECODE_ATTN_CONFIG
+    block_s = cfg["block_s"]
+    smem = lambda bs: (cfg["stages"] - 1) * 2 * bs * D * itemsize + 2 * block_m * D * itemsize + block_m * bs * 4
+    while block_s > 16 and smem(block_s) > 192 * 1024:
+        block_s //= 2
+    return block_s
+
+
+def _decode_attn_splits(B: int, KV: int, S: int, block_s: int) -> int:
+    """n_splits from static shapes: DECODE_ATTN_CONFIG["splits"] if set, else enough split programs for
+    programs_per_sm per SM (capped by max_splits); either way within [1, the number of BLOCK_S tiles]."""
+    cfg = DECODE_ATTN_CONFIG
+    tiles = -(-S // block_s)
+    n = cfg["splits"]
+    if n is None:
+        n = -(-cfg["programs_per_sm"] * cfg["sms"] // (B * KV))
+        if cfg["max_splits"] is not None:
+            n = min(n, cfg["max_splits"])
+    return max(1, min(n, tiles))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, S, T, KV, n_tiles,
+                                  sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, qk_scale, REP: tl.constexpr,
+                                  D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                                  DOT_FP32: tl.constexpr):
+        # one program per (batch b, KV head kv, split): the REP * T query rows (row = r * T + t is query head
+        # kv * REP + r, token t) against the split's share of the n_tiles BLOCK_S-tiles of positions, with
+        # an online softmax in base 2 (qk_scale = log2(e) / sqrt(D)). DOT_FP32 takes both products in fp32
+        # ("ieee"): for fp32 inputs, and in the interpreter, whose bf16 dot is broken in triton 3.9
+        bk = tl.program_id(0)
+        split = tl.program_id(1)
+        n_splits = tl.num_programs(1)
+        b = (bk // KV).to(tl.int64)
+        kv = bk % KV
+        rows = tl.arange(0, BLOCK_M)
+        rmask = rows < REP * T
+        r = rows // T
+        t = rows % T
+        pos = tl.load(pos_ptr + t, mask=rmask, other=-1).to(tl.int32)  # padding rows: -1, nothing allowed
+        start = (split * n_tiles // n_splits) * BLOCK_S
+        end = tl.minimum(((split + 1) * n_tiles // n_splits) * BLOCK_S, S)
+        end = tl.minimum(end, tl.max(pos, axis=0) + 1)  # the early exit: no position past max(input_pos) is read
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * sqb + (kv * REP + r).to(tl.int64)[:, None] * sqh + t[:, None] * sqt + d[None, :],
+                    mask=rmask[:, None], other=0.0)
+        k_bh = k_ptr + b * skb + kv.to(tl.int64) * skh
+        v_bh = v_ptr + b * svb + kv.to(tl.int64) * svh
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+        for s0 in range(start, end, BLOCK_S):
+            cols = s0 + tl.arange(0, BLOCK_S)
+            cmask = cols < end  # K/V past the end read as 0 (the cache beyond max(input_pos) may hold anything)
+            kt = tl.load(k_bh + cols.to(tl.int64)[None, :] * sks + d[:, None], mask=cmask[None, :], other=0.0)
+            vt = tl.load(v_bh + cols.to(tl.int64)[:, None] * svs + d[None, :], mask=cmask[:, None], other=0.0)
+            if DOT_FP32:
+                s = tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision="ieee")
+            else:
+                s = tl.dot(q, kt)
+            # the causal mask alone: a tile never crosses its share's end, positions past S are > input_pos
+            s = tl.where(cols[None, :] <= pos[:, None], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet: no inf - inf
+            p = tl.exp2(s - m_ref[:, None])
+            alpha = tl.exp2(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if DOT_FP32:
+                acc = tl.dot(p, vt.to(tl.float32), acc * alpha[:, None], input_precision="ieee")
+            else:
+                acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
+            m_i = m_new
+        # the real rows' partials; a split that read nothing leaves m = -inf, l = 0 and its acc unwritten
+        # (a row count, not rmask & (start < end): the interpreter mistypes a block & scalar mask)
+        ws = (bk.to(tl.int64) * n_splits + split) * BLOCK_M + rows
+        tl.store(m_ptr + ws, m_i, mask=rmask)
+        tl.store(l_ptr + ws, l_i, mask=rmask)
+        acc_rows = tl.where(start < end, REP * T, 0)
+        tl.store(acc_ptr + ws[:, None] * D + d[None, :], acc, mask=(rows < acc_rows)[:, None])
+
+    @triton.jit
+    def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, n_splits, D: tl.constexpr,
+                                    BLOCK_M: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+        # one program per (batch, KV head, row): out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with
+        # M = max_s m_s, BLOCK_SPLITS partials at a time; partials with m_s = -inf weigh 0 and are not read.
+        # The output is contiguous (B, H, T, D): row (r, t) of (b, kv) is row (b * KV + kv) * REP * T + r * T + t
+        bk = tl.program_id(0).to(tl.int64)
+        row = tl.program_id(1)
+        d = tl.arange(0, D)
+        ws0 = bk * n_splits * BLOCK_M + row
+        m_max = float("-inf")
+        for s0 in range(0, n_splits, BLOCK_SPLITS):
+            sp = s0 + tl.arange(0, BLOCK_SPLITS)
+            m_s = tl.load(m_ptr + ws0 + sp * BLOCK_M, mask=sp < n_splits, other=float("-inf"))
+            m_max = tl.maximum(m_max, tl.max(m_s, axis=0))
+        m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
+        l_sum = 0.0
+        acc = tl.zeros((D,), dtype=tl.float32)
+        for s0 in range(0, n_splits, BLOCK_SPLITS):
+            sp = s0 + tl.arange(0, BLOCK_SPLITS)
+            smask = sp < n_splits
+            m_s = tl.load(m_ptr + ws0 + sp * BLOCK_M, mask=smask, other=float("-inf"))
+            l_s = tl.load(l_ptr + ws0 + sp * BLOCK_M, mask=smask, other=0.0)
+            w = tl.exp2(m_s - m_ref)  # 0 where m_s = -inf
+            a = tl.load(acc_ptr + (ws0 + sp * BLOCK_M)[:, None] * D + d[None, :], mask=(m_s > float("-inf"))[:, None],
+                        other=0.0)
+            l_sum += tl.sum(w * l_s, axis=0)
+            acc += tl.sum(w[:, None] * a, axis=0)
+        out = tl.where(l_sum > 0.0, acc / l_sum, 0.0)  # l = 0 cannot happen (position 0 is always allowed)
+        rows_per_bk = tl.num_programs(1)
+        tl.store(out_ptr + (bk * rows_per_bk + row) * D + d, out.to(out_ptr.dtype.element_ty))
+
+
+def _decode_check(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or input_pos.shape != (q.shape[2],) \
+            or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3] or k.shape[2] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"decode_attention: bad shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
+                         f"input_pos {tuple(input_pos.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"decode_attention: q, k, v must share a dtype of bf16, fp16 or fp32, got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if input_pos.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"decode_attention: input_pos must be int32 or int64, got {input_pos.dtype}")
+    D = q.shape[3]
+    if D < 16 or D > 256 or D & (D - 1):
+        raise ValueError(f"decode_attention: head dim must be a power of two in [16, 256], got {D}")
+    rows = q.shape[1] // k.shape[1] * q.shape[2]
+    if rows > 128:
+        raise ValueError(f"decode_attention: rep * T = {rows} query rows per KV head > 128: not a decode shape")
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError(f"decode_attention: k and v need a contiguous last dim, got strides {k.stride()}, "
+                         f"{v.stride()}")
+
+
+def _decode_attention_triton(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
+    B, H, T, D = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    rep = H // KV
+    q = q if q.stride(-1) == 1 else q.contiguous()  # q is small; k, v keep their strides (no cache copy)
+    out = _empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    if B == 0 or T == 0:
+        return out
+    cfg = DECODE_ATTN_CONFIG
+    block_m = max(16, triton.next_power_of_2(rep * T))
+    block_s = _decode_attn_block_s(block_m, D, q.element_size())
+    n_splits = _decode_attn_splits(B, KV, S, block_s)
+    m = _empty(B * KV, n_splits, block_m, dtype=torch.float32, device=q.device)
+    l = _empty(B * KV, n_splits, block_m, dtype=torch.float32, device=q.device)
+    acc = _empty(B * KV, n_splits, block_m, D, dtype=torch.float32, device=q.device)
+    _launch(_decode_attn_split_kernel, (B * KV, n_splits), q.is_cuda, q, k, v, input_pos.contiguous(), m, l, acc,
+            S, T, KV, triton.cdiv(S, block_s), q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+            k.stride(2), v.stride(0), v.stride(1), v.stride(2), 1.4426950408889634 * D ** -0.5, REP=rep, D=D,
+            BLOCK_M=block_m, BLOCK_S=block_s, DOT_FP32=q.dtype == torch.float32 or not q.is_cuda,
+            num_warps=cfg["warps"], num_stages=cfg["stages"])
+    # BLOCK_SPLITS x D partials a step: at most 4096 fp32 values, 32 registers a thread at 4 warps
+    _launch(_decode_attn_combine_kernel, (B * KV, rep * T), q.is_cuda, m, l, acc, out, n_splits, D=D,
+            BLOCK_M=block_m, BLOCK_SPLITS=min(triton.next_power_of_2(n_splits), 4096 // D),
+            num_warps=cfg["combine_warps"])
+    return out
+
+
+@torch.library.triton_op("ultramem::decode_attention", mutates_args=())
+def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
+    if _use_triton(q):
+        return _decode_attention_triton(q, k, v, input_pos)
+    return decode_attention_reference(q, k, v, input_pos)
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
+    """Attention of the T new tokens' queries q (B, H, T, D) at positions input_pos (T,) over the caches
+    k, v (B, KV, S, D), causal by position, grouped-query for KV < H (see the section header): the custom
+    op, split-KV Triton kernels on CUDA, the reference on the CPU. Inference only: raises RuntimeError if
+    grad mode is on and q, k or v requires grad (call it under torch.no_grad() or torch.inference_mode())."""
+    _decode_check(q, k, v, input_pos)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise RuntimeError("decode_attention is inference only (no autograd formula): call it under "
+                           "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
+    return torch.ops.ultramem.decode_attention(q, k, v, input_pos)

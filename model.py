@@ -50,6 +50,7 @@ class GPTConfig(MemoryConfig):
     moe_impl: str = "auto"  # "auto" (CUDA: triton when decoding, else grouped; CPU: loop) | "grouped" | "triton" | "loop"
     # cached decoding's attention (docs/BENCHMARKS.md, decode): "sdpa" (masked scaled_dot_product_attention)
     # | "matmul" (two batched matmuls) | "flex" (FlexAttention's split-KV decoding; compile the step)
+    # | "triton" (kernels.decode_attention: split-KV, inference only)
     attn_decode: str = "sdpa"
 
     def __post_init__(self):
@@ -69,8 +70,8 @@ class GPTConfig(MemoryConfig):
             (0 < self.moe_top_k <= self.moe_num_experts, f"moe_top_k={self.moe_top_k} must be in 1..moe_num_experts={self.moe_num_experts}"),
             (self.moe_impl in ("auto", "grouped", "triton", "loop"),
              f"moe_impl must be 'auto', 'grouped', 'triton' or 'loop', got {self.moe_impl!r}"),
-            (self.attn_decode in ("sdpa", "matmul", "flex"),
-             f"attn_decode must be 'sdpa', 'matmul' or 'flex', got {self.attn_decode!r}"),
+            (self.attn_decode in ("sdpa", "matmul", "flex", "triton"),
+             f"attn_decode must be 'sdpa', 'matmul', 'flex' or 'triton', got {self.attn_decode!r}"),
             (self.ffn != "moe" or not self.bias, "MoE experts have no biases: use bias=False with ffn='moe'"),
             (self.ffn != "moe" or self.moe_impl == "loop" or (self.n_embd % 8 == 0 and self.moe_hidden % 8 == 0),
              f"grouped MoE needs n_embd={self.n_embd} and moe_hidden={self.moe_hidden} to be multiples of 8 (16-byte bf16 rows)"),
@@ -152,7 +153,10 @@ class CausalSelfAttention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, KV, S, hd)
             k, v = k.to(q.dtype), v.to(q.dtype)
             rep = self.n_head // self.n_kv_head
-            if self.attn_decode == "flex":  # FlexAttention: split-KV decoding kernel, GQA without copies
+            if self.attn_decode == "triton":  # kernels.decode_attention: split-KV Triton kernel, GQA native
+                import kernels
+                y = kernels.decode_attention(q, k, v, input_pos)
+            elif self.attn_decode == "flex":  # FlexAttention: split-KV decoding kernel, GQA without copies
                 def causal(score, b, h, q_idx, kv_idx):  # the cache's positions after input_pos: -inf
                     return torch.where(kv_idx <= input_pos[q_idx], score, float("-inf"))
                 y = flex_attention(q, k, v, score_mod=causal, enable_gqa=rep > 1)

@@ -7,7 +7,7 @@
 #   bash scripts/gpu_bench_decode.sh mha     # multi-head attention (16 KV heads), batch 1-128 (256 does not fit)
 #   bash scripts/gpu_bench_decode.sh gqa     # grouped-query attention with 2 KV heads, batch 1-1024
 #   bash scripts/gpu_bench_decode.sh fig6c   # Figure 6c: batch 512, 2 KV heads, sparse parameters x0.25-x2
-#   bash scripts/gpu_bench_decode.sh diag    # profiles of an 8-block Dense-1.6B decode step (attention variants)
+#   bash scripts/gpu_bench_decode.sh diag    # profiles of an 8-block Dense-1.6B decode step (ATTNS="sdpa triton" to pick)
 # Arguments after the part go to bench.py (e.g. --attn_decode=matmul).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -19,8 +19,8 @@ case ${1:?usage: bash scripts/gpu_bench_decode.sh mha|gqa|fig6c|diag [bench.py a
   fig6c) args="config/dense_1p6b.py config/fig6c/moe_2in10.py config/fig6c/moe_2in18.py config/moe_1p6b_2in34.py
         config/fig6c/moe_2in68.py config/fig6c/ultramem_6b.py config/fig6c/ultramem_12b.py config/ultramem_1p6b.py
         config/fig6c/ultramem_41b.py --n_kv_head=2 --batches=512" ;;
-  diag)  # where a step's time goes: Dense-1.6B cut to 8 blocks, both decode attentions, MHA and 2 KV heads
-    for attn in sdpa matmul; do for kv in 16 2; do
+  diag)  # where a step's time goes: Dense-1.6B cut to 8 blocks, decode attentions (ATTNS), MHA and 2 KV heads
+    for attn in ${ATTNS:-sdpa matmul flex triton}; do for kv in 16 2; do
       python bench.py config/dense_1p6b.py --n_layer=8 --n_kv_head=$kv --attn_decode=$attn --batches=1,64 \
         --profile=2 --out="$OUT/diag_${attn}_kv$kv.json" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/diag_${attn}_kv$kv.log"
     done; done

@@ -35,7 +35,8 @@ def test_shapes_and_initial_loss():
 
 @pytest.mark.parametrize("pos_emb,n_kv_head,attn_decode", [("rope", 4, "sdpa"), ("rope", 2, "sdpa"), ("learned", 1, "sdpa"),
                                                         ("rope", 4, "matmul"), ("rope", 1, "matmul"),
-                                                        ("rope", 4, "flex"), ("rope", 2, "flex")])
+                                                        ("rope", 4, "flex"), ("rope", 2, "flex"),
+                                                        ("rope", 4, "triton"), ("learned", 1, "triton")])
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager: unfused, fine here
 def test_cached_decoding_equals_full_forward(pos_emb, n_kv_head, attn_decode):
     torch.manual_seed(0)
@@ -64,7 +65,7 @@ def test_greedy_generate_matches_uncached_argmax():
         model.generate(prompt, max_new_tokens=40)
 
 
-@pytest.mark.parametrize("attn_decode", ["sdpa", "flex"])
+@pytest.mark.parametrize("attn_decode", ["sdpa", "flex", "triton"])
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the eager reference run
 def test_decode_step_compiles_fullgraph(attn_decode):
     torch.manual_seed(0)
