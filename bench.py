@@ -222,13 +222,16 @@ def bench_kernels(cfg: dict) -> dict:
                     r["baseline_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if cfg["sweep"] and T == 32768:  # launch parameters: forward and sorted backward
                 keep = dict(kernels.CONFIG)
-                for bk in (16, 32):
-                    for nw in (4, 8):
-                        kernels.CONFIG.update(fwd_block_k=bk, fwd_warps=nw, bwd_block_i=bk, bwd_warps=nw)
-                        r[f"sweep_fwd_k{bk}_w{nw}"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), 100)
-                        for R in (16, 32):
-                            kernels.CONFIG.update(bwd_rows=R)
-                            r[f"sweep_bwd_i{bk}_w{nw}_r{R}"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), 100)
+                for pc in (False, True) if h > 1 else (False,):  # per_core: a program per MCS core's columns
+                    tag = "_core" if pc else ""
+                    for bk in (16, 32):
+                        for nw in (4, 8):
+                            kernels.CONFIG.update(fwd_block_k=bk, fwd_warps=nw, bwd_block_i=bk, bwd_warps=nw,
+                                                  fwd_per_core=pc, bwd_per_core=pc)
+                            r[f"sweep_fwd_k{bk}_w{nw}{tag}"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), 100)
+                            for R in (16, 32):
+                                kernels.CONFIG.update(bwd_rows=R)
+                                r[f"sweep_bwd_i{bk}_w{nw}_r{R}{tag}"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), 100)
                 kernels.CONFIG.update(keep)
             r["fwd_TBps"] = fwd_bytes / r["triton_fwd_ms"] / 1e9
             r["bwd_TBps"] = bwd_bytes / r["triton_bwd_sorted_ms"] / 1e9

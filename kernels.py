@@ -1,10 +1,14 @@
 """
-Lookup kernels for the memory layer (spec sections 3, 5, 6: steps 7-8, the IVE decode, MCS weighting
-and pooling per virtual block), each next to its plain-PyTorch reference with the same signature.
+Triton kernels, each next to its plain-PyTorch reference with the same signature:
 
     mem_lookup(values, rows, blocks, scores, E) -> pooled (T, E, Dv)     the one function memory.py calls
+    moe_grouped_mm(x, w, offs, gelu=False) -> (M, N)                     MoE decoding (model.py, moe_impl)
+    decode_attention(q, k, v, input_pos) -> (B, H, T, D)                 split-KV decode attention (attn_decode)
 
-It is the custom op `ultramem::mem_lookup` (forward) with `ultramem::mem_lookup_bwd` as its autograd
+The first is the memory layer's lookup (spec sections 3, 5, 6: steps 7-8, the IVE decode, MCS weighting
+and pooling per virtual block); the other two are inference-only and have their own sections below.
+
+The lookup is the custom op `ultramem::mem_lookup` (forward) with `ultramem::mem_lookup_bwd` as its autograd
 backward, both `torch.library.triton_op`s, so torch.compile(fullgraph=True) sees through them. The op
 body runs the Triton kernels on CUDA and the reference on the CPU; `set_impl("triton")` runs the Triton
 kernels on CPU tensors too, under the interpreter (TRITON_INTERPRET=1 set before triton is imported).
@@ -77,7 +81,10 @@ _BWD_SCHEME = "sorted"  # "sorted" or "atomic"
 _DETERMINISTIC = False
 POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launch, so an unwritten element shows
 # Launch parameters; bench.py may override them to sweep. Chosen for the H200 (docs/KERNELS.md).
-CONFIG = {"fwd_block_k": 16, "fwd_warps": 8, "bwd_rows": 32, "bwd_block_i": 16, "bwd_warps": 4, "atomic_warps": 4}
+# fwd_per_core / bwd_per_core: one program per (token or row tile, MCS core) over that core's columns, not
+# one over the whole row; not yet timed on the GPU (bench.py --mode=kernels sweeps both), so off.
+CONFIG = {"fwd_block_k": 16, "fwd_warps": 8, "bwd_rows": 32, "bwd_block_i": 16, "bwd_warps": 4, "atomic_warps": 4,
+          "fwd_per_core": False, "bwd_per_core": False}
 
 
 def set_impl(impl: str) -> None:
@@ -136,13 +143,19 @@ if triton is not None:
     @triton.jit
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
-        # one program per token: BLOCK_K selected rows at a time, weighted by their MCS scores, then pooled
-        # into the E virtual blocks by a one-hot (E_PAD, BLOCK_K) matmul
+                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, PER_CORE: tl.constexpr):
+        # one program per token (PER_CORE: per token and MCS core, the core's `chunk` columns only, so half
+        # the registers and twice the programs at h = 2): BLOCK_K selected rows at a time, weighted by their
+        # MCS scores, then pooled into the E virtual blocks by a one-hot (E_PAD, BLOCK_K) matmul
         t = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK_D)
-        cmask = cols < Dv
-        core = cols // chunk  # (BLOCK_D,) which MCS score weights this column
+        c0 = tl.program_id(1)  # the core (PER_CORE), else 0
+        if PER_CORE:
+            cols = c0 * chunk + tl.arange(0, BLOCK_D)
+            cmask = tl.arange(0, BLOCK_D) < chunk
+        else:
+            cols = tl.arange(0, BLOCK_D)
+            cmask = cols < Dv
+            core = cols // chunk  # (BLOCK_D,) which MCS score weights this column
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
@@ -151,12 +164,17 @@ if triton is not None:
             kmask = ks < K
             b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
             r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
-            s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-            for c in tl.static_range(H):
-                s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
-                s = tl.where(core[None, :] == c, s_c[:, None], s)
             v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
+            if PER_CORE:
+                s1 = tl.load(scores_ptr + (base + ks) * H + c0, mask=kmask, other=0.0).to(tl.float32)
+                w = v.to(tl.float32) * s1[:, None]
+            else:
+                s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+                for c in tl.static_range(H):
+                    s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
+                    s = tl.where(core[None, :] == c, s_c[:, None], s)
+                w = v.to(tl.float32) * s
+            acc = _segment_dot(eids[:, None] == b[None, :], w, acc, SPLIT)  # (E_PAD, BLOCK_D)
         out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
@@ -164,15 +182,22 @@ if triton is not None:
     def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, scores_ptr, blocks_ptr, perm_ptr, srows_ptr, toffs_ptr,
                                   gvalues_ptr, gscores_ptr, N, K, Dv, chunk, E: tl.constexpr, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
-                                  SPLIT: tl.constexpr):
-        # one program per R consecutive physical rows: their slots are perm[toffs[pid]:toffs[pid+1]] (sorted
-        # by row, stable), reduced in that fixed order by a one-hot (R, BLOCK_I) matmul; every row is written
-        # once (zeros where no slot selected it), so no zero fill and no atomics
+                                  SPLIT: tl.constexpr, PER_CORE: tl.constexpr):
+        # one program per R consecutive physical rows (PER_CORE: per R rows and MCS core, that core's
+        # columns only; its score gradients are then complete sums of its own columns): their slots are
+        # perm[toffs[pid]:toffs[pid+1]] (sorted by row, stable), reduced in that fixed order by a one-hot
+        # (R, BLOCK_I) matmul; every row is written once (zeros where no slot selected it), so no zero fill
+        # and no atomics
         pid = tl.program_id(0)
+        c0 = tl.program_id(1)  # the core (PER_CORE), else 0
         n0 = pid.to(tl.int64) * R
-        cols = tl.arange(0, BLOCK_D)
-        cmask = cols < Dv
-        core = cols // chunk
+        if PER_CORE:
+            cols = c0 * chunk + tl.arange(0, BLOCK_D)
+            cmask = tl.arange(0, BLOCK_D) < chunk
+        else:
+            cols = tl.arange(0, BLOCK_D)
+            cmask = cols < Dv
+            core = cols // chunk
         rids = tl.arange(0, R)
         start = tl.load(toffs_ptr + pid)
         end = tl.load(toffs_ptr + pid + 1)
@@ -187,14 +212,20 @@ if triton is not None:
             g = tl.load(gout_ptr + ((p // K) * E + b)[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             gv = g * v
-            s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
-            for c in tl.static_range(H):
-                in_c = core[None, :] == c
-                s_c = tl.load(scores_ptr + p * H + c, mask=imask, other=0.0).to(tl.float32)
-                s = tl.where(in_c, s_c[:, None], s)
-                tl.store(gscores_ptr + p * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
+            if PER_CORE:
+                s1 = tl.load(scores_ptr + p * H + c0, mask=imask, other=0.0).to(tl.float32)
+                tl.store(gscores_ptr + p * H + c0, tl.sum(gv, axis=1), mask=imask)
+                gs = g * s1[:, None]
+            else:
+                s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
+                for c in tl.static_range(H):
+                    in_c = core[None, :] == c
+                    s_c = tl.load(scores_ptr + p * H + c, mask=imask, other=0.0).to(tl.float32)
+                    s = tl.where(in_c, s_c[:, None], s)
+                    tl.store(gscores_ptr + p * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
+                gs = g * s
             onehot = (rids[:, None] == (row - n0)[None, :]) & imask[None, :]
-            acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
+            acc = _segment_dot(onehot, gs, acc, SPLIT)  # (R, BLOCK_D)
         out = gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :]
         tl.store(out, acc.to(gvalues_ptr.dtype.element_ty), mask=((n0 + rids) < N)[:, None] & cmask[None, :])
 
@@ -247,10 +278,12 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     out = _empty(T, E, Dv, dtype=values.dtype, device=values.device)
     if T == 0:
         return out
-    _launch(_lookup_fwd_kernel, (T,), values.is_cuda, values.contiguous(), rows.contiguous(),
+    per_core = CONFIG["fwd_per_core"] and h > 1
+    _launch(_lookup_fwd_kernel, (T, h if per_core else 1), values.is_cuda, values.contiguous(), rows.contiguous(),
             blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"],
-            BLOCK_D=triton.next_power_of_2(Dv), SPLIT=values.is_cuda, num_warps=CONFIG["fwd_warps"])
+            BLOCK_D=triton.next_power_of_2(Dv // h if per_core else Dv), SPLIT=values.is_cuda, PER_CORE=per_core,
+            num_warps=CONFIG["fwd_warps"])
     return out
 
 
@@ -276,10 +309,12 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
     gvalues = _empty(N, Dv, dtype=values.dtype, device=values.device)
+    per_core = CONFIG["bwd_per_core"] and h > 1
     if N > 0:
-        _launch(_lookup_bwd_sorted_kernel, (tiles,), on_cuda, grad_out, values, scores, blocks, perm, sorted_rows,
-                toffs, gvalues, gscores, N, K, Dv, Dv // h, E=E, H=h, R=R, BLOCK_I=CONFIG["bwd_block_i"],
-                BLOCK_D=BLOCK_D, SPLIT=on_cuda, num_warps=CONFIG["bwd_warps"])
+        _launch(_lookup_bwd_sorted_kernel, (tiles, h if per_core else 1), on_cuda, grad_out, values, scores, blocks,
+                perm, sorted_rows, toffs, gvalues, gscores, N, K, Dv, Dv // h, E=E, H=h, R=R,
+                BLOCK_I=CONFIG["bwd_block_i"], BLOCK_D=triton.next_power_of_2(Dv // h) if per_core else BLOCK_D,
+                SPLIT=on_cuda, PER_CORE=per_core, num_warps=CONFIG["bwd_warps"])
     return gvalues, gscores.to(scores.dtype)
 
 

@@ -162,6 +162,15 @@ def _interp_main() -> None:
         kernels.set_backward_scheme("sorted")
         again = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
         assert all(torch.equal(a, b) for a, b in zip(again, grads["sorted"])), f"{tag}: sorted backward not deterministic"
+        if h > 1:  # one program per (token or row tile, MCS core)
+            kernels.CONFIG.update(fwd_per_core=True, bwd_per_core=True)
+            try:
+                _close(kernels._lookup_triton(values, rows, blocks, scores, E), ref, dtype, f"{tag}: per-core forward")
+                gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+                _close(gv, rv, dtype, f"{tag}: per-core grad values")
+                _close(gs, rs, dtype, f"{tag}: per-core grad scores")
+            finally:
+                kernels.CONFIG.update(fwd_per_core=False, bwd_per_core=False)
         print(f"interp: {tag} ok", flush=True)
     # through the op and autograd (the path memory.py takes), in deterministic mode: atomics refused
     kernels.set_backward_scheme("atomic")
