@@ -7,7 +7,6 @@ subprocess: this file run as a script with --interp.
 """
 
 import os
-import subprocess
 import sys
 
 if __name__ == "__main__":  # the subprocess: set before anything imports triton
@@ -17,8 +16,8 @@ import pytest
 import torch
 
 import kernels
+from kernel_checks import close as _close, run_interpreter_checks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _inputs(N, Dv, T, K, E, h, dtype, seed):
@@ -33,17 +32,6 @@ def _inputs(N, Dv, T, K, E, h, dtype, seed):
     scores = torch.randn(T, K, h, generator=g).to(dtype)
     gout = torch.randn(T, E, Dv, generator=g).to(dtype)
     return values, rows, blocks, scores, gout
-
-
-def _close(out, ref, dtype, what):
-    """Relative error check; NaN (an unwritten, poisoned element) always fails."""
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} != {ref.dtype}"
-    out, ref = out.double(), ref.double()
-    assert torch.isfinite(out).all(), f"{what}: non-finite elements (unwritten output?)"
-    err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,11 +110,7 @@ def test_compile_fullgraph_cpu():
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--interp"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert "interp: all" in proc.stdout
+    run_interpreter_checks(__file__)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ run as a script with --interp (as in test_kernels.py).
 """
 
 import os
-import subprocess
 import sys
 
 if __name__ == "__main__":  # the subprocess: set before anything imports triton
@@ -19,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from kernel_checks import close as _close, run_interpreter_checks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _inputs(M, K, N, sizes, dtype, seed):
@@ -38,18 +37,6 @@ def _routed_sizes(M, G, seed):
     g = torch.Generator().manual_seed(seed)
     experts = torch.randint(1, G - 1, (M,), generator=g)
     return torch.bincount(experts, minlength=G).tolist()
-
-
-def _close(out, ref, dtype, what):
-    """Relative error check; NaN (an unwritten, poisoned element) always fails. bf16 is loose: the
-    interpreter rounds fp32 -> bf16 towards zero, torch to nearest."""
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} != {ref.dtype}"
-    out, ref = out.double(), ref.double()
-    assert torch.isfinite(out).all(), f"{what}: non-finite elements (unwritten output?)"
-    err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
 
 
 def _grouped_mm(x, w, offs, gelu):
@@ -138,11 +125,7 @@ def test_compile_fullgraph_cpu():
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--interp"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert "interp: all" in proc.stdout
+    run_interpreter_checks(__file__)
 
 
 # --------------------------------------------------------------------------------------------------

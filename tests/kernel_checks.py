@@ -1,0 +1,35 @@
+"""What the kernel tests (test_kernels, test_moe_kernel, test_decode_attention) share: the comparison of a
+kernel's output with its reference, and the subprocess that runs a test file's interpreter checks.
+
+TRITON_INTERPRET=1 must be set before triton is first imported in a process, and other test modules import
+kernels earlier in the same pytest run, so each file's Triton-on-CPU checks run in a subprocess: the file
+run as a script with --interp, which prints "interp: all ..." when every check passed."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def close(out, ref, dtype, what):
+    """Relative error check; NaN (an unwritten, poisoned element) always fails. bf16 is loose: the
+    interpreter rounds fp32 -> bf16 towards zero, torch to nearest."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{what}: dtype {out.dtype} != {ref.dtype}"
+    out, ref = out.double(), ref.double()
+    assert torch.isfinite(out).all(), f"{what}: non-finite elements (unwritten output?)"
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
+    assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
+
+
+def run_interpreter_checks(test_file: str, timeout: int = 240) -> None:
+    """Run `python test_file --interp` with the interpreter on; fail with its output unless it passed."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.abspath(test_file), "--interp"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "interp: all" in proc.stdout
