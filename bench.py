@@ -7,10 +7,11 @@ config file (the ones train.py reads: GPTConfig fields and train.py's keys), and
 apply to every model: model i's settings = defaults <- file i <- overrides. No file: one model, the defaults.
 The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile,
 peak_tflops, ...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters,
-measure, compile_dynamic, compile_scope, profile and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
+measure, compile_dynamic, compile_scope, coordinate_descent, profile and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
 train.py's default device to "cuda" (a missing GPU is an error; pass --device=cpu for a quick CPU run), and
 reads vocab_size=0 (train.py: from the dataset) as 50304. Run-level keys (RUN_KEYS: mode, out,
-device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, compile_scope, warmup, iters, profile) come from the defaults
+device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, compile_scope, coordinate_descent, warmup,
+iters, profile) come from the defaults
 and the command line only (a config file's value for them is ignored); model keys, batch_size, compile,
 peak_tflops and the optimizer keys are per model.
 
@@ -701,6 +702,8 @@ def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
         raise BenchError("kv_len, iters and max_batch must be >= 1 and warmup >= 0")
     if run["compile_scope"] not in ("model", "blocks"):
         raise BenchError(f"compile_scope must be 'model' or 'blocks', got {run['compile_scope']!r}")
+    import torch._inductor.config as inductor_config
+    inductor_config.coordinate_descent_tuning = run["coordinate_descent"]
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev).index or 0)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -907,6 +910,8 @@ BENCH_KEYS = {
     "compile_scope": "model",          # "model": the whole step, mode="reduce-overhead" (gpt-fast's way);
                                        # "blocks": each block / memory layer compiled once for all of its
                                        # copies, the whole step captured in one CUDA graph (far less compile)
+    "coordinate_descent": False,       # Inductor's coordinate_descent_tuning (gpt-fast turns it on for
+                                       # decoding: tunes its kernels' launch parameters; longer compiles)
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)
@@ -924,7 +929,7 @@ BENCH_KEYS = {
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
 RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters",
-            "profile", "compile_scope")
+            "profile", "compile_scope", "coordinate_descent")
 LIST = (str, int, tuple, list)
 
 
