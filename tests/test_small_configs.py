@@ -169,3 +169,21 @@ def test_results_table_on_fake_runs(tmp_path):
         "| ablation/00_pkm | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.4000 | - | - |",
         "| ablation/01_rm_softmax | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.3500 | - | -0.0500 |",
     ]
+
+
+def test_capacity_configs_equal_compute_and_stated_counts():
+    """config/capacity/*: the knowledge-capacity models (scripts/gpu_capacity.sh) share the run settings and
+    their activated FLOPs per token are within 2% of the dense model's, with the counts their comments state."""
+    stated = {"dense": (3.18e6, 6.357e6), "moe": (17.88e6, 6.390e6), "ultramem": (19.99e6, 6.470e6)}
+    run_keys = ("dataset", "n_layer", "n_embd", "block_size", "learning_rate", "batch_size", "max_iters")
+    base = read_config_file(os.path.join(ROOT, "config", "capacity", "dense.py"))
+    flops = {}
+    for name, (params, fl) in stated.items():
+        s = read_config_file(os.path.join(ROOT, "config", "capacity", name + ".py"))
+        assert {k: s[k] for k in run_keys} == {k: base[k] for k in run_keys}, name
+        with torch.device("meta"):
+            model = GPT(GPTConfig.from_dict({**s, "vocab_size": 128}))  # the facts' 72 characters, padded
+        assert model.num_params() == pytest.approx(params, rel=0.01), name
+        flops[name] = model.flops_per_token()
+        assert flops[name] == pytest.approx(fl, rel=0.001), name
+    assert all(abs(f / flops["dense"] - 1) < 0.02 for f in flops.values()), flops
