@@ -113,6 +113,28 @@ def test_configs_match_table_1(name):
         assert 9 < sparse / model.num_params(activated=True) < 13
 
 
+FIG6C = {  # config/fig6c/*.py (and the x12 pair): billions of parameters as their comments state
+    "fig6c/ultramem_6b.py": 6.63, "fig6c/ultramem_12b.py": 11.55, "ultramem_1p6b.py": 21.41, "fig6c/ultramem_41b.py": 41.10,
+    "fig6c/moe_2in10.py": 6.58, "fig6c/moe_2in18.py": 11.37, "moe_1p6b_2in34.py": 20.93, "fig6c/moe_2in68.py": 41.25}
+
+
+def test_fig6c_sweep_counts():
+    """Figure 6c's sweep: each file is its x12 base with one key changed (read through the base), the total
+    parameters its comment states, 1.72-1.81B activated, and UltraMem and MoE paired at equal totals (3%)."""
+    totals = {}
+    for name, billions in FIG6C.items():
+        settings = config_file(name)
+        if name.startswith("fig6c/"):
+            assert settings["out_dir"] == "out/fig6c/" + name[6:-3] and settings["n_layer"] == 30
+        with torch.device("meta"):
+            model = GPT(GPTConfig.from_dict(settings))
+        totals[name] = model.num_params() / 1e9
+        assert totals[name] == pytest.approx(billions, abs=0.006), name
+        assert 1.72 <= model.num_params(activated=True) / 1e9 <= 1.81, name
+    mem, moe = [v for k, v in totals.items() if "ultramem" in k], [v for k, v in totals.items() if "moe" in k]
+    assert all(abs(a / b - 1) < 0.03 for a, b in zip(mem, moe)), totals
+
+
 def test_gpt2_small_matches_nanogpt():
     with torch.device("meta"):
         model = GPT(GPTConfig.from_dict(config_file("gpt2_small.py")))
