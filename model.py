@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import flex_attention
 
+import kernels
 from memory import MemoryConfig
 
 
@@ -154,7 +155,6 @@ class CausalSelfAttention(nn.Module):
             k, v = k.to(q.dtype), v.to(q.dtype)
             rep = self.n_head // self.n_kv_head
             if self.attn_decode == "triton":  # kernels.decode_attention: split-KV Triton kernel, GQA native
-                import kernels
                 y = kernels.decode_attention(q, k, v, input_pos)
             elif self.attn_decode == "flex":  # FlexAttention: split-KV decoding kernel, GQA without copies
                 def causal(score, b, h, q_idx, kv_idx):  # the cache's positions after input_pos: -inf
@@ -236,7 +236,6 @@ def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor
     offs = torch.searchsorted(sorted_e, torch.arange(E, device=x.device), right=True).to(torch.int32)  # (E,)
     xs = x.to(dt).index_select(0, order // k)  # (N*k, D) token rows in expert order
     if triton:
-        import kernels
         h = kernels.moe_grouped_mm(xs, w_fc.to(dt), offs, gelu=True)  # (N*k, F)
         ys = kernels.moe_grouped_mm(h, w_proj.to(dt), offs)  # (N*k, D)
     else:
@@ -281,8 +280,9 @@ class MoE(nn.Module):
             logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
         probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
         impl = self.impl
-        if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, measured 1.0-1.2x its floor
-            # at 8-512 tokens where torch._grouped_mm takes 1.7-2.2x; training and long prefills: grouped
+        if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, whose two projections were
+            # measured at 1.03-1.14x their floor at 8-512 tokens (a whole layer 1.2-1.7x, torch._grouped_mm's
+            # 1.7-2.2x; docs/BENCHMARKS.md); training and long prefills: grouped
             decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
             impl = ("triton" if decode else "grouped") if x.is_cuda else "loop"
         if impl == "loop":
