@@ -9,12 +9,12 @@ the floor is those bytes over the copy bandwidth measured in the same run.
 On a CPU it checks function only: tiny shapes, the reference path, no timing.
 """
 import itertools
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
+import bench
 import kernels
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -29,24 +29,7 @@ if dev == "cpu":
 
 def time_graph(fn, iters: int = 50) -> float:
     """Milliseconds per call of fn replayed from a CUDA graph (median of iters single replays)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return bench._time_cuda(bench._cuda_graph(fn), iters)
 
 
 def sdpa(q, k, v, pos):

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from bench import _cuda_graph
 from model import GPTConfig, MoE
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,23 +33,15 @@ def time_fn(fn, iters: int = 50) -> float:
         for _ in range(3):
             fn()
         return (time.perf_counter() - t) / 3
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
+    replay = _cuda_graph(fn)
+    replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(3):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(iters):
-            g.replay()
+            replay()
         b.record()
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b) / iters / 1e3)
