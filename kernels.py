@@ -141,6 +141,17 @@ if triton is not None:
         return tl.dot(oh, w_lo, acc)
 
     @triton.jit
+    def _row_columns(c0, chunk, Dv, BLOCK_D: tl.constexpr, PER_CORE: tl.constexpr):
+        # the value columns a lookup program covers: MCS core c0's `chunk` columns (PER_CORE), else the row
+        if PER_CORE:
+            cols = c0 * chunk + tl.arange(0, BLOCK_D)
+            cmask = tl.arange(0, BLOCK_D) < chunk
+        else:
+            cols = tl.arange(0, BLOCK_D)
+            cmask = cols < Dv
+        return cols, cmask
+
+    @triton.jit
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
                            BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, PER_CORE: tl.constexpr):
@@ -149,13 +160,8 @@ if triton is not None:
         # MCS scores, then pooled into the E virtual blocks by a one-hot (E_PAD, BLOCK_K) matmul
         t = tl.program_id(0).to(tl.int64)
         c0 = tl.program_id(1)  # the core (PER_CORE), else 0
-        if PER_CORE:
-            cols = c0 * chunk + tl.arange(0, BLOCK_D)
-            cmask = tl.arange(0, BLOCK_D) < chunk
-        else:
-            cols = tl.arange(0, BLOCK_D)
-            cmask = cols < Dv
-            core = cols // chunk  # (BLOCK_D,) which MCS score weights this column
+        cols, cmask = _row_columns(c0, chunk, Dv, BLOCK_D, PER_CORE)
+        core = cols // chunk  # (BLOCK_D,) which MCS score weights this column (the whole-row case)
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
@@ -191,13 +197,8 @@ if triton is not None:
         pid = tl.program_id(0)
         c0 = tl.program_id(1)  # the core (PER_CORE), else 0
         n0 = pid.to(tl.int64) * R
-        if PER_CORE:
-            cols = c0 * chunk + tl.arange(0, BLOCK_D)
-            cmask = tl.arange(0, BLOCK_D) < chunk
-        else:
-            cols = tl.arange(0, BLOCK_D)
-            cmask = cols < Dv
-            core = cols // chunk
+        cols, cmask = _row_columns(c0, chunk, Dv, BLOCK_D, PER_CORE)
+        core = cols // chunk
         rids = tl.arange(0, R)
         start = tl.load(toffs_ptr + pid)
         end = tl.load(toffs_ptr + pid + 1)
