@@ -816,14 +816,14 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
     return info
 
 
-# kernel name -> category, first match wins (kernels.py's lookup, top-k and sorting, cuBLAS / CUTLASS GEMMs,
-# SDPA's flash / efficient attention, the fused optimizer and the clip's foreach norms, Inductor's Triton kernels)
+# kernel name -> category, first match wins (kernels.py's lookup and MoE kernels, attention, top-k and sorting,
+# cuBLAS / CUTLASS GEMMs, the fused optimizer and the clip's foreach norms, Inductor's Triton kernels, copies)
 PROFILE_CATEGORIES = (("memory lookup", ("_lookup_",)),  # kernels.py's Triton lookup, forward and backward
                       ("moe grouped mm", ("_moe_grouped_mm",)),  # kernels.py's MoE decode kernel
                       # attention before top-k (Inductor's FlexAttention kernel names say "sort") and before
                       # matmul (cuDNN's say "wgmma")
                       ("attention", ("sdpa", "flash", "fmha", "attention", "efficient", "compute_dot_do_o",
-                                     "convert_dq")),
+                                     "convert_dq", "_decode_attn_")),  # the last: kernels.decode_attention
                       ("top-k / sort", ("topk", "sort", "radix", "bitonic", "gather_topk")),
                       ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "wgmma", "cublas")),
                       ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel")),
