@@ -527,9 +527,10 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
 # Inference only: no autograd formula (decode_attention refuses inputs that require grad in grad mode).
 # The op body runs the Triton kernels on CUDA and the reference on the CPU; set_impl switches as above.
 
-# Launch parameters of the split kernel and the split count: untuned first guesses for the H200 (132 SMs).
-# "splits" forces n_splits (tests, benchmarks); "max_splits" caps the automatic choice (None: no cap).
-DECODE_ATTN_CONFIG = {"block_s": 64, "warps": 4, "stages": 3, "combine_warps": 4, "programs_per_sm": 4, "sms": 132,
+# Launch parameters of the split kernel and the split count, for the H200 (132 SMs): the best of a 108-config
+# sweep at batch 8-512 with 2 and 16 KV heads (docs/BENCHMARKS.md, 2026-11-29; stages 3 and 4 programs per SM
+# were 1-12% slower). "splits" forces n_splits (tests, benchmarks); "max_splits" caps the automatic choice.
+DECODE_ATTN_CONFIG = {"block_s": 64, "warps": 4, "stages": 2, "combine_warps": 4, "programs_per_sm": 2, "sms": 132,
                       "max_splits": None, "splits": None}
 
 
@@ -554,8 +555,8 @@ def _decode_attn_block_s(block_m: int, D: int, itemsize: int) -> int:
     estimate of the split kernel's shared memory exceeds 192 KiB (an H100/H200 block may have 227 KiB): the
     stages - 1 buffered K and V tiles plus the q and p tiles. Compiled by triton 3.9 for sm_90 it came within
     -10% .. +60% of the need (reported as the kernel's "shared"; 262 KiB for bf16, D = 256, BLOCK_M = 128,
-    BLOCK_S = 64: too much). At the default 64 x 3 stages it shrinks only large heads with many rows: for
-    bf16 / fp16 when D = 256 and rep * T > 32, for fp32 when D = 256 or rep * T > 32."""
+    BLOCK_S = 64: too much). At the default 64 x 2 stages it shrinks only large heads with many rows: for
+    bf16 / fp16 when D = 256 and rep * T > 64, for fp32 when D = 256 and rep * T > 16 or rep * T > 64."""
     cfg = DECODE_ATTN_CONFIG
     block_s = cfg["block_s"]
     smem = lambda bs: (cfg["stages"] - 1) * 2 * bs * D * itemsize + 2 * block_m * D * itemsize + block_m * bs * 4

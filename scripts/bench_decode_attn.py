@@ -43,10 +43,7 @@ def sdpa(q, k, v, pos):
 
 copy_bw = None
 if dev == "cuda":
-    src = torch.empty(1 << 28, device=dev)
-    dst = torch.empty_like(src)
-    copy_bw = 2 * src.numel() * 4 / (time_graph(lambda: dst.copy_(src)) / 1e3)  # bytes read + written per s
-    del src, dst
+    copy_bw = bench._copy_bandwidth(dev)  # the same measurement as bench.py's decode floors
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; copy bandwidth {copy_bw / 1e12:.2f} TB/s")
 dtype = torch.bfloat16 if dev == "cuda" else torch.float32
 base = dict(kernels.DECODE_ATTN_CONFIG)

@@ -8,6 +8,16 @@ it). A run called X_sS is seed S of config/small/X.py. Parameters, activated par
 token come from the "model:" line of the run's log, or are recomputed from config/small/X.py on the meta
 device when there is no log. Val loss is the last evaluation's; "spread" is max - min over seeds; "delta" is
 the mean's change from the previous row of the ablation ladder (config/small/ablation/).
+
+    python scripts/results_table.py out/gpu --plot=val.png [--only=dense,moe,pkm,ultramem] [--title=...]
+                                            [--from_step=200]
+
+--plot=PATH.png also writes a figure of validation loss against step: one line per config, in the table's
+order, the mean over the seeds present at each step, with a light band from min to max when there are 2+
+seeds. --only=PREFIX[,PREFIX...] keeps the configs whose name starts with one of the prefixes (e.g.
+--only=ablation/ or --only=sparsity_); --from_step=N leaves out the evaluations before step N, whose high
+early losses squash the rest; --title=... titles it. The table is printed as always. --plot needs
+matplotlib (not a dependency of the project: pip install matplotlib).
 """
 
 import glob
@@ -45,10 +55,15 @@ def split_seed(name: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (name, "-")
 
 
-def final_val(metrics: str) -> tuple[int, float] | None:
+def val_curve(metrics: str) -> list[tuple[int, float]]:
+    """(step, val loss) of every evaluation of a run, in file order."""
     with open(metrics) as f:
-        evals = [r for r in map(json.loads, filter(str.strip, f)) if "val_loss" in r]
-    return (evals[-1]["step"], evals[-1]["val_loss"]) if evals else None
+        return [(r["step"], r["val_loss"]) for r in map(json.loads, filter(str.strip, f)) if "val_loss" in r]
+
+
+def final_val(metrics: str) -> tuple[int, float] | None:
+    evals = val_curve(metrics)
+    return evals[-1] if evals else None
 
 
 def counts_from_log(log: str | None) -> tuple[float, float, float] | None:
@@ -79,22 +94,29 @@ def counts_from_config(config: str) -> tuple[float, float, float] | None:
     return model.num_params(), model.num_params(activated=True), model.flops_per_token()
 
 
-def table(folders: list[str]) -> str:
+def collect(folders: list[str]) -> dict[str, dict]:
+    """config -> {"seeds": {seed: (last step, last val loss)}, "curves": {seed: [(step, val loss)]}, "counts"},
+    in the table's order."""
     groups: dict[str, dict] = {}
     for folder in folders:
         for name, metrics, log in find_runs(folder):
             config, seed = split_seed(name)
-            g = groups.setdefault(config, {"seeds": {}, "counts": None})
-            res = final_val(metrics)
-            if res is not None:
-                g["seeds"][seed] = res
+            g = groups.setdefault(config, {"seeds": {}, "curves": {}, "counts": None})
+            curve = val_curve(metrics)
+            if curve:
+                g["seeds"][seed] = curve[-1]
+                g["curves"][seed] = curve
             g["counts"] = g["counts"] or counts_from_log(log)
     order = sorted(groups, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c))
+    return {c: groups[c] for c in order}
+
+
+def table(folders: list[str]) -> str:
+    groups = collect(folders)
     lines = ["| run | seeds | params | activated | GFLOPs/token | steps | val loss | spread | delta |",
              "|---|---|---|---|---|---|---|---|---|"]
     prev = None
-    for config in order:
-        g = groups[config]
+    for config, g in groups.items():
         counts = g["counts"] or counts_from_config(config)
         p, a, f = (f"{counts[0] / 1e6:.1f}M", f"{counts[1] / 1e6:.1f}M", f"{counts[2] / 1e9:.3f}") if counts else ("?",) * 3
         seeds = sorted(g["seeds"], key=lambda s: (len(s), s))
@@ -112,7 +134,84 @@ def table(folders: list[str]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2:
+def import_matplotlib():
+    """matplotlib on the Agg backend; exits with status 2 and one line on stderr when it is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        sys.exit(2)
+    matplotlib.use("Agg")
+    return matplotlib
+
+
+def plot(folders: list[str], path: str, only: list[str] | None = None, title: str | None = None,
+         from_step: int = 0) -> list[str]:
+    """Writes validation loss against step to path (see the module's docstring); returns the configs drawn."""
+    import_matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(10)]
+    styles = ["-", "--", ":", "-."]
+    drawn = []
+    for config, g in collect(folders).items():
+        if only and not any(config.startswith(p) for p in only):
+            continue
+        at: dict[int, list[float]] = {}
+        for curve in g["curves"].values():
+            for step, loss in curve:
+                if step >= from_step:
+                    at.setdefault(step, []).append(loss)
+        if not at:
+            continue
+        steps = sorted(at)
+        i = len(drawn)
+        n_seeds = len(g["curves"])
+        line, = ax.plot(steps, [statistics.mean(at[s]) for s in steps], color=colors[i % 10],
+                        linestyle=styles[i // 10 % len(styles)], linewidth=1.6,
+                        label=config + (f" ({n_seeds} seeds)" if n_seeds > 1 else ""))
+        if n_seeds > 1:
+            ax.fill_between(steps, [min(at[s]) for s in steps], [max(at[s]) for s in steps],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn.append(config)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return drawn
+
+
+def main(argv: list[str]) -> None:
+    opts = {}
+    folders = []
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if key not in ("plot", "only", "title", "from_step") or not eq:
+                sys.exit(f"unknown option {arg}\n{__doc__}")
+            opts[key] = value
+        else:
+            folders.append(arg)
+    if not folders:
         sys.exit(__doc__)
-    print(table(sys.argv[1:]))
+    if not opts.get("from_step", "0").isdigit():
+        sys.exit(f"--from_step wants a step number, not {opts['from_step']!r}")
+    if "plot" in opts:
+        import_matplotlib()  # before any work, so that a missing matplotlib prints no partial table
+    print(table(folders))
+    if "plot" in opts:
+        only = [p for p in opts.get("only", "").split(",") if p] or None
+        drawn = plot(folders, opts["plot"], only=only, title=opts.get("title") or None,
+                     from_step=int(opts.get("from_step", "0")))
+        print(f"wrote {opts['plot']}: {len(drawn)} configs", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -65,6 +65,7 @@ def test_op_on_cpu_is_reference():
 
 def test_splits(monkeypatch):
     split = kernels._decode_attn_splits
+    monkeypatch.setitem(kernels.DECODE_ATTN_CONFIG, "programs_per_sm", 4)  # the logic, not the tuned default
     assert split(1, 2, 2048, 64) == 32        # 264 wanted for 4 x 132 programs, capped at 2048 / 64 tiles
     assert split(8, 2, 2048, 64) == 32        # 33 -> 32
     assert split(64, 8, 2048, 64) == 2        # ceil(528 / 512)
@@ -78,8 +79,9 @@ def test_splits(monkeypatch):
     assert split(2, 2, 130, 64) == 3          # but never more than the tiles
 
 
-def test_block_s():
+def test_block_s(monkeypatch):
     block_s = kernels._decode_attn_block_s    # (BLOCK_M, D, itemsize)
+    monkeypatch.setitem(kernels.DECODE_ATTN_CONFIG, "stages", 3)  # the estimates below are for 3 stages
     assert block_s(16, 128, 2) == 64          # decode, bf16: the configured tile
     assert block_s(128, 128, 2) == 64
     assert block_s(32, 256, 2) == 64
