@@ -75,11 +75,14 @@ of the forward: T*K*Dv*elem (rows read) + T*K*(8+8+h*4) (row, block, scores) + T
 the backward: N*Dv*elem (the dense value gradient, written once) + T*K*Dv*elem (rows read for the score
 gradient) + T*K*Dv*elem (output-gradient rows read per slot) + T*K*(8+8+2*h*4) (indices, scores and
 their gradient). embedding_bag computes a simpler function (one bag per token: E=1, h=1) and is timed
-on the same rows and the first score. Keys: shapes, tokens, E, h, max_baseline_tokens, check_compile,
+on the same rows and the first score. With sweep=True, at 32,768 tokens it also times 24 forward and 24
+backward launch configurations (kernels.CONFIG: column tile, slot block, warps, stages; row tile, warps,
+zero fill) and prints the best of each. Keys: shapes, tokens, E, h, max_baseline_tokens, check_compile,
 sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
 """
 
 import gc
+import itertools
 import json
 import math
 import os
@@ -223,17 +226,20 @@ def bench_kernels(cfg: dict) -> dict:
                     r["baseline_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if cfg["sweep"] and T == 32768:  # launch parameters: forward and sorted backward
                 keep = dict(kernels.CONFIG)
-                for pc in (False, True) if h > 1 else (False,):  # per_core: a program per MCS core's columns
-                    tag = "_core" if pc else ""
-                    for bk in (16, 32):
-                        for nw in (4, 8):
-                            kernels.CONFIG.update(fwd_block_k=bk, fwd_warps=nw, bwd_block_i=bk, bwd_warps=nw,
-                                                  fwd_per_core=pc, bwd_per_core=pc)
-                            r[f"sweep_fwd_k{bk}_w{nw}{tag}"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), 100)
-                            for R in (16, 32):
-                                kernels.CONFIG.update(bwd_rows=R)
-                                r[f"sweep_bwd_i{bk}_w{nw}_r{R}{tag}"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), 100)
+                fwd_lookup = lambda: kernels._lookup_triton(values, rows, blocks, scores, E)
+                bwd_lookup = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+                for bd, bk, nw, st in itertools.product((0, 128, 64), (16, 64), (4, 8), (1, 3)):
+                    kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=nw, fwd_stages=st)
+                    r[f"sweep_fwd_d{bd}_k{bk}_w{nw}_s{st}"] = bench(fwd_lookup, 100)
+                for bd, R, nw, zf in itertools.product((0, 128, 64), (16, 32), (4, 8), (False, True)):
+                    kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=16, bwd_warps=nw, bwd_zero_fill=zf)
+                    r[f"sweep_bwd_d{bd}_r{R}_w{nw}_z{int(zf)}"] = bench(bwd_lookup, 100)
+                kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
+                for part in ("fwd", "bwd"):
+                    best = min((k for k in r if k.startswith(f"sweep_{part}_")), key=r.get)
+                    print(f"sweep best {part} shape {shape}: {best} {r[best] * 1e3:.1f} us "
+                          f"(default {r[f'triton_{part}' + ('_sorted' if part == 'bwd' else '') + '_ms'] * 1e3:.1f} us)", flush=True)
             r["fwd_TBps"] = fwd_bytes / r["triton_fwd_ms"] / 1e9
             r["bwd_TBps"] = bwd_bytes / r["triton_bwd_sorted_ms"] / 1e9
             res["rows"].append(r)
@@ -241,6 +247,29 @@ def bench_kernels(cfg: dict) -> dict:
             torch.cuda.empty_cache()
         del values
         torch.cuda.empty_cache()
+
+    # the retrieval's top-k: kernels.topk_indices' kernel vs torch.topk, on the shapes of the models' selections
+    # (UltraMem-151M: n = 2 x knum 1100 row / column scores and the 80 x 80 grid, 32,768 tokens x 2 heads; the
+    # small UltraMem: 1136 and 32 x 32)
+    res["topk"] = []
+    for rows_, L, k in ((65536, 2200, 80), (65536, 6400, 80), (65536, 1136, 32), (65536, 1024, 32)):
+        x = torch.randn(rows_, L, device=dev, generator=g)
+        got = kernels.topk_indices(x, k, sorted=False, impl="triton")
+        ok = bool(torch.equal(x.gather(-1, got).sort(-1, descending=True).values, x.topk(k, dim=-1).values))
+        r = {"rows": rows_, "L": L, "k": k, "ok": ok,
+             "torch_ms": bench(lambda: x.topk(k, dim=-1), 100),
+             "triton_ms": bench(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), 100),
+             "triton_sorted_ms": bench(lambda: kernels.topk_indices(x, k, sorted=True, impl="triton"), 100)}
+        r["read_floor_ms"] = rows_ * L * 4 / copy_bw / 1e9  # each row read once, at the copy bandwidth
+        if cfg["sweep"]:  # bits per search pass x warps per row
+            tk = dict(kernels.TOPK_CONFIG)
+            for bits, warps in itertools.product((1, 2), (1, 2, 4, 8, 16)):
+                kernels.TOPK_CONFIG.update(bits=bits, warps=warps)
+                r[f"sweep_b{bits}_w{warps}_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), 50)
+            kernels.TOPK_CONFIG.update(tk)
+        res["topk"].append(r)
+        print("topk", {a: (round(b, 4) if isinstance(b, float) else b) for a, b in r.items()}, flush=True)
+        del x
 
     if cfg["check_compile"]:  # the op under torch.compile(fullgraph=True), then reduce-overhead (CUDA graphs)
         N, Dv, K = 10_000, 384, 32

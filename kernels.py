@@ -3,10 +3,13 @@ Triton kernels, each next to its plain-PyTorch reference with the same signature
 
     mem_lookup(values, rows, blocks, scores, E) -> pooled (T, E, Dv)     the one function memory.py calls
     moe_grouped_mm(x, w, offs, gelu=False) -> (M, N)                     MoE decoding (model.py, moe_impl)
+    moe_gather_mm(x, w, ids, x_div=1) -> (M, N) fp32                     MoE decoding of a few tokens
+    topk_indices(x, k, sorted=True, impl="torch") -> (..., k) int64      the retrieval's top-k (mem_topk)
     decode_attention(q, k, v, input_pos) -> (B, H, T, D)                 split-KV decode attention (attn_decode)
 
 The first is the memory layer's lookup (spec sections 3, 5, 6: steps 7-8, the IVE decode, MCS weighting
-and pooling per virtual block); the other two are inference-only and have their own sections below.
+and pooling per virtual block); topk_indices serves the retrieval (no gradient); the other three are
+inference-only. Each has its own section below.
 
 The lookup is the custom op `ultramem::mem_lookup` (forward) with `ultramem::mem_lookup_bwd` as its autograd
 backward, both `torch.library.triton_op`s, so torch.compile(fullgraph=True) sees through them. The op
@@ -81,10 +84,13 @@ _BWD_SCHEME = "sorted"  # "sorted" or "atomic"
 _DETERMINISTIC = False
 POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launch, so an unwritten element shows
 # Launch parameters; bench.py may override them to sweep. Chosen for the H200 (docs/KERNELS.md).
-# fwd_per_core / bwd_per_core: one program per (token or row tile, MCS core) over that core's columns, not
-# one over the whole row; not yet timed on the GPU (bench.py --mode=kernels sweeps both), so off.
-CONFIG = {"fwd_block_k": 16, "fwd_warps": 8, "bwd_rows": 32, "bwd_block_i": 16, "bwd_warps": 4, "atomic_warps": 4,
-          "fwd_per_core": False, "bwd_per_core": False}
+# *_block_d: the value columns per program (0: the whole row in one program); smaller tiles mean fewer registers
+# and more programs. bwd_zero_fill: zero the gradient with a memset and let tiles without slots write nothing,
+# instead of every program writing its rows (zeros included).
+# Defaults: the best of bench.py's sweep at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md).
+CONFIG = {"fwd_block_k": 16, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
+          "bwd_rows": 32, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
+          "atomic_warps": 4}
 
 
 def set_impl(impl: str) -> None:
@@ -141,27 +147,16 @@ if triton is not None:
         return tl.dot(oh, w_lo, acc)
 
     @triton.jit
-    def _row_columns(c0, chunk, Dv, BLOCK_D: tl.constexpr, PER_CORE: tl.constexpr):
-        # the value columns a lookup program covers: MCS core c0's `chunk` columns (PER_CORE), else the row
-        if PER_CORE:
-            cols = c0 * chunk + tl.arange(0, BLOCK_D)
-            cmask = tl.arange(0, BLOCK_D) < chunk
-        else:
-            cols = tl.arange(0, BLOCK_D)
-            cmask = cols < Dv
-        return cols, cmask
-
-    @triton.jit
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, PER_CORE: tl.constexpr):
-        # one program per token (PER_CORE: per token and MCS core, the core's `chunk` columns only, so half
-        # the registers and twice the programs at h = 2): BLOCK_K selected rows at a time, weighted by their
-        # MCS scores, then pooled into the E virtual blocks by a one-hot (E_PAD, BLOCK_K) matmul
+                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+        # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
+        # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
+        # (E_PAD, BLOCK_K) matmul
         t = tl.program_id(0).to(tl.int64)
-        c0 = tl.program_id(1)  # the core (PER_CORE), else 0
-        cols, cmask = _row_columns(c0, chunk, Dv, BLOCK_D, PER_CORE)
-        core = cols // chunk  # (BLOCK_D,) which MCS score weights this column (the whole-row case)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        cmask = cols < Dv
+        core = cols // chunk  # (BLOCK_D,) which MCS score weights each column
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
@@ -171,64 +166,60 @@ if triton is not None:
             b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
             r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
             v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
-            if PER_CORE:
-                s1 = tl.load(scores_ptr + (base + ks) * H + c0, mask=kmask, other=0.0).to(tl.float32)
-                w = v.to(tl.float32) * s1[:, None]
-            else:
-                s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-                for c in tl.static_range(H):
-                    s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
-                    s = tl.where(core[None, :] == c, s_c[:, None], s)
-                w = v.to(tl.float32) * s
-            acc = _segment_dot(eids[:, None] == b[None, :], w, acc, SPLIT)  # (E_PAD, BLOCK_D)
+            s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+            for c in tl.static_range(H):
+                s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
+                s = tl.where(core[None, :] == c, s_c[:, None], s)
+            acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
         out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
     @triton.jit
-    def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, scores_ptr, blocks_ptr, perm_ptr, srows_ptr, toffs_ptr,
-                                  gvalues_ptr, gscores_ptr, N, K, Dv, chunk, E: tl.constexpr, H: tl.constexpr,
+    def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
+                                  gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
-                                  SPLIT: tl.constexpr, PER_CORE: tl.constexpr):
-        # one program per R consecutive physical rows (PER_CORE: per R rows and MCS core, that core's
-        # columns only; its score gradients are then complete sums of its own columns): their slots are
-        # perm[toffs[pid]:toffs[pid+1]] (sorted by row, stable), reduced in that fixed order by a one-hot
-        # (R, BLOCK_I) matmul; every row is written once (zeros where no slot selected it), so no zero fill
-        # and no atomics
+                                  SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+        # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
+        # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
+        # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
+        # indirect. The tile's slots are toffs[pid]:toffs[pid+1], reduced in that fixed order by a one-hot
+        # (R, BLOCK_I) matmul. Every row of the tile is written once (zeros where no slot selected it), so
+        # no zero fill and no atomics; SKIP_EMPTY: the caller zero-filled, and a tile without slots writes
+        # nothing. Score gradients, in slot order: this program's columns' share, per core, into
+        # gs_part[column tile]
         pid = tl.program_id(0)
-        c0 = tl.program_id(1)  # the core (PER_CORE), else 0
+        j = tl.program_id(1)
         n0 = pid.to(tl.int64) * R
-        cols, cmask = _row_columns(c0, chunk, Dv, BLOCK_D, PER_CORE)
+        cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
+        cmask = cols < Dv
         core = cols // chunk
         rids = tl.arange(0, R)
         start = tl.load(toffs_ptr + pid)
         end = tl.load(toffs_ptr + pid + 1)
+        gs_part = gs_part_ptr + j.to(tl.int64) * NK * H
         acc = tl.zeros((R, BLOCK_D), dtype=tl.float32)
         for i0 in range(start, end, BLOCK_I):
             idx = i0 + tl.arange(0, BLOCK_I)
             imask = idx < end
-            p = tl.load(perm_ptr + idx, mask=imask, other=0)  # flat slot t*K + k
             row = tl.load(srows_ptr + idx, mask=imask, other=0).to(tl.int64)
-            b = tl.load(blocks_ptr + p, mask=imask, other=0)
+            grow = tl.load(grows_ptr + idx, mask=imask, other=0).to(tl.int64)
             m2 = imask[:, None] & cmask[None, :]
-            g = tl.load(gout_ptr + ((p // K) * E + b)[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            g = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             gv = g * v
-            if PER_CORE:
-                s1 = tl.load(scores_ptr + p * H + c0, mask=imask, other=0.0).to(tl.float32)
-                tl.store(gscores_ptr + p * H + c0, tl.sum(gv, axis=1), mask=imask)
-                gs = g * s1[:, None]
-            else:
-                s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
-                for c in tl.static_range(H):
-                    in_c = core[None, :] == c
-                    s_c = tl.load(scores_ptr + p * H + c, mask=imask, other=0.0).to(tl.float32)
-                    s = tl.where(in_c, s_c[:, None], s)
-                    tl.store(gscores_ptr + p * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
-                gs = g * s
+            s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
+            for c in tl.static_range(H):
+                in_c = core[None, :] == c
+                s_c = tl.load(sscores_ptr + idx * H + c, mask=imask, other=0.0).to(tl.float32)
+                s = tl.where(in_c, s_c[:, None], s)
+                tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
             onehot = (rids[:, None] == (row - n0)[None, :]) & imask[None, :]
-            acc = _segment_dot(onehot, gs, acc, SPLIT)  # (R, BLOCK_D)
+            acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
         out = gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :]
-        tl.store(out, acc.to(gvalues_ptr.dtype.element_ty), mask=((n0 + rids) < N)[:, None] & cmask[None, :])
+        rmask = (n0 + rids) < N
+        if SKIP_EMPTY:
+            rmask = rmask & (rids * 0 + start < end)
+        tl.store(out, acc.to(gvalues_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
     def _lookup_bwd_atomic_kernel(gout_ptr, values_ptr, rows_ptr, blocks_ptr, scores_ptr, gvalues_ptr, gscores_ptr,
@@ -252,7 +243,7 @@ if triton is not None:
 
 def _empty(*shape, dtype, device) -> Tensor:
     if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
@@ -272,6 +263,12 @@ def _check(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int)
         raise ValueError(f"mem_lookup: Dv={values.shape[1]} is not divisible by h={scores.shape[2]}")
 
 
+def _block_d(Dv: int, key: str) -> int:
+    """Columns per program: CONFIG[key] (a power of two), or the whole row (0), never more than the row."""
+    full = triton.next_power_of_2(Dv)
+    return min(CONFIG[key], full) if CONFIG[key] else full
+
+
 def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
     T, K = rows.shape
     N, Dv = values.shape
@@ -279,12 +276,11 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     out = _empty(T, E, Dv, dtype=values.dtype, device=values.device)
     if T == 0:
         return out
-    per_core = CONFIG["fwd_per_core"] and h > 1
-    _launch(_lookup_fwd_kernel, (T, h if per_core else 1), values.is_cuda, values.contiguous(), rows.contiguous(),
+    BLOCK_D = _block_d(Dv, "fwd_block_d")
+    _launch(_lookup_fwd_kernel, (T, triton.cdiv(Dv, BLOCK_D)), values.is_cuda, values.contiguous(), rows.contiguous(),
             blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, E=E, H=h,
-            E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"],
-            BLOCK_D=triton.next_power_of_2(Dv // h if per_core else Dv), SPLIT=values.is_cuda, PER_CORE=per_core,
-            num_warps=CONFIG["fwd_warps"])
+            E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
+            SPLIT=values.is_cuda, num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"])
     return out
 
 
@@ -295,13 +291,13 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     h = scores.shape[-1]
     on_cuda = values.is_cuda
     grad_out, values, blocks, scores = grad_out.contiguous(), values.contiguous(), blocks.contiguous(), scores.contiguous()
-    gscores = _empty(T, K, h, dtype=torch.float32, device=values.device)
-    BLOCK_D = triton.next_power_of_2(Dv)
     if _BWD_SCHEME == "atomic" and not is_deterministic():
+        gscores = _empty(T, K, h, dtype=torch.float32, device=values.device)
         gvalues = torch.zeros(N, Dv, dtype=torch.float32, device=values.device)
         if T > 0:
             _launch(_lookup_bwd_atomic_kernel, (T * K,), on_cuda, grad_out, values, rows.contiguous(), blocks, scores,
-                    gvalues, gscores, K, Dv, Dv // h, E=E, H=h, BLOCK_D=BLOCK_D, num_warps=CONFIG["atomic_warps"])
+                    gvalues, gscores, K, Dv, Dv // h, E=E, H=h, BLOCK_D=triton.next_power_of_2(Dv),
+                    num_warps=CONFIG["atomic_warps"])
         return gvalues.to(values.dtype), gscores.to(scores.dtype)
     flat = rows.reshape(-1).to(torch.int32)  # N < 2**31; 32-bit keys sort faster
     sorted_rows, perm = torch.sort(flat, stable=True)  # stable: a fixed summation order per row
@@ -309,13 +305,22 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
-    gvalues = _empty(N, Dv, dtype=values.dtype, device=values.device)
-    per_core = CONFIG["bwd_per_core"] and h > 1
+    BLOCK_D = _block_d(Dv, "bwd_block_d")
+    col_tiles = triton.cdiv(Dv, BLOCK_D)
+    # the slots' per-slot inputs in row order, so the kernel reads them contiguously
+    grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
+    sscores = scores.reshape(T * K, h)[perm]
+    gs_part = _empty(col_tiles, T * K, h, dtype=torch.float32, device=values.device)  # each column tile's share
+    zero_fill = CONFIG["bwd_zero_fill"]
+    gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
-        _launch(_lookup_bwd_sorted_kernel, (tiles, h if per_core else 1), on_cuda, grad_out, values, scores, blocks,
-                perm, sorted_rows, toffs, gvalues, gscores, N, K, Dv, Dv // h, E=E, H=h, R=R,
-                BLOCK_I=CONFIG["bwd_block_i"], BLOCK_D=triton.next_power_of_2(Dv // h) if per_core else BLOCK_D,
-                SPLIT=on_cuda, PER_CORE=per_core, num_warps=CONFIG["bwd_warps"])
+        _launch(_lookup_bwd_sorted_kernel, (tiles, col_tiles), on_cuda, grad_out, values, sscores, grows, sorted_rows,
+                toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, H=h, R=R, BLOCK_I=CONFIG["bwd_block_i"],
+                BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill, num_warps=CONFIG["bwd_warps"])
+    gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
+    gscores = torch.empty_like(gs_sorted)
+    gscores[perm] = gs_sorted  # back to slot order (index_put without accumulation: deterministic)
+    gscores = gscores.view(T, K, h)
     return gvalues, gscores.to(scores.dtype)
 
 
@@ -357,6 +362,106 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
     """The one entry point memory.py calls: the custom op (Triton on CUDA, reference on CPU)."""
     _check(values, rows, blocks, scores, E)
     return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E)
+
+
+# ===================================================================================================
+# Row-wise top-k indices for the memory layers' retrieval
+#
+#     topk_indices(x, k, sorted=True, impl="torch") -> (..., k) int64   the custom op `ultramem::topk_indices`
+#
+# The indices of the k largest entries of each row of x (..., L); no gradient (the retrieval takes indices
+# under no_grad and gathers what needs a gradient). sorted=True: by value, largest first (torch.topk's
+# order); sorted=False: any order (the kernel's is increasing index; ties go to the lower index). Why:
+# torch.topk's radix select reads a row several times over several kernels (42 ms of a 276 ms
+# UltraMem-151M step, docs/BENCHMARKS.md). Here one program holds one row in registers and finds the k-th
+# largest by a 32-pass bitwise search over order-preserving integer keys, then writes the winners'
+# positions by a prefix sum: the row is read from memory once. L up to 16,384.
+# impl: "torch" (torch.topk; the memory layers' default, mem_topk, until the kernel is timed on the GPU) or
+# "triton".
+
+TOPK_MAX_L = 16384
+# bits per search pass (1: 32 reductions of one count; 2: 16 of four) and warps per row (0: one per 1,024
+# elements, 1 to 16): first guesses, not yet timed (bench.py --mode=kernels sweeps them)
+TOPK_CONFIG = {"bits": 2, "warps": 0}
+
+
+def topk_indices_reference(x: Tensor, k: int) -> Tensor:
+    """torch.topk's indices of each row's k largest, largest first (ties may pick other equal entries than
+    the kernel)."""
+    return torch.topk(x, k, dim=-1).indices
+
+
+if triton is not None:
+
+    @triton.jit
+    def _topk_kernel(x_ptr, out_ptr, L, k, BLOCK_L: tl.constexpr, BITS: tl.constexpr):
+        # one program per row: order-preserving uint32 keys (negative floats: all bits flipped; positive:
+        # the sign bit set), the k-th largest key found BITS bits at a time from the top (the largest prefix
+        # with at least k keys at or above it: 2**BITS candidate counts per pass, in one reduction), then every
+        # key above it and the first k - (number above) keys equal to it, in index order
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK_L)
+        mask = offs < L
+        x = tl.load(x_ptr + row * L + offs, mask=mask, other=0.0).to(tl.float32)
+        bits = x.to(tl.uint32, bitcast=True)
+        key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
+        key = tl.where(mask, key, 0)  # padding below every real key (the least real key, -NaN's, is > 0)
+        digits = tl.arange(0, 1 << BITS).to(tl.uint32)
+        prefix = tl.zeros((), dtype=tl.uint32)
+        for p in tl.static_range(32 // BITS):
+            cand = prefix | (digits << (32 - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
+            count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)  # count[0] >= k always
+            prefix = tl.max(tl.where(count >= k, cand, 0), axis=0)
+        above = key > prefix
+        equal = (key == prefix) & mask
+        n_above = tl.sum(above.to(tl.int32), axis=0)
+        eq_rank = tl.cumsum(equal.to(tl.int32), axis=0)  # 1-based rank among the equal keys
+        take = above | (equal & (eq_rank <= k - n_above))
+        pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
+        tl.store(out_ptr + row * k + pos, offs.to(tl.int64), mask=take)
+
+
+def _topk_warps(BLOCK_L: int) -> int:
+    return TOPK_CONFIG["warps"] or min(16, max(1, BLOCK_L // 1024))
+
+
+def _topk_triton(x: Tensor, k: int) -> Tensor:
+    L = x.shape[-1]
+    rows = x.numel() // L if L else 0
+    out = _empty(*x.shape[:-1], k, dtype=torch.int64, device=x.device)
+    if rows == 0 or k == 0:
+        return out
+    BLOCK_L = triton.next_power_of_2(L)
+    _launch(_topk_kernel, (rows,), x.is_cuda, x.contiguous(), out, L, k, BLOCK_L=BLOCK_L, BITS=TOPK_CONFIG["bits"],
+            num_warps=_topk_warps(BLOCK_L))
+    return out
+
+
+@torch.library.triton_op("ultramem::topk_indices", mutates_args=())
+def _topk_indices_op(x: Tensor, k: int) -> Tensor:
+    if _use_triton(x):
+        return _topk_triton(x, k)
+    return topk_indices_reference(x, k)
+
+
+def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "torch") -> Tensor:
+    """Indices (..., k) int64 of each row's k largest entries of x (..., L), largest first if sorted, else
+    in any order; no gradient. impl "torch": torch.topk; "triton": the custom op (the kernel on CUDA, the
+    reference on the CPU; see the section header), re-sorted by value if sorted."""
+    L = x.shape[-1]
+    if not 0 < k <= L:
+        raise ValueError(f"topk_indices: k={k} must be in [1, L={L}]")
+    x = x.detach()
+    if impl == "torch":
+        return topk_indices_reference(x, k)
+    if impl != "triton":
+        raise ValueError(f"topk_indices: impl must be 'torch' or 'triton', got {impl!r}")
+    if L > TOPK_MAX_L or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"topk_indices: the kernel takes rows of at most {TOPK_MAX_L} floats, got {L} x {x.dtype}")
+    idx = torch.ops.ultramem.topk_indices(x, k)
+    if sorted:  # the k winners by value, largest first; stable, so equal values keep index order
+        idx = idx.gather(-1, x.gather(-1, idx).argsort(dim=-1, descending=True, stable=True))
+    return idx
 
 
 # ===================================================================================================
@@ -501,6 +606,114 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
 
 
 # ===================================================================================================
+# Gathered matrix-vector products for MoE decoding of a few tokens
+#
+#     moe_gather_mm(x, w, ids, x_div=1) -> (M, N) in fp32      the custom op `ultramem::moe_gather_mm`
+#
+# out[m] = x[m // x_div] @ w[ids[m]]: every output row names its own expert, so there is no sort, no
+# offsets, no gather of x and no un-permute. For the MoE layer at 1-4 tokens, where moe_grouped_mm's
+# path (router, top-k, sort, offsets, gather, two projections, un-permute, weighting) is ten or so small
+# kernels whose fixed cost exceeds the experts' read (docs/BENCHMARKS.md, issue 5). The layer then takes
+# the router, its top-k, two of these and the weighted sum. Rows are the token-slots (N*k; x_div = k lets
+# the first projection read the token rows directly). A row reads its expert's weights itself: two rows
+# with one expert read it twice (rare at decode sizes, and L2 may serve the second), so this path is for
+# small batches only (model.py's moe_impl="gather"). Split-K: n_split programs per (row, BLOCK_N columns)
+# each take a contiguous share of K, and their fp32 partials are summed after the kernel in a fixed order,
+# so that a single row still fills the GPU. Inference only, like moe_grouped_mm.
+
+# Launch parameters: first guesses for the H200, not yet timed (scripts/bench_moe.py --impls=gather).
+MOE_GATHER_CONFIG = {"block_n": 64, "block_k": 128, "warps": 4, "programs_per_sm": 4, "sms": 132}
+
+
+def moe_gather_mm_reference(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
+    """x (M / x_div, K), w (G, K, N), ids (M,) integer in [0, G) -> (M, N) float32 (float64 for float64
+    inputs): row m is x[m // x_div] @ w[ids[m]], accumulated in that precision. Traceable."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xs = x[torch.arange(ids.shape[0], device=x.device) // x_div].to(acc)  # (M, K)
+    return torch.bmm(xs.unsqueeze(1), w[ids].to(acc)).squeeze(1)  # (M, N)
+
+
+def _moe_gather_splits(M: int, N: int, K: int) -> tuple[int, int]:
+    """(n_split, K per split, a multiple of BLOCK_K) from static shapes: enough programs for programs_per_sm
+    per SM over M rows x N / BLOCK_N column tiles, at most one split per BLOCK_K."""
+    cfg = MOE_GATHER_CONFIG
+    tiles = max(1, M * triton.cdiv(N, cfg["block_n"]))
+    want = max(1, min(triton.cdiv(cfg["programs_per_sm"] * cfg["sms"], tiles), triton.cdiv(K, cfg["block_k"])))
+    per = triton.cdiv(triton.cdiv(K, want), cfg["block_k"]) * cfg["block_k"]
+    return triton.cdiv(K, per), per
+
+
+if triton is not None:
+
+    @triton.jit
+    def _moe_gather_kernel(x_ptr, w_ptr, ids_ptr, part_ptr, M, N, K, k_per_split, sxm, sxk, swg, swk, swn,
+                           X_DIV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # one program per (row m, BLOCK_N output columns, K split): stream w[ids[m], split's K, n-tile] and
+        # reduce it against x's row in fp32 (a matrix-vector product: no tensor-core tile for one row)
+        m = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        split = tl.program_id(2)
+        nmask = cols < N
+        e = tl.load(ids_ptr + m).to(tl.int64)
+        x_row = x_ptr + (m // X_DIV).to(tl.int64) * sxm
+        w_e = w_ptr + e * swg + cols[None, :] * swn
+        k_start = split * k_per_split
+        k_end = tl.minimum(k_start + k_per_split, K)
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < k_end
+            a = tl.load(x_row + ks * sxk, mask=kmask, other=0.0).to(tl.float32)
+            b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.sum(a[:, None] * b.to(tl.float32), axis=0)
+        tl.store(part_ptr + (split.to(tl.int64) * M + m) * N + cols, acc, mask=nmask)
+
+
+def _moe_gather_check(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> None:
+    if x.dim() != 2 or w.dim() != 3 or ids.dim() != 1 or x.shape[1] != w.shape[1] or x_div < 1 \
+            or x.shape[0] * x_div != ids.shape[0]:
+        raise ValueError(f"moe_gather_mm: bad shapes x {tuple(x.shape)}, w {tuple(w.shape)}, ids {tuple(ids.shape)}, "
+                         f"x_div {x_div} (need x (M / x_div, K), w (G, K, N), ids (M,))")
+    if x.dtype != w.dtype or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"moe_gather_mm: x and w must share a dtype of bf16, fp16 or fp32, got {x.dtype}, {w.dtype}")
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"moe_gather_mm: ids must be int32 or int64, got {ids.dtype}")
+
+
+def _moe_gather_mm_triton(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> Tensor:
+    M = ids.shape[0]
+    K, N = w.shape[1], w.shape[2]
+    if M == 0 or N == 0 or K == 0:
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    cfg = MOE_GATHER_CONFIG
+    n_split, per = _moe_gather_splits(M, N, K)
+    part = _empty(n_split, M, N, dtype=torch.float32, device=x.device)
+    # w keeps its strides: a copy would read every expert
+    _launch(_moe_gather_kernel, (M, triton.cdiv(N, cfg["block_n"]), n_split), x.is_cuda, x, w, ids.contiguous(), part,
+            M, N, K, per, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2), X_DIV=x_div,
+            BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], num_warps=cfg["warps"])
+    return part[0] if n_split == 1 else part.sum(0)
+
+
+@torch.library.triton_op("ultramem::moe_gather_mm", mutates_args=())
+def _moe_gather_mm_op(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> Tensor:
+    if _use_triton(x):
+        return _moe_gather_mm_triton(x, w, ids, x_div)
+    return moe_gather_mm_reference(x, w, ids, x_div)
+
+
+def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
+    """out[m] = x[m // x_div] @ w[ids[m]] in float32 (see the section header): the custom op, Triton on
+    CUDA, the reference on the CPU. Inference only: raises RuntimeError if grad mode is on and x or w
+    requires grad."""
+    _moe_gather_check(x, w, ids, x_div)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        raise RuntimeError("moe_gather_mm is inference only (no autograd formula): call it under "
+                           "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
+    return torch.ops.ultramem.moe_gather_mm(x, w, ids, x_div)
+
+
+# ===================================================================================================
 # Split-KV attention for decoding ("flash-decoding")
 #
 #     decode_attention(q, k, v, input_pos) -> (B, H, T, D)      the custom op `ultramem::decode_attention`
@@ -582,12 +795,13 @@ if triton is not None:
 
     @triton.jit
     def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, S, T, KV, n_tiles,
-                                  sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, qk_scale, REP: tl.constexpr,
+                                  sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, qk_scale: tl.constexpr, REP: tl.constexpr,
                                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                                   DOT_FP32: tl.constexpr):
         # one program per (batch b, KV head kv, split): the REP * T query rows (row = r * T + t is query head
         # kv * REP + r, token t) against the split's share of the n_tiles BLOCK_S-tiles of positions, with
-        # an online softmax in base 2 (qk_scale = log2(e) / sqrt(D)). DOT_FP32 takes both products in fp32
+        # an online softmax in base 2 (qk_scale = log2(e) / sqrt(D), a constexpr: passed as a plain float,
+        # torch.compile's launcher types it fp64 and the fp32 accumulator then fails). DOT_FP32 takes both products in fp32
         # ("ieee"): for fp32 inputs, and in the interpreter, whose bf16 dot is broken in triton 3.9
         bk = tl.program_id(0)
         split = tl.program_id(1)

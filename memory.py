@@ -53,6 +53,7 @@ class MemoryConfig:
     mem_qconv: int = 5  # "+query conv": causal depthwise conv kernel; paper's size unknown (lucidrains 5); 0 = off; absent in code
     mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
     mem_tucker_tau: float = 0.15  # its margin tau
+    mem_topk: str = "torch"  # the retrieval's top-m (PKM and TDQKR): "torch" (torch.topk) | "triton" (kernels.topk_indices' kernel; untimed)
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):
@@ -73,6 +74,7 @@ class MemoryConfig:
             (root > 0 and root * root == self.mem_expand, f"mem_expand={self.mem_expand} must be a perfect square (IVE: E in 1, 4, 9, 16, ...)"),
             (self.mem_topm <= n, f"mem_topm={self.mem_topm} is larger than the number of row keys sqrt(mem_expand)*mem_knum={n}"),
             (self.mem_qk_norm in ("layer", "rms", "none"), f"mem_qk_norm must be 'layer', 'rms' or 'none', got {self.mem_qk_norm!r}"),
+            (self.mem_topk in ("torch", "triton"), f"mem_topk must be 'torch' or 'triton', got {self.mem_topk!r}"),
             (self.mem_init in ("paper", "code", "pkm"), f"mem_init must be 'paper', 'code' or 'pkm', got {self.mem_init!r}"),
             (self.mem_init != "paper" or self.mem_qk_norm != "none", "mem_init='paper' tunes the query/key norm weights: needs mem_qk_norm"),
             (self.mem_tdqkr or self.mem_cores == 1, "mem_cores > 1 (MCS) needs mem_tdqkr=True"),
@@ -138,21 +140,25 @@ def head_scores(q: Tensor, keys: Tensor) -> Tensor:
     return torch.stack([q[:, a] @ keys[a].reshape(n * r, Dk).t() for a in range(H)], dim=1).view(T, H, n, r)
 
 
-def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int, topk: str = "torch") -> tuple[Tensor, Tensor, Tensor]:
     """PKM product keys: s_row, s_col (T, H, n) -> row, col (T, H, m) and scores (T, H, m, 1) of the top-m
-    of the additive grid s_row[i] + s_col[j] (exact: the top-m sums use only the m best rows and columns)."""
-    vr, ir = s_row.topk(m, dim=-1)  # (T, H, m)
-    vc, ic = s_col.topk(m, dim=-1)
-    grid = (vr.unsqueeze(-1) + vc.unsqueeze(-2)).flatten(2)  # (T, H, m*m)
-    scores, top = grid.topk(m, dim=-1)  # (T, H, m)
-    return ir.gather(2, top // m), ic.gather(2, top % m), scores.unsqueeze(-1)
+    of the additive grid s_row[i] + s_col[j] (exact: the top-m sums use only the m best rows and columns),
+    best first. topk: kernels.topk_indices' implementation; the scores are gathered, so they carry the
+    gradient."""
+    ir = kernels.topk_indices(s_row, m, False, topk)  # (T, H, m)
+    ic = kernels.topk_indices(s_col, m, False, topk)
+    grid = (s_row.gather(-1, ir).unsqueeze(-1) + s_col.gather(-1, ic).unsqueeze(-2)).flatten(2)  # (T, H, m*m)
+    top = kernels.topk_indices(grid, m, True, topk)  # (T, H, m)
+    return ir.gather(2, top // m), ic.gather(2, top % m), grid.gather(-1, top).unsqueeze(-1)
 
 
-def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Tensor, m: int,
+                   topk: str = "torch") -> tuple[Tensor, Tensor, Tensor]:
     """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
     singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
     t^T S_col; the m x m candidates get their exact per-core scores S_row^T C^(c) S_col; the final top-m
-    is taken on the sum over cores. Returns row, col (T, H, m) and per-core scores (T, H, m, h).
+    is taken on the sum over cores. Returns row, col (T, H, m) and per-core scores (T, H, m, h), best
+    first. topk: kernels.topk_indices' implementation for the three top-m ("torch" or "triton").
 
     The rank r is small (2-4), so every contraction over it is a broadcast multiply and a sum, which
     Inductor fuses, not a matmul: cuBLAS runs matmuls with an inner size of 2 far from the bandwidth limit
@@ -162,16 +168,16 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     are recomputed from gathered rows, so the backward never touches an (m x m x h) tensor."""
     T, H, n, r = s_row.shape
     h = cores.shape[1]
-    with torch.no_grad():  # the pre-selection yields indices only
-        sel_r = _rdot(s_row, u.to(s_row.dtype)[None, :, None, :]).topk(m, dim=-1).indices  # (T, H, m)
-        sel_c = _rdot(s_col, t.to(s_col.dtype)[None, :, None, :]).topk(m, dim=-1).indices
+    with torch.no_grad():  # the pre-selection yields indices only, in any order
+        sel_r = kernels.topk_indices(_rdot(s_row, u.to(s_row.dtype)[None, :, None, :]), m, False, topk)  # (T, H, m)
+        sel_c = kernels.topk_indices(_rdot(s_col, t.to(s_col.dtype)[None, :, None, :]), m, False, topk)
     sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r)
     sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
     # A[t, a, c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core
     a = _rdot(sr[:, :, None, :, None, :], cores.to(sr.dtype).transpose(-1, -2)[None, :, :, None])  # (T, H, h, m, r)
     with torch.no_grad():  # grid[i, j] = sum_l (sum_c A[c, i, l]) S_col[j, l]: the summed Tucker scores
         grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :])  # (T, H, m, m)
-        top = grid.flatten(2).topk(m, dim=-1).indices  # (T, H, m) into the m*m candidates
+        top = kernels.topk_indices(grid.flatten(2), m, True, topk)  # (T, H, m) into the m*m candidates, best first
     i, j = top // m, top % m
     ai = a.gather(3, i[:, :, None, :, None].expand(T, H, h, m, r))  # (T, H, h, m, r) the winners' rows
     sj = sc.gather(2, j.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r) and columns
@@ -209,7 +215,7 @@ class MemoryLayer(nn.Module):
         self.Dv = c.mem_vdim or (D // 2 if c.mem_value_proj else D)
         self.tdqkr, self.softmax, self.qk_norm, self.init = c.mem_tdqkr, c.mem_softmax, c.mem_qk_norm, c.mem_init
         self.value_lr_mult, self.alpha, self.tau = c.mem_value_lr_mult, c.mem_tucker_alpha, c.mem_tucker_tau
-        self.n_layer, self.kconv = c.n_layer, c.mem_qconv
+        self.n_layer, self.kconv, self.topk = c.n_layer, c.mem_qconv, c.mem_topk
         if self.Dv % self.h:
             raise ValueError(f"value dim {self.Dv} must be divisible by mem_cores={self.h} (MCS slices)")
         if not c.mem_value_proj and self.Dv != D:
@@ -304,7 +310,8 @@ class MemoryLayer(nn.Module):
         past = self.conv_cache[:B, prev % K] * (prev >= 0)[None, :, None]  # (B, K-1, D)
         xe = torch.cat([past.to(x.dtype), x], dim=1)  # (B, K-1+T, D)
         last = min(T, K)  # the chunk's last K inputs go to the ring (distinct slots)
-        self.conv_cache[:B, input_pos[T - last:] % K] = x[:, T - last:].to(self.conv_cache.dtype)
+        slots = (torch.arange(B, device=x.device)[:, None], (input_pos[T - last:] % K)[None, :])
+        self.conv_cache.index_put_(slots, x[:, T - last:].to(self.conv_cache.dtype))  # not through a [:B] view (KVCache)
         return F.conv1d(xe.transpose(1, 2), self.conv.to(x.dtype), groups=self.D).transpose(1, 2)
 
     def _norm(self, x: Tensor, w: Tensor | None) -> Tensor:
@@ -321,8 +328,8 @@ class MemoryLayer(nn.Module):
         s_row = head_scores(q[:, :, 0], keys[:, 0])  # (T, H, n, r)
         s_col = head_scores(q[:, :, 1], keys[:, 1])
         if self.tdqkr:
-            return tdqkr_retrieve(s_row, s_col, self.cores, self.u, self.t, self.m)
-        return pkm_retrieve(s_row.squeeze(-1), s_col.squeeze(-1), self.m)
+            return tdqkr_retrieve(s_row, s_col, self.cores, self.u, self.t, self.m, self.topk)
+        return pkm_retrieve(s_row.squeeze(-1), s_col.squeeze(-1), self.m, self.topk)
 
     def select(self, h: Tensor, input_pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """h (B, T, D) -> shuffled virtual addresses (B*T, H*m) in [0, E*N) and their per-core weights

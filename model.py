@@ -49,6 +49,7 @@ class GPTConfig(MemoryConfig):
     moe_aux_coef: float = 0.01  # Switch/GShard load-balancing loss coefficient
     moe_z_coef: float = 0.0  # router z-loss coefficient (ST-MoE); 0 disables
     moe_impl: str = "auto"  # "auto" (CUDA: triton when decoding, else grouped; CPU: loop) | "grouped" | "triton" | "loop"
+    # | "gather" (inference of a few tokens: kernels.moe_gather_mm, no sort; not yet timed, so not in auto)
     # cached decoding's attention (docs/BENCHMARKS.md, decode): "sdpa" (masked scaled_dot_product_attention)
     # | "matmul" (two batched matmuls) | "flex" (FlexAttention's split-KV decoding; compile the step)
     # | "triton" (kernels.decode_attention: split-KV, inference only)
@@ -69,8 +70,8 @@ class GPTConfig(MemoryConfig):
             (self.pos_emb != "rope" or (self.n_embd // self.n_head) % 2 == 0, "rope needs an even head dimension"),
             (self.ffn in ("dense", "moe"), f"ffn must be 'dense' or 'moe', got {self.ffn!r}"),
             (0 < self.moe_top_k <= self.moe_num_experts, f"moe_top_k={self.moe_top_k} must be in 1..moe_num_experts={self.moe_num_experts}"),
-            (self.moe_impl in ("auto", "grouped", "triton", "loop"),
-             f"moe_impl must be 'auto', 'grouped', 'triton' or 'loop', got {self.moe_impl!r}"),
+            (self.moe_impl in ("auto", "grouped", "triton", "gather", "loop"),
+             f"moe_impl must be 'auto', 'grouped', 'triton', 'gather' or 'loop', got {self.moe_impl!r}"),
             (self.attn_decode in ("sdpa", "matmul", "flex", "triton"),
              f"attn_decode must be 'sdpa', 'matmul', 'flex' or 'triton', got {self.attn_decode!r}"),
             (self.ffn != "moe" or not self.bias, "MoE experts have no biases: use bias=False with ffn='moe'"),
@@ -117,10 +118,15 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # k, v: (B, KV, T, hd) written at positions input_pos (T,)
-        B = k.shape[0]
-        self.k[:B, :, input_pos] = k.to(self.k.dtype)
-        self.v[:B, :, input_pos] = v.to(self.v.dtype)
+        # k, v: (B, KV, T, hd) written at positions input_pos (T,) of the first B sequences. One index_put on
+        # the whole buffer: writing through the view self.k[:B] compiles (when B < the cache's batch) to a
+        # copy of the view out of the cache and back, 4x its size per step (measured: 7 us per layer at
+        # batch 1 of a batch-64 MHA cache on the H200)
+        B, KV, T = k.shape[:3]
+        idx = (torch.arange(B, device=k.device)[:, None, None], torch.arange(KV, device=k.device)[None, :, None],
+               input_pos[None, None, :])
+        self.k.index_put_(idx, k.to(self.k.dtype))
+        self.v.index_put_(idx, v.to(self.v.dtype))
         return self.k[:B], self.v[:B]
 
 
@@ -246,6 +252,18 @@ def moe_experts_grouped(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor
     return (ys.float() * weights.unsqueeze(-1)).sum(dim=1)  # (N, D) weighted sum of each token's k experts
 
 
+def moe_experts_gather(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+    """Experts for decoding a few tokens: each token-slot's two projections as gathered matrix-vector
+    products (kernels.moe_gather_mm: row j of token t reads w[experts[t, j]]), no sort and no permutation;
+    then the weighted sum. Same signature and result as moe_experts_loop. Inference only. Weights are used
+    in their own dtype (a cast would copy every expert)."""
+    N, k = experts.shape
+    ids = experts.reshape(-1)  # (N*k,) slot j of token t at t*k + j
+    h = F.gelu(kernels.moe_gather_mm(x.to(w_fc.dtype), w_fc, ids, x_div=k)).to(w_fc.dtype)  # (N*k, F)
+    ys = kernels.moe_gather_mm(h, w_proj, ids)  # (N*k, D) fp32
+    return (ys.view(N, k, -1) * weights.unsqueeze(-1)).sum(dim=1)  # (N, D)
+
+
 MOE_TRITON_MAX_TOKENS = 1024  # moe_impl="auto": tokens up to which inference takes kernels.moe_grouped_mm
 
 
@@ -287,6 +305,8 @@ class MoE(nn.Module):
             impl = ("triton" if decode else "grouped") if x.is_cuda else "loop"
         if impl == "loop":
             y = moe_experts_loop(xf, self.w_fc, self.w_proj, weights, experts)
+        elif impl == "gather":
+            y = moe_experts_gather(xf, self.w_fc, self.w_proj, weights, experts)
         else:
             y = moe_experts_grouped(xf, self.w_fc, self.w_proj, weights, experts, triton=impl == "triton")
         y = y.to(x.dtype).view(B, T, D)

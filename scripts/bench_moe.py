@@ -1,17 +1,20 @@
 """GPU measurements for the MoE baseline (run from the repo root:
-python scripts/bench_moe.py [--compile] [--impls=grouped,triton] [--tune]).
+python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather] [--tune]).
 
 1. Decode latency of one MoE layer of MoE-1.6B-2in34 (D 2048, 34 experts of 4864, top-2, bf16), at 1..512
    tokens, replayed as a CUDA graph, against its HBM floor (bytes of the distinct experts the batch touches,
    at the measured read rate). A stack of LAYERS independent layers is timed so that L2 (50 MB) cannot hold
    the experts between replays; the time per layer is reported. Once per moe_impl in --impls.
-   --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens.
+   --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
+   with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens.
+   moe_impl="gather" is timed up to 16 tokens only (it reads an expert once per token-slot).
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
 import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from bench import _cuda_graph
 from model import GPTConfig, MoE
@@ -72,15 +75,18 @@ print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per ex
       f"{E * expert_bytes / 1e9:.3f} GB per layer; {'compiled' if COMPILE else 'eager'} ops in a CUDA graph")
 import kernels
 
-for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm) and "triton" (kernels.moe_grouped_mm)
+MAX_TOKENS = {"gather": 16}  # gather reads an expert once per row: for a few tokens only
+
+for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels.moe_grouped_mm), "gather"
     for m in layers:
         m.impl = impl
     if COMPILE:
         torch._dynamo.reset()
-    print(f"moe_impl={impl}" + (f" {kernels.MOE_CONFIG}" if impl == "triton" else ""))
+    print(f"moe_impl={impl}" + (f" {kernels.MOE_CONFIG}" if impl == "triton" else "")
+          + (f" {kernels.MOE_GATHER_CONFIG}" if impl == "gather" else ""))
     print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} {'all-expert floor':>16}")
     with torch.no_grad():
-        for B in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]:
+        for B in [b for b in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] if b <= MAX_TOKENS.get(impl, 512)]:
             xs = [torch.randn(B, 1, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             hit = sum(len(torch.unique((x[:, 0].float() @ m.router.weight.float().T).topk(K, -1).indices))
                       for m, x in zip(layers, xs)) / LAYERS
@@ -123,6 +129,34 @@ if "triton" in IMPLS and "--tune" in sys.argv:
                 print(f"  B={B} bn={bn} bk={bk} warps={warps} stages={stages}: {t * 1e6:7.1f} us, x{t / floor:.2f} floor")
             print(f"B={B}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
             kernels.MOE_CONFIG.update(base)
+
+# --- 1c. the gather kernel alone, launch configurations (both projections of a layer per call) -------
+if "gather" in IMPLS and "--tune" in sys.argv:
+    import itertools
+    base = dict(kernels.MOE_GATHER_CONFIG)
+    with torch.no_grad():
+        for B in [1, 2, 4, 8]:
+            xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
+            ids = [(x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1) for m, x in zip(layers, xs)]
+            hit = sum(len(torch.unique(i)) for i in ids) / LAYERS
+            floor = hit * expert_bytes / bw
+
+            def two_g(ids=ids, xs=xs):
+                return [kernels.moe_gather_mm(F.gelu(kernels.moe_gather_mm(x, m.w_fc, i, K)).to(x.dtype), m.w_proj, i)
+                        for m, x, i in zip(layers, xs, ids)]
+
+            best = None
+            for bn, bk, warps, pps in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (2, 4, 8)):
+                kernels.MOE_GATHER_CONFIG.update(block_n=bn, block_k=bk, warps=warps, programs_per_sm=pps)
+                try:
+                    t = time_fn(two_g) / LAYERS
+                except Exception as e:  # e.g. out of registers for this tile
+                    print(f"  B={B} {kernels.MOE_GATHER_CONFIG}: failed ({type(e).__name__})")
+                    continue
+                if best is None or t < best[0]:
+                    best = (t, dict(kernels.MOE_GATHER_CONFIG))
+            print(f"gather B={B}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
+            kernels.MOE_GATHER_CONFIG.update(base)
 
 # --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------
 # 64 rows: all in group 0 (33 empty groups) vs 2 per group in 32 groups. If empty groups are skipped, the

@@ -3,7 +3,8 @@
 # UltraMem-1.6B-x12 decoding one token with a 2048-token KV cache, random bf16 weights, compiled with
 # CUDA graphs, one static compilation per batch size (~50-80 s each for a 30-block model, so a part with
 # many batch sizes takes several 10-minute calls: pass --batches=...). compile_dynamic=True compiles
-# twice per model but was measured 5x slower at batch 64 (MHA, 2026-11-29): not used for the numbers.
+# twice per model but was measured 5x slower at batch 64 (MHA, 2026-11-29; that run also paid for a KV-cache
+# copy since fixed, so the factor is not the dynamic compile's alone): not used for the numbers.
 #   bash scripts/gpu_bench_decode.sh mha     # multi-head attention (16 KV heads), batch 1-128 (256 does not fit)
 #   bash scripts/gpu_bench_decode.sh gqa     # grouped-query attention with 2 KV heads, batch 1-1024
 #   bash scripts/gpu_bench_decode.sh fig6c   # Figure 6c: batch 512, 2 KV heads, sparse parameters x0.25-x2

@@ -1,38 +1,32 @@
 #!/usr/bin/env bash
 # The paper's Table 1, Table 2 and Figure 6b in miniature (config/small/*): every run the same data
-# (medium_mix), 1100 steps x 32,768 tokens (about one pass over the 37.3M training tokens), batch, schedule
-# and seed; only the model differs. Expects .device_carry/ as scripts/gpu_memory.sh.
+# (medium_mix), batch, schedule and seed; only the model differs. Table 1's runs take 1100 steps x 32,768
+# tokens (36.0M, about one pass over the 37.3M training tokens), two seeds; the ladder (Table 2) and the
+# sparsity sweep (Figure 6b) take 550 steps (half a pass), one seed. Expects .device_carry/ as scripts/gpu_memory.sh.
 #
-#   bash scripts/gpu_results.sh PART [SEED]      # SEED defaults to 1; OUT (default out/gpu) collects the results
-#   DRY=1 bash scripts/gpu_results.sh all 1      # print the train.py commands only
-#   JOBS=3 bash scripts/gpu_results.sh table1 1  # three runs at a time on the one GPU (default JOBS=1)
+#   JOBS=3 bash scripts/gpu_results.sh PART [SEED]  # SEED defaults to 1; OUT (default out/gpu) collects the results
+#   DRY=1 bash scripts/gpu_results.sh all 1         # print the train.py commands only
 #
-# Each run: python train.py config/small/X.py --seed=S --progress=False --overwrite=True --out_dir=out/small/X_sS
-# (plus --ckpt_interval past the end: one checkpoint at the last step instead of 11, which for the 0.7-1.4B
-# parameter models costs 9-17 GB and several seconds each; the checkpoint is deleted after the run unless
-# KEEP_CKPT=1). $OUT/small/X_sS.{log,metrics.jsonl,json} are the log, the metrics and metrics_summary.py's
-# digest; $OUT/results_PART_sS.md is scripts/results_table.py over everything in $OUT.
+# JOBS=N runs N trainings at a time on the one GPU (default 1). Each run: python train.py config/small/X.py
+# --seed=S --progress=False --overwrite=True --out_dir=out/small/X_sS --ckpt_interval=1000000 (one checkpoint
+# at the last step instead of 11, which for the 0.7-1.4B parameter models costs 9-17 GB and seconds each;
+# deleted after the run unless KEEP_CKPT=1). $OUT/small/X_sS.{log,metrics.jsonl,json} are the log, the
+# metrics and metrics_summary.py's digest; $OUT/results_PART_sS.md is scripts/results_table.py over $OUT.
 #
-# GPU time on one H200 with torch.compile (estimates from measured rates: small dense ~1.0M tokens/s, small
-# UltraMem ~340k tokens/s, compile 40-60 s per run; MoE ~0.6x dense's rate as measured at 151M; dense_4x
-# ~4x dense's FLOPs; PKM between dense and UltraMem), per seed, about 36M tokens per run:
-#   dense ~90 s, moe ~130 s, dense_4x ~180 s, pkm ~130 s, ultramem (= sparsity_x12) ~170 s,
-#   ladder rows ~130-170 s each, sparsity_x3 / x6 / x24 ~150 / 155 / 180 s;
-#   + ~60 s to prepare medium_mix on a fresh machine.
-# Parts that fit one 10-minute call:
-#   table1a   dense moe dense_4x                                   ~400 s
-#   table1b   pkm ultramem                                         ~300 s
-#   table2a   ablation rows 00-02                                  ~420 s
-#   table2b   ablation rows 03-05                                  ~460 s
-#   table2c   ablation rows 06-08                                  ~500 s
-#   table2d   ablation rows 09-11                                  ~500 s
-#   fig6b     sparsity_x3 sparsity_x6 sparsity_x24                 ~490 s  (x12 is table1b's ultramem: the
-#             same model; part fig6b_x12 runs config/small/sparsity_x12.py itself, ~170 s)
-# Larger parts (several calls' worth; one seed of everything is ~52 min, more than one session's 30 min):
-#   table1 = table1a + table1b (~12 min), table2 = table2a..d (~32 min), all = table1 + table2 + fig6b.
+# GPU time on one H200 (torch 2.11), one call of at most 10 minutes per part, JOBS=3:
+#   table1    dense_4x ultramem pkm moe dense      measured 2026-11-29: 462 s (seed 1, with preparing
+#             medium_mix, ~15 s) and 435 s (seed 2): run it for seeds 1 and 2
+#   table2a   ablation rows 00-05                  estimated ~330 s (550-step runs of 35-55 s of GPU work each)
+#   table2b   ablation rows 06-11                  estimated ~380 s
+#   fig6b     sparsity_x3 x6 x12 x24               estimated ~300 s
+# plus scripts/gpu_capacity.sh (knowledge capacity, ~4 min estimated) and ~1.5 min to start each call's
+# machine: about 14.5 + 17 + 4 + 7.5 = 33 minutes for the whole set, over the issue's 30 (see docs/RESULTS.md).
+# all = table1 + table2a + table2b + fig6b (more than one call's 10 minutes: use the parts). The part
+# "capacity" runs scripts/gpu_capacity.sh (its own settings: SIZES, MODELS, LIMIT), so this one script
+# covers the whole set: table1 1, table1 2, table2a, table2b, fig6b, capacity.
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh table1|table1a|table1b|table2|table2a..d|fig6b|fig6b_x12|all|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|fig6b|all|capacity|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -40,20 +34,18 @@ JOBS=${JOBS:-1}
 
 part() {  # the config names (under config/small/, without .py) of a part
   case $1 in
-    table1a) echo dense moe dense_4x ;;
-    table1b) echo pkm ultramem ;;
     table1) echo dense_4x ultramem pkm moe dense ;;  # longest first, for JOBS > 1
-    table2a) echo ablation/00_pkm ablation/01_rm_softmax ablation/02_half_vdim_proj ;;
-    table2b) echo ablation/03_share_query ablation/04_split_skip ablation/05_qk_norm ;;
-    table2c) echo ablation/06_ive ablation/07_tdqkr ablation/08_mcs ;;
-    table2d) echo ablation/09_improved_init ablation/10_value_lr ablation/11_query_conv ;;
-    table2) echo "$(part table2a) $(part table2b) $(part table2c) $(part table2d)" ;;
-    fig6b) echo sparsity_x3 sparsity_x6 sparsity_x24 ;;
-    fig6b_x12) echo sparsity_x12 ;;
+    table2a) echo ablation/00_pkm ablation/01_rm_softmax ablation/02_half_vdim_proj ablation/03_share_query \
+                  ablation/04_split_skip ablation/05_qk_norm ;;
+    table2b) echo ablation/06_ive ablation/07_tdqkr ablation/08_mcs ablation/09_improved_init ablation/10_value_lr \
+                  ablation/11_query_conv ;;
+    table2) echo "$(part table2a) $(part table2b)" ;;
+    fig6b) echo sparsity_x24 sparsity_x12 sparsity_x6 sparsity_x3 ;;
     all) echo "$(part table1) $(part table2) $(part fig6b)" ;;
     *) [ -f "config/small/$1.py" ] || { echo "unknown part or config: $1" >&2; exit 2; }; echo "$1" ;;
   esac
 }
+if [ "$PART" = capacity ]; then exec bash scripts/gpu_capacity.sh; fi
 NAMES=$(part "$PART")
 
 if [ -n "${DRY:-}" ]; then

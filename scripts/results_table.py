@@ -170,7 +170,7 @@ def plot(folders: list[str], path: str, only: list[str] | None = None, title: st
         i = len(drawn)
         n_seeds = len(g["curves"])
         line, = ax.plot(steps, [statistics.mean(at[s]) for s in steps], color=colors[i % 10],
-                        linestyle=styles[i // 10 % len(styles)], linewidth=1.6,
+                        linestyle=styles[i // 10 % len(styles)], linewidth=1.6, marker=".", markersize=5,
                         label=config + (f" ({n_seeds} seeds)" if n_seeds > 1 else ""))
         if n_seeds > 1:
             ax.fill_between(steps, [min(at[s]) for s in steps], [max(at[s]) for s in steps],

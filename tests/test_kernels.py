@@ -107,6 +107,20 @@ def test_compile_fullgraph_cpu():
     _close(gs, rs, torch.float32, "compiled grad scores")
 
 
+def test_topk_indices_torch_path_and_checks():
+    x = torch.randn(3, 4, 50)
+    assert torch.equal(kernels.topk_indices(x, 7), x.topk(7, dim=-1).indices)
+    with pytest.raises(ValueError):
+        kernels.topk_indices(x, 51)
+    with pytest.raises(ValueError):
+        kernels.topk_indices(x, 0)
+    with pytest.raises(ValueError, match="impl"):
+        kernels.topk_indices(x, 3, impl="bogus")
+    torch._dynamo.reset()  # the custom op: on CPU tensors its reference, also under compile
+    f = torch.compile(lambda x: kernels.topk_indices(x, 7, impl="triton"), fullgraph=True)
+    assert torch.equal(f(x), x.topk(7, dim=-1).indices)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
@@ -146,15 +160,24 @@ def _interp_main() -> None:
         kernels.set_backward_scheme("sorted")
         again = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
         assert all(torch.equal(a, b) for a, b in zip(again, grads["sorted"])), f"{tag}: sorted backward not deterministic"
-        if h > 1:  # one program per (token or row tile, MCS core)
-            kernels.CONFIG.update(fwd_per_core=True, bwd_per_core=True)
+        # other launch configurations: column tiles of 16 (several per row, crossing MCS core boundaries
+        # where Dv / h is not a multiple of 16), other slot blocks, the zero-filled backward
+        variants = ({"fwd_block_d": 16, "bwd_block_d": 16, "fwd_block_k": 32, "bwd_block_i": 32, "bwd_rows": 16},
+                    {"bwd_block_d": 16, "bwd_zero_fill": True},
+                    {"bwd_zero_fill": True, "bwd_rows": 64})
+        keep = dict(kernels.CONFIG)
+        for variant in variants:
+            kernels.CONFIG.update(variant)
             try:
-                _close(kernels._lookup_triton(values, rows, blocks, scores, E), ref, dtype, f"{tag}: per-core forward")
+                _close(kernels._lookup_triton(values, rows, blocks, scores, E), ref, dtype, f"{tag} {variant}: forward")
                 gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
-                _close(gv, rv, dtype, f"{tag}: per-core grad values")
-                _close(gs, rs, dtype, f"{tag}: per-core grad scores")
+                _close(gv, rv, dtype, f"{tag} {variant}: grad values")
+                _close(gs, rs, dtype, f"{tag} {variant}: grad scores")
+                again = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+                assert torch.equal(gv, again[0]) and torch.equal(gs, again[1]), f"{tag} {variant}: not deterministic"
             finally:
-                kernels.CONFIG.update(fwd_per_core=False, bwd_per_core=False)
+                kernels.CONFIG.clear()
+                kernels.CONFIG.update(keep)
         print(f"interp: {tag} ok", flush=True)
     # through the op and autograd (the path memory.py takes), in deterministic mode: atomics refused
     kernels.set_backward_scheme("atomic")
@@ -167,7 +190,51 @@ def _interp_main() -> None:
     _close(out, kernels.mem_lookup_reference(values, rows, blocks, scores, 4), torch.float32, "op forward")
     _close(gv, rv, torch.float32, "op grad values")
     _close(gs, rs, torch.float32, "op grad scores")
+    _interp_topk()
     print("interp: all cases ok", flush=True)
+
+
+def _interp_topk() -> None:
+    """topk_indices' kernel against torch.topk: the same multiset of values (ties may pick other equal
+    entries), k distinct indices, increasing index order unsorted, value order sorted; then TDQKR with it."""
+    import memory
+
+    g = torch.Generator().manual_seed(5)
+    cases = ((37, 5, torch.float32, 2), (1100, 80, torch.float32, 2), (64, 64, torch.float32, 1),
+             (300, 1, torch.bfloat16, 2), (513, 40, torch.bfloat16, 1))  # L, k, dtype, bits per search pass
+    for L, k, dtype, bits in cases:
+        kernels.TOPK_CONFIG["bits"] = bits
+        x = torch.randn(7, L, generator=g).to(dtype)
+        x[0, : min(L, 10)] = 1.5  # ties at the top
+        x[1] = 0.0  # a row of equal values
+        x[2, : L // 2] = -x[2, : L // 2].abs()  # negatives and
+        x[2, 0], x[2, 1] = -0.0, float("-inf")  # signed zero, -inf
+        x[3, L // 2] = float("inf")
+        for sorted_ in (False, True):
+            got = kernels.topk_indices(x.view(7, 1, L), k, sorted=sorted_, impl="triton").view(7, k)
+            vals = x.gather(-1, got).float()
+            ref = x.float().topk(k, dim=-1).values
+            assert torch.equal(vals.sort(-1, descending=True).values, ref), f"topk L={L} k={k} {dtype}: values differ"
+            assert all(len(set(r.tolist())) == k for r in got), f"topk L={L} k={k}: repeated index"
+            if sorted_:
+                assert (vals.diff(dim=-1) <= 0).all(), "sorted: not by value"
+            else:
+                assert (got.diff(dim=-1) > 0).all(), "unsorted: the kernel's index order"
+        print(f"interp: topk L={L} k={k} {dtype} bits={bits} ok", flush=True)
+    kernels.TOPK_CONFIG["bits"] = 2
+    # TDQKR through the kernel equals TDQKR through torch.topk (random scores: no ties)
+    T, H, n, r, h, m = 5, 2, 40, 2, 2, 6
+    s_row, s_col, cores = torch.randn(T, H, n, r, generator=g), torch.randn(T, H, n, r, generator=g), torch.randn(H, h, r, r, generator=g)
+    u, t = torch.randn(H, r, generator=g), torch.randn(H, r, generator=g)
+    got = memory.tdqkr_retrieve(s_row, s_col, cores, u, t, m, topk="triton")
+    ref = memory.tdqkr_retrieve(s_row, s_col, cores, u, t, m, topk="torch")
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), "tdqkr rows/cols differ with the topk kernel"
+    _close(got[2], ref[2], torch.float32, "tdqkr scores with the topk kernel")
+    s1, s2 = torch.randn(T, H, n, generator=g), torch.randn(T, H, n, generator=g)
+    got, ref = memory.pkm_retrieve(s1, s2, m, topk="triton"), memory.pkm_retrieve(s1, s2, m, topk="torch")
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), "pkm rows/cols differ with the topk kernel"
+    _close(got[2], ref[2], torch.float32, "pkm scores with the topk kernel")
+    print("interp: tdqkr and pkm with the topk kernel ok", flush=True)
 
 
 if __name__ == "__main__":

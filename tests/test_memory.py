@@ -324,11 +324,13 @@ def test_cached_decoding_equals_full_forward(prefill):
         model.refresh()
         idx = torch.randint(0, 61, (2, 12))
         full = model(idx)[0]
-        model.setup_caches(2, 12)
+        model.setup_caches(3, 12)  # a cache for more sequences than the batch uses
         steps = [model(idx[:, :prefill], input_pos=torch.arange(prefill))[0]]
         for t in range(prefill, 12):
             steps.append(model(idx[:, t:t + 1], input_pos=torch.tensor([t]))[0])
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    for m in model.memories:  # the third sequence's ring is untouched
+        assert m.conv_cache[2:].abs().sum() == 0 and m.conv_cache[:2].abs().sum() > 0
 
 
 def test_ablation_ladder_adds_one_step_per_row():

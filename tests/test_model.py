@@ -44,11 +44,15 @@ def test_cached_decoding_equals_full_forward(pos_emb, n_kv_head, attn_decode):
     idx = torch.randint(0, 101, (2, 20))
     with torch.no_grad():
         full = model(idx)[0]
-        model.setup_caches(batch_size=2, max_len=32)
+        model.setup_caches(batch_size=3, max_len=32)  # a cache for more sequences than the batch uses
         pre = model(idx[:, :11], input_pos=torch.arange(11))[0]
         steps = [model(idx[:, t : t + 1], input_pos=torch.tensor([t]))[0] for t in range(11, 20)]
     cached = torch.cat([pre] + steps, dim=1)
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    for block in model.blocks:  # only the first 2 sequences' rows and the 20 positions were written
+        c = block.attn.kv_cache
+        assert c.k[2:].abs().sum() == 0 and c.v[2:].abs().sum() == 0 and c.k[:, :, 20:].abs().sum() == 0
+        assert c.k[:2, :, :20].abs().sum() > 0
 
 
 def test_greedy_generate_matches_uncached_argmax():

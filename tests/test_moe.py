@@ -211,18 +211,21 @@ def test_bad_moe_config(kw, msg):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_decode_path_equals_loop(dtype):
-    """moe_impl="triton" (kernels.moe_grouped_mm; on the CPU its reference) in inference equals the loop;
-    under grad mode with trainable weights it refuses (inference only) instead of losing the gradient."""
+@pytest.mark.parametrize("impl", ["triton", "gather"])
+def test_decode_paths_equal_loop(dtype, impl):
+    """moe_impl="triton" (kernels.moe_grouped_mm) and "gather" (kernels.moe_gather_mm), on the CPU their
+    references, in inference equal the loop; under grad mode with trainable weights they refuse (inference
+    only) instead of losing the gradient."""
     torch.manual_seed(0)
     moe = MoE(moe_cfg()).to(dtype)
     x = torch.randn(5, 1, 64, dtype=dtype)  # decoding: a token per sequence
     with torch.no_grad():
         moe.impl = "loop"
         ref = moe(x)[0]
-        moe.impl = "triton"
+        moe.impl = impl
         y = moe(x)[0]
-    assert rel_err(y, ref) < 0.02  # the grouped paths compute in bf16, as test_grouped_equals_loop says
+    tol = 0.02 if impl == "triton" or dtype == torch.bfloat16 else 1e-5  # triton computes in bf16; gather in the weights' dtype
+    assert rel_err(y, ref) < tol
     assert rel_err(y, ref[torch.randperm(5)]) > 0.5
     with pytest.raises(RuntimeError, match="inference only"):
         moe(x)

@@ -122,6 +122,46 @@ def test_compile_fullgraph_cpu():
         cf(x.clone().requires_grad_(True), offs)
 
 
+def _gather_inputs(T, x_div, K, N, G, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, K, generator=g).to(dtype)
+    w = (torch.randn(G, K, N, generator=g) / K ** 0.5).to(dtype)
+    ids = torch.randint(0, G, (T * x_div,), generator=g)
+    if ids.numel() > 2:
+        ids[1] = ids[0]  # two rows of one expert
+    return x, w, ids
+
+
+def test_gather_reference_is_rowwise_matmul():
+    x, w, ids = _gather_inputs(3, 2, 20, 12, 5, torch.float64, 10)
+    ref = kernels.moe_gather_mm_reference(x, w, ids, 2)
+    assert ref.dtype == torch.float64 and ref.shape == (6, 12)
+    for m in range(6):
+        torch.testing.assert_close(ref[m], x[m // 2] @ w[ids[m]])
+
+
+def test_gather_op_on_cpu_checks_and_refuses_grad():
+    x, w, ids = _gather_inputs(4, 2, 32, 24, 6, torch.bfloat16, 11)
+    assert torch.equal(kernels.moe_gather_mm(x, w, ids, 2), kernels.moe_gather_mm_reference(x, w, ids, 2))
+    with pytest.raises(ValueError):
+        kernels.moe_gather_mm(x, w, ids[:7], 2)  # rows != x rows * x_div
+    with pytest.raises(ValueError):
+        kernels.moe_gather_mm(x, w.float(), ids, 2)  # dtype mismatch
+    with pytest.raises(ValueError):
+        kernels.moe_gather_mm(x[:, :31], w, ids, 2)  # K mismatch
+    with pytest.raises(RuntimeError, match="inference only"):
+        kernels.moe_gather_mm(x.float(), torch.nn.Parameter(w.float()), ids, 2)
+
+
+def test_gather_splits():
+    pytest.importorskip("triton")
+    cfg = kernels.MOE_GATHER_CONFIG
+    for M, N, K in ((2, 4864, 2048), (8, 2048, 4864), (1, 64, 100), (512, 4864, 2048)):
+        n, per = kernels._moe_gather_splits(M, N, K)
+        assert per % cfg["block_k"] == 0 and (n - 1) * per < K <= n * per  # every K covered, no empty split
+    assert kernels._moe_gather_splits(512, 4864, 2048)[0] == 1  # many rows fill the GPU alone
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
@@ -167,6 +207,22 @@ def _interp_main() -> None:
     with torch.no_grad():
         out = kernels.moe_grouped_mm(x, wt, offs.long(), gelu=True)
     _close(out, kernels.moe_grouped_mm_reference(x, w, offs, True), torch.bfloat16, "op, int64 offs, strided w")
+    # moe_gather_mm: odd sizes, masked K and N tails, one and several K splits, x_div 1 and 2, shared experts
+    gdefaults = dict(kernels.MOE_GATHER_CONFIG)
+    for i, (T, x_div, K, N, G, cfg) in enumerate([(1, 2, 96, 200, 34, {}), (3, 2, 100, 72, 5, {"block_k": 32}),
+                                                   (5, 1, 70, 33, 3, {"block_n": 16, "block_k": 16}),
+                                                   (2, 2, 64, 40, 4, {"programs_per_sm": 1, "sms": 1})]):
+        kernels.MOE_GATHER_CONFIG.update(gdefaults, **cfg)
+        for dtype in (torch.float32, torch.bfloat16):
+            x, w, ids = _gather_inputs(T, x_div, K, N, G, dtype, 200 + i)
+            tag = f"gather case {i} T={T} x_div={x_div} K={K} N={N} {cfg} {dtype} splits {kernels._moe_gather_splits(T * x_div, N, K)}"
+            ref = kernels.moe_gather_mm_reference(x, w, ids, x_div)
+            _close(kernels._moe_gather_mm_triton(x, w, ids, x_div), ref, torch.float32, tag)  # fp32 sums either way
+            with torch.no_grad():  # through the op, strided w
+                wt = w.transpose(1, 2).contiguous().transpose(1, 2)
+                _close(kernels.moe_gather_mm(x, wt, ids.int(), x_div), ref, torch.float32, tag + " op")
+        print(f"interp: {tag} ok", flush=True)
+    kernels.MOE_GATHER_CONFIG.update(gdefaults)
     print("interp: all cases ok", flush=True)
 
 

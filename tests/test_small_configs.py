@@ -58,6 +58,8 @@ def test_every_small_config_builds_and_shares_the_run(name):
     unknown = set(s) - set(train.default_config())
     assert not unknown, f"keys train.py does not know: {unknown}"
     base = {**RUN, **({"n_layer": 12, "n_head": 16, "n_embd": 1024} if name == "dense_4x" else {})}
+    if name.startswith(("ablation/", "sparsity_")):  # Table 2 and Figure 6b: half a pass each, all the same
+        base["max_iters"] = 550
     assert {k: s.get(k) for k in base} == base  # same data, tokens, batch, schedule and seed for all
     assert s["out_dir"] == OWN_OUT_DIR.get(name, f"out/small/{name}")
     _, model, _ = built(name)
@@ -134,9 +136,10 @@ def test_gpu_results_parts_cover_every_config():
         return [line.split()[2][len("config/small/"):-3] for line in out if line.strip()]
 
     everything = names("all")
-    assert set(everything) | {"sparsity_x12"} == set(NAMES) and len(everything) == len(set(everything))
-    for part in ("table1a", "table1b", "table2a", "table2b", "table2c", "table2d", "fig6b", "fig6b_x12"):
-        assert names(part)
+    assert set(everything) == set(NAMES) and len(everything) == len(set(everything))
+    parts = {p: names(p) for p in ("table1", "table2a", "table2b", "fig6b")}
+    assert sorted(sum(parts.values(), [])) == sorted(everything)  # the parts are the whole set, once each
+    assert len(parts["table2a"]) == len(parts["table2b"]) == 6 and len(parts["fig6b"]) == 4
     cmd = subprocess.run(["bash", "scripts/gpu_results.sh", "ablation/04_split_skip", "3"], cwd=ROOT,
                          env={**os.environ, "DRY": "1"}, capture_output=True, text=True, check=True).stdout
     assert "config/small/ablation/04_split_skip.py --seed=3 --progress=False --overwrite=True " \
@@ -169,6 +172,57 @@ def test_results_table_on_fake_runs(tmp_path):
         "| ablation/00_pkm | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.4000 | - | - |",
         "| ablation/01_rm_softmax | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.3500 | - | -0.0500 |",
     ]
+
+
+def load_results_table():
+    """scripts/results_table.py as a module (scripts/ is no package), for calling main() in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", os.path.join(ROOT, "scripts", "results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_curves(tmp_path):
+    """Two seeds of ultramem and one of dense, with logs (no recount from the configs), as
+    test_results_table_on_fake_runs lays them out."""
+    runs = (("ultramem", 1, [6.0, 5.0, 4.8]), ("ultramem", 2, [6.1, 5.2]), ("dense", 1, [6.2, 5.5, 5.3]))
+    for name, seed, losses in runs:
+        base = tmp_path / "small" / f"{name}_s{seed}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        recs = [{"step": 10, "loss": 9.0}, *({"step": 100 * (i + 1), "val_loss": v} for i, v in enumerate(losses))]
+        base.with_name(base.name + ".metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        base.with_name(base.name + ".log").write_text(
+            "model: 717.63M parameters, 56.93M activated, 0.114 GFLOPs/token forward (paper's count); ...\n")
+
+
+def test_results_table_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fake_curves(tmp_path)
+    rt = load_results_table()
+    png = tmp_path / "val.png"
+    rt.main([str(tmp_path), f"--plot={png}", "--title=fake", "--from_step=100"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in out[2:]] == ["| dense", "| ultramem"]  # the table, in its order
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    only = tmp_path / "only.png"
+    assert rt.plot([str(tmp_path)], str(only), only=["ultra"]) == ["ultramem"]
+    assert only.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rt.plot([str(tmp_path)], str(tmp_path / "all.png")) == ["dense", "ultramem"]
+
+
+def test_results_table_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
+    fake_curves(tmp_path)
+    rt = load_results_table()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(SystemExit) as exit_:
+        rt.main([str(tmp_path), f"--plot={tmp_path / 'val.png'}"])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no partial table
+    assert err.strip() == "--plot needs matplotlib (pip install matplotlib)"
+    assert not (tmp_path / "val.png").exists()
 
 
 def test_capacity_configs_equal_compute_and_stated_counts():

@@ -15,7 +15,8 @@ dropout = 0.0
 learning_rate = 1e-3
 batch_size = 32
 grad_accum = 1
-max_iters = 1100  # 1100 x 32,768 = 36.0M tokens: about one pass over medium_mix's 37.3M
+max_iters = 550  # 550 x 32,768 = 18.0M tokens, half a pass over medium_mix's 37.3M: Table 1's runs take a whole
+# pass, the ladder and the sparsity sweep half, so that the whole set fits 30 minutes of GPU time (gpu_results.sh)
 eval_interval = 100
 eval_iters = 20
 log_interval = 10
