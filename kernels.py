@@ -88,7 +88,8 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # and more programs. bwd_zero_fill: zero the gradient with a memset and let tiles without slots write nothing,
 # instead of every program writing its rows (zeros included).
 # Defaults: the best of bench.py's sweep at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md).
-CONFIG = {"fwd_block_k": 16, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
+# fwd_prefetch: load the next slot block's indices and scores while this block's rows are in flight (untimed).
+CONFIG = {"fwd_block_k": 16, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1, "fwd_prefetch": False,
           "bwd_rows": 32, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "atomic_warps": 4}
 
@@ -147,12 +148,28 @@ if triton is not None:
         return tl.dot(oh, w_lo, acc)
 
     @triton.jit
+    def _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+        # a token's slots k0 .. k0 + BLOCK_K - 1: their virtual blocks, physical rows and the (BLOCK_K, BLOCK_D)
+        # tile of MCS scores (each column takes its core's score); slots past K are masked out
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
+        r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
+        s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+        for c in tl.static_range(H):
+            s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
+            s = tl.where(core[None, :] == c, s_c[:, None], s)
+        return b, r, s, kmask
+
+    @triton.jit
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
-        # (E_PAD, BLOCK_K) matmul
+        # (E_PAD, BLOCK_K) matmul. PREFETCH: the next block's indices and scores are loaded while this block's
+        # value rows are in flight, so each iteration waits on one memory round trip, not two
         t = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
@@ -160,17 +177,19 @@ if triton is not None:
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
-            r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
-            v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
-            s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-            for c in tl.static_range(H):
-                s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
-                s = tl.where(core[None, :] == c, s_c[:, None], s)
-            acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
+        if PREFETCH:
+            b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, 0, K, core, H, BLOCK_K, BLOCK_D)
+            for k0 in range(0, K, BLOCK_K):
+                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
+                b2, r2, s2, kmask2 = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0 + BLOCK_K, K, core, H,
+                                                 BLOCK_K, BLOCK_D)
+                acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
+                b, r, s, kmask = b2, r2, s2, kmask2
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K, BLOCK_D)
+                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
+                acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)
         out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
@@ -280,7 +299,8 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     _launch(_lookup_fwd_kernel, (T, triton.cdiv(Dv, BLOCK_D)), values.is_cuda, values.contiguous(), rows.contiguous(),
             blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"])
+            SPLIT=values.is_cuda, PREFETCH=CONFIG["fwd_prefetch"], num_warps=CONFIG["fwd_warps"],
+            num_stages=CONFIG["fwd_stages"])
     return out
 
 
