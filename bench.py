@@ -7,11 +7,12 @@ config file (the ones train.py reads: GPTConfig fields and train.py's keys), and
 apply to every model: model i's settings = defaults <- file i <- overrides. No file: one model, the defaults.
 The keys are train.py's (default_config(): every GPTConfig field, out_dir, batch_size, compile,
 peak_tflops, ...) plus bench's own (BENCH_KEYS: mode, out, batches, max_batch, kv_len, warmup, iters,
-measure, compile_dynamic, compile_scope, coordinate_descent, profile and the kernels keys; none clashes with a train.py or GPTConfig key). bench changes
+measure, compile_dynamic, compile_scope, coordinate_descent, max_autotune, profile and the kernels keys; none clashes with a
+train.py or GPTConfig key). bench changes
 train.py's default device to "cuda" (a missing GPU is an error; pass --device=cpu for a quick CPU run), and
 reads vocab_size=0 (train.py: from the dataset) as 50304. Run-level keys (RUN_KEYS: mode, out,
-device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, compile_scope, coordinate_descent, warmup,
-iters, profile) come from the defaults
+device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, compile_scope, coordinate_descent,
+max_autotune, warmup, iters, profile) come from the defaults
 and the command line only (a config file's value for them is ignored); model keys, batch_size, compile,
 peak_tflops and the optimizer keys are per model.
 
@@ -611,11 +612,13 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
         if blocks_scope:  # each block and memory layer compiled on its own; the step is replayed as one CUDA graph
             torch._dynamo.reset()
             for mod in list(model.blocks) + list(model.memories):
-                mod.compile(fullgraph=True, dynamic=None if run["compile_dynamic"] else False)
+                mod.compile(fullgraph=True, dynamic=None if run["compile_dynamic"] else False,
+                            mode="max-autotune-no-cudagraphs" if run["max_autotune"] else None)
         elif use_compile:
             torch._dynamo.reset()
+            mode = ("max-autotune" if run["max_autotune"] else "reduce-overhead") if dev.startswith("cuda") else None
             step = torch.compile(decode_one_token, fullgraph=True, dynamic=None if run["compile_dynamic"] else False,
-                                 mode="reduce-overhead" if dev.startswith("cuda") else None)
+                                 mode=mode)
         info["compiled"] = bool(use_compile)
         info["compile_scope"] = run["compile_scope"] if use_compile else None
         pos = torch.tensor([kv_len], device=dev)
@@ -957,6 +960,8 @@ BENCH_KEYS = {
                                        # copies, the whole step captured in one CUDA graph (far less compile)
     "coordinate_descent": False,       # Inductor's coordinate_descent_tuning (gpt-fast turns it on for
                                        # decoding: tunes its kernels' launch parameters; longer compiles)
+    "max_autotune": False,             # torch.compile's max-autotune: Triton GEMM templates autotuned against
+                                       # cuBLAS per shape (the decode step's skinny GEMMs; far longer compiles)
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)
@@ -974,7 +979,7 @@ BENCH_KEYS = {
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
 RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters",
-            "profile", "compile_scope", "coordinate_descent")
+            "profile", "compile_scope", "coordinate_descent", "max_autotune")
 LIST = (str, int, tuple, list)
 
 

@@ -8,7 +8,8 @@
 #   bash scripts/gpu_bench_decode.sh mha     # multi-head attention (16 KV heads), batch 1-128 (256 does not fit)
 #   bash scripts/gpu_bench_decode.sh gqa     # grouped-query attention with 2 KV heads, batch 1-1024
 #   bash scripts/gpu_bench_decode.sh fig6c   # Figure 6c: batch 512, 2 KV heads, sparse parameters x0.25-x2
-#   bash scripts/gpu_bench_decode.sh diag    # profiles of an 8-block Dense-1.6B decode step (ATTNS="sdpa triton" to pick)
+#   bash scripts/gpu_bench_decode.sh diag    # profiles of an 8-block Dense-1.6B decode step (ATTNS="sdpa triton" to pick;
+#                                            # e.g. --max_autotune=True after the part for autotuned GEMMs)
 # Arguments after the part go to bench.py (e.g. --attn_decode=matmul).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -23,7 +24,7 @@ case ${1:?usage: bash scripts/gpu_bench_decode.sh mha|gqa|fig6c|diag [bench.py a
   diag)  # where a step's time goes: Dense-1.6B cut to 8 blocks, decode attentions (ATTNS), MHA and 2 KV heads
     for attn in ${ATTNS:-sdpa matmul flex triton}; do for kv in 16 2; do
       python bench.py config/dense_1p6b.py --n_layer=8 --n_kv_head=$kv --attn_decode=$attn --batches=1,64 \
-        --profile=2 --out="$OUT/diag_${attn}_kv$kv.json" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/diag_${attn}_kv$kv.log"
+        --profile=2 --out="$OUT/diag_${attn}_kv$kv.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/diag_${attn}_kv$kv.log"
     done; done
     exit 0 ;;
   *) echo "unknown part: $1" >&2; exit 2 ;;
