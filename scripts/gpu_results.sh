@@ -19,6 +19,7 @@
 #   table2a   ablation rows 00-05                  estimated ~330 s (550-step runs of 35-55 s of GPU work each)
 #   table2b   ablation rows 06-11                  estimated ~380 s
 #   fig6b     sparsity_x3 x6 x12 x24               estimated ~300 s
+#   checks    ultramem_vlr4 (value lr x4, the authors' code, against table1's x10; 1100 steps)  ~150 s alone
 # plus scripts/gpu_capacity.sh (knowledge capacity, ~4 min estimated) and ~1.5 min to start each call's
 # machine: about 14.5 + 17 + 4 + 7.5 = 33 minutes for the whole set, over the issue's 30 (see docs/RESULTS.md).
 # all = table1 + table2a + table2b + fig6b (more than one call's 10 minutes: use the parts). The part
@@ -26,7 +27,7 @@
 # covers the whole set: table1 1, table1 2, table2a, table2b, fig6b, capacity.
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|fig6b|all|capacity|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|fig6b|checks|all|capacity|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -41,7 +42,8 @@ part() {  # the config names (under config/small/, without .py) of a part
                   ablation/11_query_conv ;;
     table2) echo "$(part table2a) $(part table2b)" ;;
     fig6b) echo sparsity_x24 sparsity_x12 sparsity_x6 sparsity_x3 ;;
-    all) echo "$(part table1) $(part table2) $(part fig6b)" ;;
+    checks) echo ultramem_vlr4 ;;  # a one-run check against table1's ultramem (docs/RESULTS.md)
+    all) echo "$(part table1) $(part table2) $(part fig6b) $(part checks)" ;;
     *) [ -f "config/small/$1.py" ] || { echo "unknown part or config: $1" >&2; exit 2; }; echo "$1" ;;
   esac
 }

@@ -28,7 +28,7 @@ import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ["dense", "moe", "pkm", "ultramem", "dense_4x",
+ORDER = ["dense", "moe", "pkm", "ultramem", "ultramem_vlr4", "dense_4x",
          *[f"ablation/{os.path.basename(p)[:-3]}" for p in sorted(glob.glob(os.path.join(ROOT, "config", "small", "ablation", "*.py")))],
          "sparsity_x3", "sparsity_x6", "sparsity_x12", "sparsity_x24"]
 MODEL_LINE = re.compile(r"model: ([\d.]+)M parameters, ([\d.]+)M activated, ([\d.]+) GFLOPs/token")

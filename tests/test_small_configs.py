@@ -137,7 +137,7 @@ def test_gpu_results_parts_cover_every_config():
 
     everything = names("all")
     assert set(everything) == set(NAMES) and len(everything) == len(set(everything))
-    parts = {p: names(p) for p in ("table1", "table2a", "table2b", "fig6b")}
+    parts = {p: names(p) for p in ("table1", "table2a", "table2b", "fig6b", "checks")}
     assert sorted(sum(parts.values(), [])) == sorted(everything)  # the parts are the whole set, once each
     assert len(parts["table2a"]) == len(parts["table2b"]) == 6 and len(parts["fig6b"]) == 4
     cmd = subprocess.run(["bash", "scripts/gpu_results.sh", "ablation/04_split_skip", "3"], cwd=ROOT,
