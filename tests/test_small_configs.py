@@ -241,3 +241,25 @@ def test_capacity_configs_equal_compute_and_stated_counts():
         flops[name] = model.flops_per_token()
         assert flops[name] == pytest.approx(fl, rel=0.001), name
     assert all(abs(f / flops["dense"] - 1) < 0.02 for f in flops.values()), flops
+
+
+def test_check_memory_init_script_runs(tmp_path):
+    """scripts/check_memory_init.py (docs/RESULTS.md's init check) end to end on a shrunk config: it reports
+    each memory layer's value std against the spec's target, the output scale and the row usage."""
+    cache = os.path.join(os.path.dirname(ROOT), "shared", "tiktoken_cache")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    if "TIKTOKEN_CACHE_DIR" not in env and os.path.isdir(cache):
+        env["TIKTOKEN_CACHE_DIR"] = cache
+    text = tmp_path / "text.txt"
+    text.write_text("The memory layer reads a few value rows for every token of this sentence. " * 40)
+    proc = subprocess.run([sys.executable, "scripts/check_memory_init.py", "config/small/ultramem.py", f"--text={text}",
+                           "--tokens=128", "--block_size=64", "--mem_knum=16"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode and "tiktoken" in proc.stderr and "gpt2" in proc.stderr:
+        pytest.skip(f"gpt2 BPE files not available offline: {proc.stderr.splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.count("values std 0.") == 2 and "(target 0." in out and "slot reads touch" in out
+    short = subprocess.run([sys.executable, "scripts/check_memory_init.py", f"--text={text}", "--tokens=100000"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert short.returncode != 0 and "fewer than --tokens" in short.stderr
