@@ -20,8 +20,9 @@
 #   table2b   ablation rows 06-11                  estimated ~380 s
 #   fig6b     sparsity_x3 x6 x12 x24               estimated ~300 s
 #   checks    ultramem_vlr4 (value lr x4, the authors' code, against table1's x10; 1100 steps)  ~150 s alone
-# plus scripts/gpu_capacity.sh (knowledge capacity, ~4 min estimated) and ~1.5 min to start each call's
-# machine: about 14.5 + 17 + 4 + 7.5 = 33 minutes for the whole set, over the 30 (see docs/RESULTS.md).
+# plus scripts/gpu_capacity.sh (knowledge capacity, ~4 min estimated). Commands: 15 (table1, both seeds) + 17
+# (table2a, table2b, fig6b) + 4 = about 36 minutes, plus ~1.5 min to start a machine (once, if the calls follow
+# each other within its 30 s idle time): about 38 minutes for the whole set, over the 30 (docs/RESULTS.md).
 # all = table1 + table2a + table2b + fig6b (more than one call's 10 minutes: use the parts). The part
 # "capacity" runs scripts/gpu_capacity.sh (its own settings: SIZES, MODELS, LIMIT), so this one script
 # covers the whole set: table1 1, table1 2, table2a, table2b, fig6b, capacity.
