@@ -394,8 +394,8 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # order); sorted=False: any order (the kernel's is increasing index; ties go to the lower index). Why:
 # torch.topk's radix select reads a row several times over several kernels (42 ms of a 276 ms
 # UltraMem-151M step, docs/BENCHMARKS.md). Here one program holds one row in registers and finds the k-th
-# largest by a 32-pass bitwise search over order-preserving integer keys, then writes the winners'
-# positions by a prefix sum: the row is read from memory once. L up to 16,384.
+# largest by a bitwise search over order-preserving integer keys (TOPK_CONFIG["bits"] bits per pass), then
+# writes the winners' positions by a prefix sum: the row is read from memory once. L up to 16,384.
 # impl: "torch" (torch.topk; the memory layers' default, mem_topk, until the kernel is timed on the GPU) or
 # "triton".
 
@@ -820,9 +820,10 @@ if triton is not None:
                                   DOT_FP32: tl.constexpr):
         # one program per (batch b, KV head kv, split): the REP * T query rows (row = r * T + t is query head
         # kv * REP + r, token t) against the split's share of the n_tiles BLOCK_S-tiles of positions, with
-        # an online softmax in base 2 (qk_scale = log2(e) / sqrt(D), a constexpr: passed as a plain float,
-        # torch.compile's launcher types it fp64 and the fp32 accumulator then fails). DOT_FP32 takes both products in fp32
-        # ("ieee"): for fp32 inputs, and in the interpreter, whose bf16 dot is broken in triton 3.9
+        # an online softmax in base 2 (qk_scale = log2(e) / sqrt(D), a constexpr: as a plain float argument,
+        # torch.compile's launcher typed it fp64 and the fp32 accumulator then failed to compile). DOT_FP32
+        # takes both products in fp32 ("ieee"): for fp32 inputs, and in the interpreter, whose bf16 dot is
+        # broken in triton 3.9
         bk = tl.program_id(0)
         split = tl.program_id(1)
         n_splits = tl.num_programs(1)

@@ -299,8 +299,8 @@ class MoE(nn.Module):
         probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
         impl = self.impl
         if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, whose two projections were
-            # measured at 1.03-1.14x their floor at 8-512 tokens (a whole layer 1.2-1.7x, torch._grouped_mm's
-            # 1.7-2.2x; docs/BENCHMARKS.md); training and long prefills: grouped
+            # measured at 1.03-1.14x their floor at 8-512 tokens (the whole layer 1.19-1.42x, torch._grouped_mm's
+            # 1.7-1.8x; docs/BENCHMARKS.md); training and long prefills: grouped
             decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
             impl = ("triton" if decode else "grouped") if x.is_cuda else "loop"
         if impl == "loop":

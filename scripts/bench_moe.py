@@ -10,6 +10,7 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather] [--tune]
    moe_impl="gather" is timed up to 16 tokens only (it reads an expert once per token-slot).
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
+import itertools
 import sys
 import time
 
@@ -96,12 +97,31 @@ for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels
             print(f"{B:6d} {hit:11.1f} {expected:7.1f} {t * 1e6:9.1f} {floor * 1e6:9.1f} {t / floor:8.2f} "
                   f"{E * expert_bytes / bw * 1e6:16.1f}")
 
-# --- 1b. the Triton kernel alone, launch configurations (both projections of a layer per call) --------
-if "triton" in IMPLS and "--tune" in sys.argv:
-    import itertools
-    base = dict(kernels.MOE_CONFIG)
+# --- 1b, 1c. a kernel alone (both projections of each layer per call) over launch configurations --------
+
+
+def tune(label: str, config: dict, grid: dict, fn, floor: float) -> None:
+    """Times fn under every combination of grid's values (written into config, restored after) and prints each
+    and the best against the floor; a configuration that fails (e.g. out of shared memory) is reported and skipped."""
+    base, best = dict(config), None
+    for values in itertools.product(*grid.values()):
+        config.update(zip(grid, values))
+        try:
+            t = time_fn(fn) / LAYERS
+        except Exception as e:
+            print(f"  {label} {config}: failed ({type(e).__name__})")
+            continue
+        if best is None or t < best[0]:
+            best = (t, dict(config))
+        print(f"  {label} {dict(zip(grid, values))}: {t * 1e6:7.1f} us, x{t / floor:.2f} floor")
+    config.update(base)
+    if best is not None:
+        print(f"{label}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
+
+
+if "--tune" in sys.argv:
     with torch.no_grad():
-        for B in [8, 64, 512]:
+        for B in ([8, 64, 512] if "triton" in IMPLS else []):  # kernels.moe_grouped_mm on the sorted rows
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             routes = []
             for m, x in zip(layers, xs):
@@ -109,54 +129,24 @@ if "triton" in IMPLS and "--tune" in sys.argv:
                 se, order = experts.sort(stable=True)
                 offs = torch.searchsorted(se, torch.arange(E, device=dev), right=True).to(torch.int32)
                 routes.append((x.index_select(0, order // K), offs, len(torch.unique(experts))))
-            hit = sum(r[2] for r in routes) / LAYERS
-            floor = hit * expert_bytes / bw
 
             def two(routes=routes):
                 return [kernels.moe_grouped_mm(kernels.moe_grouped_mm(xs_, m.w_fc, offs, gelu=True), m.w_proj, offs)
                         for m, (xs_, offs, _) in zip(layers, routes)]
 
-            best = None
-            for bn, bk, warps, stages in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (3, 4)):
-                kernels.MOE_CONFIG.update(block_n=bn, block_k=bk, warps=warps, stages=stages)
-                try:
-                    t = time_fn(two) / LAYERS
-                except Exception as e:  # e.g. out of shared memory for this tile
-                    print(f"  B={B} {kernels.MOE_CONFIG}: failed ({type(e).__name__})")
-                    continue
-                if best is None or t < best[0]:
-                    best = (t, dict(kernels.MOE_CONFIG))
-                print(f"  B={B} bn={bn} bk={bk} warps={warps} stages={stages}: {t * 1e6:7.1f} us, x{t / floor:.2f} floor")
-            print(f"B={B}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
-            kernels.MOE_CONFIG.update(base)
-
-# --- 1c. the gather kernel alone, launch configurations (both projections of a layer per call) -------
-if "gather" in IMPLS and "--tune" in sys.argv:
-    import itertools
-    base = dict(kernels.MOE_GATHER_CONFIG)
-    with torch.no_grad():
-        for B in [1, 2, 4, 8]:
+            tune(f"B={B}", kernels.MOE_CONFIG, {"block_n": (32, 64, 128), "block_k": (64, 128, 256), "warps": (4, 8),
+                                                "stages": (3, 4)}, two, sum(r[2] for r in routes) / LAYERS * expert_bytes / bw)
+        for B in ([1, 2, 4, 8] if "gather" in IMPLS else []):  # kernels.moe_gather_mm on each token-slot's expert
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             ids = [(x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1) for m, x in zip(layers, xs)]
-            hit = sum(len(torch.unique(i)) for i in ids) / LAYERS
-            floor = hit * expert_bytes / bw
 
             def two_g(ids=ids, xs=xs):
                 return [kernels.moe_gather_mm(F.gelu(kernels.moe_gather_mm(x, m.w_fc, i, K)).to(x.dtype), m.w_proj, i)
                         for m, x, i in zip(layers, xs, ids)]
 
-            best = None
-            for bn, bk, warps, pps in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (2, 4, 8)):
-                kernels.MOE_GATHER_CONFIG.update(block_n=bn, block_k=bk, warps=warps, programs_per_sm=pps)
-                try:
-                    t = time_fn(two_g) / LAYERS
-                except Exception as e:  # e.g. out of registers for this tile
-                    print(f"  B={B} {kernels.MOE_GATHER_CONFIG}: failed ({type(e).__name__})")
-                    continue
-                if best is None or t < best[0]:
-                    best = (t, dict(kernels.MOE_GATHER_CONFIG))
-            print(f"gather B={B}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
-            kernels.MOE_GATHER_CONFIG.update(base)
+            tune(f"gather B={B}", kernels.MOE_GATHER_CONFIG, {"block_n": (32, 64, 128), "block_k": (64, 128, 256),
+                                                              "warps": (4, 8), "programs_per_sm": (2, 4, 8)},
+                 two_g, sum(len(torch.unique(i)) for i in ids) / LAYERS * expert_bytes / bw)
 
 # --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------
 # 64 rows: all in group 0 (33 empty groups) vs 2 per group in 32 groups. If empty groups are skipped, the
