@@ -136,6 +136,10 @@ def bench_kernels(cfg: dict) -> dict:
     dtype = getattr(torch, "bfloat16" if cfg["dtype"] == "auto" else cfg["dtype"])
     E, h = cfg["E"], cfg["h"]
     tokens = _int_list(cfg["tokens"])
+    shapes = [x for x in cfg["shapes"].split(",") if x]  # --shapes= (empty): the top-k timing only
+    bad = [x for x in shapes if x not in SHAPES]
+    if bad:
+        raise BenchError(f"unknown kernel shape(s) {', '.join(bad)}; shapes: {', '.join(SHAPES)}")
     bench = lambda fn, rep: triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median")  # ms
 
     def timed(fn, what):  # a sweep's configuration that does not compile or run (out of resources) is skipped
@@ -159,7 +163,7 @@ def bench_kernels(cfg: dict) -> dict:
     # correctness on the GPU against the reference, both shapes, fresh random inputs, poisoned outputs
     g = torch.Generator(device=dev).manual_seed(0)
     checks = []
-    for shape in cfg["shapes"].split(","):
+    for shape in shapes:
         N, Dv, K = SHAPES[shape]
         values = (torch.randn(N, Dv, device=dev, generator=g) * 0.5).to(dtype)
         for T in (1, 333, 2048):
@@ -193,7 +197,7 @@ def bench_kernels(cfg: dict) -> dict:
     print(f"correctness: worst relative error {worst:.2e} -> {'OK' if res['check_ok'] else 'FAIL'}", flush=True)
 
     # timing
-    for shape in cfg["shapes"].split(","):
+    for shape in shapes:
         N, Dv, K = SHAPES[shape]
         el = torch.finfo(dtype).bits // 8
         values = (torch.randn(N, Dv, device=dev, generator=g) * 0.02).to(dtype)
@@ -968,7 +972,7 @@ BENCH_KEYS = {
     "profile": 0,                      # > 0: profile that many steps after timing (torch.profiler), per
                                        # model (train) or per model and batch (decode)
     # kernels
-    "shapes": "a,b",                   # keys of SHAPES
+    "shapes": "a,b",                   # keys of SHAPES; empty (--shapes=): time the top-k kernel only
     "tokens": "1,8,64,512,4096,32768,65536",
     "E": 4,
     "h": 2,

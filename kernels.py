@@ -85,12 +85,15 @@ _DETERMINISTIC = False
 POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launch, so an unwritten element shows
 # Launch parameters; bench.py may override them to sweep. Chosen for the H200 (docs/KERNELS.md).
 # *_block_d: the value columns per program (0: the whole row in one program); smaller tiles mean fewer registers
-# and more programs. bwd_zero_fill: zero the gradient with a memset and let tiles without slots write nothing,
+# and more programs. bwd_rows: value rows per backward program (0: by shape, 32 or 16 with bwd_block_i 16 or 32;
+# set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a memset and let tiles without slots write nothing,
 # instead of every program writing its rows (zeros included).
-# Defaults: the best of bench.py's sweep at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md).
-# fwd_prefetch: load the next slot block's indices and scores while this block's rows are in flight (untimed).
-CONFIG = {"fwd_block_k": 16, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1, "fwd_prefetch": False,
-          "bwd_rows": 32, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
+# Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
+# second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
+# fwd_prefetch: load the next slot block's indices and scores while this block's rows are in flight; measured
+# slower in most of the sweep and never better than the best configuration without it, so off.
+CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1, "fwd_prefetch": False,
+          "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "atomic_warps": 4}
 
 
@@ -321,7 +324,10 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
         return gvalues.to(values.dtype), gscores.to(scores.dtype)
     flat = rows.reshape(-1).to(torch.int32)  # N < 2**31; 32-bit keys sort faster
     sorted_rows, perm = torch.sort(flat, stable=True)  # stable: a fixed summation order per row
-    R = CONFIG["bwd_rows"]
+    R, BLOCK_I = CONFIG["bwd_rows"], CONFIG["bwd_block_i"]
+    if R == 0:  # by the slots per value row: where rows are hit many times, smaller row tiles with more slots in
+        # flight (the second v4 sweep: 4.10 against 4.72 ms on shape (b), 8 slots per row; (a), 0.5, keeps 32 x 16)
+        R, BLOCK_I = (16, 32) if T * K >= 2 * N else (32, 16)
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
@@ -335,7 +341,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
         _launch(_lookup_bwd_sorted_kernel, (tiles, col_tiles), on_cuda, grad_out, values, sscores, grows, sorted_rows,
-                toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, H=h, R=R, BLOCK_I=CONFIG["bwd_block_i"],
+                toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, H=h, R=R, BLOCK_I=BLOCK_I,
                 BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill, num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)

@@ -348,7 +348,9 @@ class MemoryLayer(nn.Module):
         pooled = kernels.mem_lookup(self.values, addr % self.N, addr // self.N, scores.to(self.values.dtype), self.E)  # (B*T, E, D_v)
         y = self.value_proj(pooled.flatten(1)) if self.value_proj is not None else pooled[:, 0]  # (B*T, D)
         aux = {}
-        if self.alpha > 0 and self.cores is not None and self.r > 1:
+        inference = not self.training and not torch.is_grad_enabled()  # decoding: nothing would use the loss,
+        # and its SVD (cuSOLVER on CUDA) would run in every layer at every step, as MoE's routing losses would
+        if self.alpha > 0 and self.cores is not None and self.r > 1 and not inference:
             with torch.autocast(h.device.type, enabled=False):
                 aux["tucker"] = tucker_aux_loss(self.cores, self.alpha, self.tau)
         return y.view(B, T, D), aux

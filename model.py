@@ -48,8 +48,8 @@ class GPTConfig(MemoryConfig):
     moe_renorm: bool = True  # renormalise the k chosen router weights to sum to 1
     moe_aux_coef: float = 0.01  # Switch/GShard load-balancing loss coefficient
     moe_z_coef: float = 0.0  # router z-loss coefficient (ST-MoE); 0 disables
-    moe_impl: str = "auto"  # "auto" (CUDA: triton when decoding, else grouped; CPU: loop) | "grouped" | "triton" | "loop"
-    # | "gather" (inference of a few tokens: kernels.moe_gather_mm, no sort; not yet timed, so not in auto)
+    moe_impl: str = "auto"  # "auto" (CUDA: gather for 1-2 tokens and triton up to 1024 when decoding, else
+    # grouped; CPU: loop) | "grouped" | "triton" | "loop" | "gather" (inference of a few tokens: kernels.moe_gather_mm)
     # cached decoding's attention (docs/BENCHMARKS.md, decode): "sdpa" (masked scaled_dot_product_attention)
     # | "matmul" (two batched matmuls) | "flex" (FlexAttention's split-KV decoding; compile the step)
     # | "triton" (kernels.decode_attention: split-KV, inference only)
@@ -265,6 +265,9 @@ def moe_experts_gather(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor,
 
 
 MOE_TRITON_MAX_TOKENS = 1024  # moe_impl="auto": tokens up to which inference takes kernels.moe_grouped_mm
+# ... and up to which it takes kernels.moe_gather_mm instead. MoE-1.6B layer on the H200 (2026-11-29,
+# docs/BENCHMARKS.md): gather / triton 63.1 / 85.6 us at 1 token, 104.7 / 106.0 at 2, 151.7 / 130.9 at 4.
+MOE_GATHER_MAX_TOKENS = 2
 
 
 class MoE(nn.Module):
@@ -300,9 +303,10 @@ class MoE(nn.Module):
         impl = self.impl
         if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, whose two projections were
             # measured at 1.03-1.14x their floor at 8-512 tokens (the whole layer 1.19-1.42x, torch._grouped_mm's
-            # 1.7-1.8x; docs/BENCHMARKS.md); training and long prefills: grouped
+            # 1.7-1.8x; docs/BENCHMARKS.md), or at 1-2 tokens the gather kernel; training and prefills: grouped
             decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
-            impl = ("triton" if decode else "grouped") if x.is_cuda else "loop"
+            gather = decode and B * T <= MOE_GATHER_MAX_TOKENS
+            impl = ("gather" if gather else "triton" if decode else "grouped") if x.is_cuda else "loop"
         if impl == "loop":
             y = moe_experts_loop(xf, self.w_fc, self.w_proj, weights, experts)
         elif impl == "gather":
@@ -409,8 +413,8 @@ class GPT(nn.Module):
         the absolute positions of idx (prefill: arange(T); one step: a single position).
 
         Returns (logits (B, T, V), cross-entropy or None, aux) where aux maps names to weighted auxiliary
-        losses (MoE balance, Tucker core); the training objective is ce + sum(aux.values()). MoE layers skip
-        theirs in inference (eval mode without grad: decoding), where nothing would use them."""
+        losses (MoE balance, Tucker core); the training objective is ce + sum(aux.values()). MoE and memory
+        layers skip theirs in inference (eval mode without grad: decoding), where nothing would use them."""
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device) if input_pos is None else input_pos
         x = self.wte(idx)

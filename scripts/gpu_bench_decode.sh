@@ -10,6 +10,8 @@
 #   bash scripts/gpu_bench_decode.sh fig6c   # Figure 6c: batch 512, 2 KV heads, sparse parameters x0.25-x2
 #   bash scripts/gpu_bench_decode.sh diag    # profiles of an 8-block Dense-1.6B decode step (ATTNS="sdpa triton" to pick;
 #                                            # e.g. --max_autotune=True after the part for autotuned GEMMs)
+#   DIAG_CONFIG=config/ultramem_1p6b.py ATTNS=triton KVS=2 bash scripts/gpu_bench_decode.sh diag --mem_layers=0:4/5:7
+#                                            # the same for 8 blocks of UltraMem-1.6B (2 memory layers)
 # Arguments after the part go to bench.py (e.g. --attn_decode=matmul).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -22,9 +24,13 @@ case ${1:?usage: bash scripts/gpu_bench_decode.sh mha|gqa|fig6c|diag [bench.py a
         config/fig6c/moe_2in68.py config/fig6c/ultramem_6b.py config/fig6c/ultramem_12b.py config/ultramem_1p6b.py
         config/fig6c/ultramem_41b.py --n_kv_head=2 --batches=512" ;;
   diag)  # where a step's time goes: Dense-1.6B cut to 8 blocks, decode attentions (ATTNS), MHA and 2 KV heads
-    for attn in ${ATTNS:-sdpa matmul flex triton}; do for kv in 16 2; do
-      python bench.py config/dense_1p6b.py --n_layer=8 --n_kv_head=$kv --attn_decode=$attn --batches=1,64 \
-        --profile=2 --out="$OUT/diag_${attn}_kv$kv.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/diag_${attn}_kv$kv.log"
+    # DIAG_CONFIG picks another model (its later arguments must then cut it to 8 blocks, e.g. for UltraMem
+    # --mem_layers=0:4/5:7), KVS the KV-head counts; the files are named after the config
+    cfg=${DIAG_CONFIG:-config/dense_1p6b.py}; tag=$(basename "$cfg" .py)
+    [ "$tag" = dense_1p6b ] && tag=diag || tag=diag_$tag
+    for attn in ${ATTNS:-sdpa matmul flex triton}; do for kv in ${KVS:-16 2}; do
+      python bench.py "$cfg" --n_layer=8 --n_kv_head=$kv --attn_decode=$attn --batches=1,64 \
+        --profile=2 --out="$OUT/${tag}_${attn}_kv$kv.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/${tag}_${attn}_kv$kv.log"
     done; done
     exit 0 ;;
   *) echo "unknown part: $1" >&2; exit 2 ;;

@@ -13,22 +13,29 @@
 # deleted after the run unless KEEP_CKPT=1). $OUT/small/X_sS.{log,metrics.jsonl,json} are the log, the
 # metrics and metrics_summary.py's digest; $OUT/results_PART_sS.md is scripts/results_table.py over $OUT.
 #
-# GPU time on one H200 (torch 2.11), one call of at most 10 minutes per part, JOBS=3:
-#   table1    dense_4x ultramem pkm moe dense      measured 2026-11-29: 462 s (seed 1, with preparing
-#             medium_mix, ~15 s) and 435 s (seed 2): run it for seeds 1 and 2
-#   table2a   ablation rows 00-05                  estimated ~330 s (550-step runs of 35-55 s of GPU work each)
-#   table2b   ablation rows 06-11                  estimated ~380 s
-#   fig6b     sparsity_x3 x6 x12 x24               estimated ~300 s
-#   checks    ultramem_vlr4 (value lr x4, the authors' code, against table1's x10; 1100 steps)  ~150 s alone
-# plus scripts/gpu_capacity.sh (knowledge capacity, ~4 min estimated). Commands: 15 (table1, both seeds) + 17
-# (table2a, table2b, fig6b) + 4 = about 36 minutes, plus ~1.5 min to start a machine (once, if the calls follow
-# each other within its 30 s idle time): about 38 minutes for the whole set, over the issue's 30 (docs/RESULTS.md).
-# all = table1 + table2a + table2b + fig6b (more than one call's 10 minutes: use the parts). The part
-# "capacity" runs scripts/gpu_capacity.sh (its own settings: SIZES, MODELS, LIMIT), so this one script
-# covers the whole set: table1 1, table1 2, table2a, table2b, fig6b, capacity.
+# GPU time, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
+#   table1    dense_4x ultramem pkm moe dense      JOBS=3: 462 s (seed 1, with preparing medium_mix) and 435 s
+#                                                  (seed 2): run it for seeds 1 and 2
+#   table2a   ablation rows 00-05                  JOBS=3: 362 s
+#   table2b   ablation rows 06-11                  JOBS=3: 366 s
+#   fig6b     sparsity_x24 x12 x6 x3               JOBS=4: about 285 s (seed 1); fig6b_hi (x24 x12) and
+#                                                  fig6b_lo (x6 x3) are its halves (seed 2: 174 s / 121 s, JOBS=2)
+#   checks    ultramem_vlr4 (value lr x4, the authors' code, against table1's x10; 1100 steps): 136 s alone
+#   capacity  scripts/gpu_capacity.sh (knowledge capacity, its own settings: SIZES, MODELS, LIMIT): 393 s
+# On one GPU: table1 1, table1 2, table2a, table2b, fig6b 1, capacity = about 38 minutes of commands (40 with
+# checks), over the issue's 30. On a two-GPU machine (device kind nvidia-h200-x2) the parts pair1-pair4 run two
+# parts at once, one per GPU (scripts/gpu_pair.sh; $OUT/pairN.tgz holds everything), about 21 minutes held for
+# pair1-pair3 (pair2 373 s, pair3 423 s, pair4 175 s measured; pair1 is table1's two seeds side by side, which
+# ran one at a time on a one-GPU machine):
+#   pair1  table1 1 | table1 2      pair2  table2a | table2b      pair3  fig6b 1 + checks | capacity
+#   pair4  fig6b_hi 2 | fig6b_lo 2 (Figure 6b's second seed)
+#   pair5  table2a 2 | table2b 2 (the ladder's second seed)   pair6  table2_init 1 | table2_init 2
+#   table2_init: ladder rows 05-08 with the improved init brought forward (config/small/ablation_init/,
+#   docs/RESULTS.md); not yet run, estimated 3-4 minutes per seed at JOBS=4
+# all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|fig6b|checks|all|capacity|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-6|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -42,13 +49,25 @@ part() {  # the config names (under config/small/, without .py) of a part
     table2b) echo ablation/06_ive ablation/07_tdqkr ablation/08_mcs ablation/09_improved_init ablation/10_value_lr \
                   ablation/11_query_conv ;;
     table2) echo "$(part table2a) $(part table2b)" ;;
+    table2_init) echo ablation_init/05_qk_norm ablation_init/06_ive ablation_init/07_tdqkr ablation_init/08_mcs ;;
     fig6b) echo sparsity_x24 sparsity_x12 sparsity_x6 sparsity_x3 ;;
+    fig6b_hi) echo sparsity_x24 sparsity_x12 ;;
+    fig6b_lo) echo sparsity_x6 sparsity_x3 ;;
     checks) echo ultramem_vlr4 ;;  # a one-run check against table1's ultramem (docs/RESULTS.md)
-    all) echo "$(part table1) $(part table2) $(part fig6b) $(part checks)" ;;
+    all) echo "$(part table1) $(part table2) $(part fig6b) $(part checks) $(part table2_init)" ;;
     *) [ -f "config/small/$1.py" ] || { echo "unknown part or config: $1" >&2; exit 2; }; echo "$1" ;;
   esac
 }
-if [ "$PART" = capacity ]; then exec bash scripts/gpu_capacity.sh; fi
+me="bash scripts/gpu_results.sh"
+case $PART in
+  capacity) exec bash scripts/gpu_capacity.sh ;;
+  pair1) exec bash scripts/gpu_pair.sh pair1 "JOBS=3 $me table1 1" "JOBS=3 $me table1 2" ;;
+  pair2) exec bash scripts/gpu_pair.sh pair2 "JOBS=3 $me table2a 1" "JOBS=3 $me table2b 1" ;;
+  pair3) exec bash scripts/gpu_pair.sh pair3 "JOBS=4 $me fig6b 1 && JOBS=1 $me checks 1" "JOBS=3 $me capacity" ;;
+  pair4) exec bash scripts/gpu_pair.sh pair4 "JOBS=2 $me fig6b_hi 2" "JOBS=2 $me fig6b_lo 2" ;;
+  pair5) exec bash scripts/gpu_pair.sh pair5 "JOBS=3 $me table2a 2" "JOBS=3 $me table2b 2" ;;
+  pair6) exec bash scripts/gpu_pair.sh pair6 "JOBS=4 $me table2_init 1" "JOBS=4 $me table2_init 2" ;;
+esac
 NAMES=$(part "$PART")
 
 if [ -n "${DRY:-}" ]; then

@@ -7,7 +7,8 @@ collection such as gpu_results.sh's $OUT (searched recursively for NAME.metrics.
 it). A run called X_sS is seed S of config/small/X.py. Parameters, activated parameters and GFLOPs per
 token come from the "model:" line of the run's log, or are recomputed from config/small/X.py on the meta
 device when there is no log. Val loss is the last evaluation's; "spread" is max - min over seeds; "delta" is
-the mean's change from the previous row of the ablation ladder (config/small/ablation/).
+the mean's change from the previous row of the ablation ladder (config/small/ablation/, and separately its
+variant config/small/ablation_init/).
 
     python scripts/results_table.py out/gpu --plot=val.png [--only=dense,moe,pkm,ultramem] [--title=...]
                                             [--from_step=200]
@@ -30,6 +31,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ["dense", "moe", "pkm", "ultramem", "ultramem_vlr4", "dense_4x",
          *[f"ablation/{os.path.basename(p)[:-3]}" for p in sorted(glob.glob(os.path.join(ROOT, "config", "small", "ablation", "*.py")))],
+         *[f"ablation_init/{os.path.basename(p)[:-3]}"
+           for p in sorted(glob.glob(os.path.join(ROOT, "config", "small", "ablation_init", "*.py")))],
          "sparsity_x3", "sparsity_x6", "sparsity_x12", "sparsity_x24"]
 MODEL_LINE = re.compile(r"model: ([\d.]+)M parameters, ([\d.]+)M activated, ([\d.]+) GFLOPs/token")
 
@@ -125,8 +128,9 @@ def table(folders: list[str]) -> str:
         mean = statistics.mean(losses) if losses else None
         spread = f"{max(losses) - min(losses):.4f}" if len(losses) > 1 else "-"
         delta = "-"
-        if config.startswith("ablation/"):
-            if prev is not None and prev[0].startswith("ablation/") and mean is not None and prev[1] is not None:
+        ladder = config.split("/")[0] + "/"  # the ladder (ablation/) or its variant with the init brought forward
+        if ladder in ("ablation/", "ablation_init/"):
+            if prev is not None and prev[0].startswith(ladder) and mean is not None and prev[1] is not None:
                 delta = f"{mean - prev[1]:+.4f}"
         prev = (config, mean)
         lines.append(f"| {config} | {','.join(seeds) or '-'} | {p} | {a} | {f} | {'/'.join(map(str, steps)) or '-'} | "

@@ -136,7 +136,7 @@ CASES = [  # N, Dv, T, K, E, h, dtype
     (50, 40, 3, 17, 1, 1, torch.float32),   # E = 1, h = 1, K over one BLOCK_K
     (45, 12, 6, 9, 1, 2, torch.bfloat16),
     (70, 20, 4, 5, 4, 1, torch.float32),    # N over two row tiles of the backward
-    (8, 6, 9, 11, 4, 2, torch.float32),     # more slots than rows: every row many times
+    (8, 6, 9, 11, 4, 2, torch.float32),     # more slots than rows: every row many times (backward tiles 16 x 32)
     (29, 18, 1, 3, 4, 2, torch.bfloat16),   # one token (decode)
 ]
 
@@ -166,7 +166,8 @@ def _interp_main() -> None:
                     {"fwd_prefetch": True, "fwd_block_k": 4},  # several slot blocks, the last one partial
                     {"fwd_prefetch": True, "fwd_block_d": 16},
                     {"bwd_block_d": 16, "bwd_zero_fill": True},
-                    {"bwd_zero_fill": True, "bwd_rows": 64})
+                    {"bwd_zero_fill": True, "bwd_rows": 64},
+                    {"bwd_rows": 32, "bwd_block_i": 16})  # fixed tiles (the default, 0, picks by slots per row)
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)

@@ -230,6 +230,10 @@ def test_tucker_aux_loss_formula():
     assert set(mem(torch.randn(1, 3, 32), None)[1]) == {"tucker"}
     assert mem(torch.randn(1, 3, 32), None)[1]["tucker"] == tucker_aux_loss(mem.cores, 0.001, 0.15)
     assert layer(mem_tucker_alpha=0.0)(torch.randn(1, 3, 32), None)[1] == {}
+    mem.eval()  # inference (eval mode, no grad: decoding) skips it, and its SVD; evaluation with grad keeps it
+    with torch.no_grad():
+        assert mem(torch.randn(1, 3, 32), None)[1] == {}
+    assert set(mem(torch.randn(1, 3, 32), None)[1]) == {"tucker"}
 
 
 def test_value_lr_multiplier_tags():

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(ROOT, "config", "small")
 NAMES = sorted(os.path.relpath(p, SMALL)[:-3] for p in glob.glob(os.path.join(SMALL, "**", "*.py"), recursive=True))
 LADDER = [n for n in NAMES if n.startswith("ablation/")]
+NAMES_TABLE1 = ["dense_4x", "ultramem", "pkm", "moe", "dense"]  # gpu_results.sh table1, longest first
 RUN = dict(dataset="medium_mix", n_layer=8, n_head=8, n_embd=512, block_size=1024, vocab_size=50304, dropout=0.0,
            learning_rate=1e-3, batch_size=32, grad_accum=1, max_iters=1100, eval_interval=100, eval_iters=20, seed=1337)
 OWN_OUT_DIR = {"dense": "out/small_dense", "ultramem": "out/small_ultramem"}  # kept: scripts/gpu_memory.sh reads them
@@ -58,7 +59,7 @@ def test_every_small_config_builds_and_shares_the_run(name):
     unknown = set(s) - set(train.default_config())
     assert not unknown, f"keys train.py does not know: {unknown}"
     base = {**RUN, **({"n_layer": 12, "n_head": 16, "n_embd": 1024} if name == "dense_4x" else {})}
-    if name.startswith(("ablation/", "sparsity_")):  # Table 2 and Figure 6b: half a pass each, all the same
+    if name.startswith(("ablation/", "ablation_init/", "sparsity_")):  # Table 2 and Figure 6b: half a pass each
         base["max_iters"] = 550
     assert {k: s.get(k) for k in base} == base  # same data, tokens, batch, schedule and seed for all
     assert s["out_dir"] == OWN_OUT_DIR.get(name, f"out/small/{name}")
@@ -137,13 +138,47 @@ def test_gpu_results_parts_cover_every_config():
 
     everything = names("all")
     assert set(everything) == set(NAMES) and len(everything) == len(set(everything))
-    parts = {p: names(p) for p in ("table1", "table2a", "table2b", "fig6b", "checks")}
+    parts = {p: names(p) for p in ("table1", "table2a", "table2b", "fig6b", "checks", "table2_init")}
     assert sorted(sum(parts.values(), [])) == sorted(everything)  # the parts are the whole set, once each
     assert len(parts["table2a"]) == len(parts["table2b"]) == 6 and len(parts["fig6b"]) == 4
+    assert names("fig6b_hi") + names("fig6b_lo") == parts["fig6b"]
     cmd = subprocess.run(["bash", "scripts/gpu_results.sh", "ablation/04_split_skip", "3"], cwd=ROOT,
                          env={**os.environ, "DRY": "1"}, capture_output=True, text=True, check=True).stdout
     assert "config/small/ablation/04_split_skip.py --seed=3 --progress=False --overwrite=True " \
            "--out_dir=out/small/ablation/04_split_skip_s3" in cmd
+
+
+def test_gpu_results_pairs_split_the_set_over_two_gpus(tmp_path):
+    """pair1-pair4 (two parts at once on a two-GPU machine, scripts/gpu_pair.sh): GPU 0 and GPU 1 each get
+    their part, and pair1-pair3 together are the whole set with Table 1's two seeds."""
+    def runs(part):
+        out = subprocess.run(["bash", "scripts/gpu_results.sh", part], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "DRY": "1", "OUT": str(tmp_path), "R": str(tmp_path / part)},
+                             check=True).stdout
+        gpus = out.split("GPU 1: ", 1)
+        assert len(gpus) == 2 and (tmp_path / f"{part}.tgz").exists(), out
+        return [[line.split()[2][len("config/small/"):-3] + line.split()[3][len("--seed"):]
+                 for line in g.splitlines() if line.startswith("python train.py config/small/")] for g in gpus]
+
+    p1, p2, p3, p4, p5, p6 = (runs(f"pair{i}") for i in range(1, 7))
+    assert p1 == [[n + "=1" for n in NAMES_TABLE1], [n + "=2" for n in NAMES_TABLE1]]
+    assert sorted(p2[0] + p2[1]) == sorted(n + "=1" for n in NAMES if n.startswith("ablation/"))
+    assert sorted(p3[0]) == sorted(n + "=1" for n in NAMES if n.startswith("sparsity_") or n == "ultramem_vlr4")
+    assert p3[1] == [] and sorted(p4[0] + p4[1]) == sorted(n + "=2" for n in NAMES if n.startswith("sparsity_"))
+    assert [sorted(x[:-2] for x in g) for g in p5] == [sorted(x[:-2] for x in g) for g in p2]  # seed 2
+    assert [len(g) for g in p6] == [4, 4] and all(x.startswith("ablation_init/") for g in p6 for x in g)
+
+
+def test_ablation_init_rows_are_their_ladder_rows_with_the_paper_init():
+    """config/small/ablation_init/R.py = config/small/ablation/R.py with mem_init="paper" (docs/RESULTS.md)."""
+    rows = [n for n in NAMES if n.startswith("ablation_init/")]
+    assert len(rows) == 4
+    for n in rows:
+        base, variant = settings("ablation/" + n.split("/")[1]), settings(n)
+        assert {k for k in variant if variant[k] != base.get(k)} == {"mem_init", "out_dir"}
+        assert base["mem_init"] == "pkm" and variant["mem_init"] == "paper" and variant["out_dir"] == "out/small/" + n
+        c, model, _ = built(n)
+        assert c.mem_init == "paper" and model.num_params() == built("ablation/" + n.split("/")[1])[1].num_params()
 
 
 def test_results_table_on_fake_runs(tmp_path):

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Two independent GPU jobs side by side on a two-GPU machine (device kind nvidia-h200-x2), one per GPU, in one
+# call; the whole set of issue 7 then takes about half the held time. Each job sees one GPU
+# (CUDA_VISIBLE_DEVICES), gets its own OUT ($R/g0, $R/g1) and log ($R/g0.txt, $R/g1.txt); at the end the
+# logs are printed and everything is packed into $OUT/NAME.tgz (the device tool returns at most 8 files).
+#
+#   bash scripts/gpu_pair.sh NAME "JOBS=3 bash scripts/gpu_results.sh table2a 1" "JOBS=3 bash scripts/gpu_results.sh table2b 1"
+#
+# DRY=1 passes on to the jobs (gpu_results.sh then prints its commands). LIMIT (default 540 s) bounds each job. medium_mix is prepared once before both start (two jobs preparing it
+# at once would race). Timings taken this way share the host's CPUs with the other job: say so where reported.
+set -uo pipefail
+NAME=${1:?usage: bash scripts/gpu_pair.sh NAME CMD0 CMD1}
+export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
+OUT=${OUT:-out/gpu}; R=${R:-/tmp/pair_$NAME}; LIMIT=${LIMIT:-540}
+mkdir -p "$OUT" "$R"
+[ -n "${DRY:-}" ] || nvidia-smi -L
+[ -n "${DRY:-}" ] || [ -f data/medium_mix/train.bin ] || python data/prepare.py --input=.device_carry/medium_mix.jsonl.xz \
+    --out_dir=data/medium_mix --val_fraction=0.02 --workers=16 | tail -3
+for g in 0 1; do
+  cmd=${*:g+2:1}
+  [ -n "$cmd" ] || continue
+  ( start=$(date +%s)
+    echo "GPU $g: $cmd"
+    CUDA_VISIBLE_DEVICES=$g OUT=$R/g$g timeout "$LIMIT" bash -c "$cmd"
+    echo "GPU $g: rc=$? after $(( $(date +%s) - start )) s" ) > "$R/g$g.txt" 2>&1 &
+done
+wait
+cat "$R"/g*.txt
+tar czf "$OUT/$NAME.tgz" -C "$R" .
