@@ -86,8 +86,8 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # Launch parameters; bench.py may override them to sweep. Chosen for the H200 (docs/KERNELS.md).
 # *_block_d: the value columns per program (0: the whole row in one program); smaller tiles mean fewer registers
 # and more programs. bwd_rows: value rows per backward program (0: by shape, 32 or 16 with bwd_block_i 16 or 32;
-# set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a memset and let tiles without slots write nothing,
-# instead of every program writing its rows (zeros included).
+# set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a memset and let tiles
+# without slots write nothing, instead of every program writing its rows (zeros included).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
 # second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
 # fwd_prefetch: load the next slot block's indices and scores while this block's rows are in flight; measured

@@ -7,6 +7,12 @@
 #
 #   bash scripts/gpu_capacity.sh                       # SIZES="1000 4000 16000" JOBS=3 LIMIT=6000 OUT=out/gpu
 #   DRY=1 bash scripts/gpu_capacity.sh                 # print the commands only
+#   SIZES="250 500 1000 2000" PASSES=1 bash scripts/gpu_capacity.sh   # equal passes instead of equal characters
+# The default gives every size the same 24.6M characters, so a larger set is also seen fewer times (23, 5.8 and
+# 1.5 passes at 1,000 / 4,000 / 16,000 people); measured 2026-11-29, no model got past chance at 4,000 and
+# 16,000 (docs/RESULTS.md). PASSES=1 scales each run's steps with the people instead (config's max_iters x
+# N / 1000: the 23 passes of the 1,000-people run for every size), which separates capacity from exposure.
+# LIMIT facts are scored, at most 6 x N.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu}
@@ -15,12 +21,18 @@ MODELS=${MODELS:-dense moe ultramem}
 JOBS=${JOBS:-3}
 LIMIT=${LIMIT:-6000}
 ARGS=${ARGS:-}  # more train.py arguments for every run (e.g. a CPU smoke test: --device=cpu --max_iters=20)
+PASSES=${PASSES:-}
 
 one() {  # model, people: train, then score recall
-  local M=$1 N=$2 run="capacity_${1}_$2" start
+  local M=$1 N=$2 run="capacity_${1}_$2" start iters=()
+  if [ -n "$PASSES" ]; then  # the config's steps (24.6M characters: 23 passes over 1,000 people) scaled to N people
+    local base; base=$(python -c "from configurator import read_config_file as r; print(r('config/capacity/$M.py')['max_iters'])")
+    iters=(--max_iters=$(( base * N / 1000 )))
+  fi
+  local limit=$(( LIMIT < 6 * N ? LIMIT : 6 * N ))
   local train=(python train.py "config/capacity/$M.py" --data_dir="data/facts_$N" --out_dir="out/capacity/${M}_$N"
-               --progress=False --overwrite=True $ARGS)
-  local score=(python data/facts/recall.py --out_dir="out/capacity/${M}_$N" --limit="$LIMIT")
+               --progress=False --overwrite=True "${iters[@]}" $ARGS)
+  local score=(python data/facts/recall.py --out_dir="out/capacity/${M}_$N" --limit="$limit")
   if [ -n "${DRY:-}" ]; then echo "${train[*]}"; echo "${score[*]}"; return; fi
   start=$(date +%s)
   "${train[@]}" > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; return 1; }

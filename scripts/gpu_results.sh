@@ -30,12 +30,13 @@
 #   pair1  table1 1 | table1 2      pair2  table2a | table2b      pair3  fig6b 1 + checks | capacity
 #   pair4  fig6b_hi 2 | fig6b_lo 2 (Figure 6b's second seed)
 #   pair5  table2a 2 | table2b 2 (the ladder's second seed)   pair6  table2_init 1 | table2_init 2
+#   pair7  knowledge capacity at equal passes (gpu_capacity.sh PASSES=1): 250, 500, 1,000 | 2,000 people
 #   table2_init: ladder rows 05-08 with the improved init brought forward (config/small/ablation_init/,
 #   docs/RESULTS.md); not yet run, estimated 3-4 minutes per seed at JOBS=4
 # all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-6|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -67,6 +68,7 @@ case $PART in
   pair4) exec bash scripts/gpu_pair.sh pair4 "JOBS=2 $me fig6b_hi 2" "JOBS=2 $me fig6b_lo 2" ;;
   pair5) exec bash scripts/gpu_pair.sh pair5 "JOBS=3 $me table2a 2" "JOBS=3 $me table2b 2" ;;
   pair6) exec bash scripts/gpu_pair.sh pair6 "JOBS=4 $me table2_init 1" "JOBS=4 $me table2_init 2" ;;
+  pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
 esac
 NAMES=$(part "$PART")
 

@@ -161,12 +161,25 @@ def test_gpu_results_pairs_split_the_set_over_two_gpus(tmp_path):
                  for line in g.splitlines() if line.startswith("python train.py config/small/")] for g in gpus]
 
     p1, p2, p3, p4, p5, p6 = (runs(f"pair{i}") for i in range(1, 7))
+    runs("pair7")  # knowledge capacity (no config/small runs), one size set per GPU
     assert p1 == [[n + "=1" for n in NAMES_TABLE1], [n + "=2" for n in NAMES_TABLE1]]
     assert sorted(p2[0] + p2[1]) == sorted(n + "=1" for n in NAMES if n.startswith("ablation/"))
     assert sorted(p3[0]) == sorted(n + "=1" for n in NAMES if n.startswith("sparsity_") or n == "ultramem_vlr4")
     assert p3[1] == [] and sorted(p4[0] + p4[1]) == sorted(n + "=2" for n in NAMES if n.startswith("sparsity_"))
     assert [sorted(x[:-2] for x in g) for g in p5] == [sorted(x[:-2] for x in g) for g in p2]  # seed 2
     assert [len(g) for g in p6] == [4, 4] and all(x.startswith("ablation_init/") for g in p6 for x in g)
+
+
+def test_capacity_script_equal_passes_scales_the_steps():
+    """gpu_capacity.sh PASSES=1: each size trains for the config's steps x people / 1000 (equal passes), and
+    scores at most all of its 6 x N facts; without PASSES every size gets the config's steps."""
+    def dry(**env):
+        return subprocess.run(["bash", "scripts/gpu_capacity.sh"], cwd=ROOT, capture_output=True, text=True, check=True,
+                              env={**os.environ, "DRY": "1", "MODELS": "dense ultramem", **env}).stdout
+    out = dry(SIZES="250 2000", PASSES="1")
+    assert out.count("--max_iters=750") == 2 and out.count("--max_iters=6000") == 2
+    assert "--out_dir=out/capacity/ultramem_250 --limit=1500" in out and "ultramem_2000 --limit=6000" in out
+    assert "--max_iters" not in dry(SIZES="1000")
 
 
 def test_ablation_init_rows_are_their_ladder_rows_with_the_paper_init():
