@@ -53,7 +53,8 @@ class MemoryConfig:
     mem_qconv: int = 5  # "+query conv": causal depthwise conv kernel; paper's size unknown (lucidrains 5); 0 = off; absent in code
     mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
     mem_tucker_tau: float = 0.15  # its margin tau
-    mem_topk: str = "torch"  # the retrieval's top-m (PKM and TDQKR): "torch" (torch.topk) | "triton" (kernels.topk_indices' kernel; untimed)
+    mem_topk: str = "torch"  # the retrieval's top-m (PKM and TDQKR): "torch" (torch.topk) | "triton"
+    # (kernels.topk_indices' kernel: 1.5-2.6x slower than torch.topk on rows not a power of two, docs/KERNELS.md)
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):
