@@ -280,12 +280,12 @@ def bench_kernels(cfg: dict) -> dict:
             r["triton_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), 100)
             r["triton_sorted_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=True, impl="triton"), 100)
             r["read_floor_ms"] = rows_ * L * 4 / copy_bw / 1e9  # each row read once, at the copy bandwidth
-            if cfg["sweep"]:  # bits per search pass x warps per row
+            if cfg["sweep"]:  # bits per search pass (1, 2: compares; 4, 8: histograms) x warps per row
                 tk = dict(kernels.TOPK_CONFIG)
                 # at most 32 elements of the padded row per thread: fewer warps did not finish a shape's sweep
                 # in 110 s on the H200 (2026-11-29)
                 least = triton.next_power_of_2(L) // 1024
-                for bits, warps in itertools.product((1, 2), [w for w in (1, 2, 4, 8, 16) if w >= least]):
+                for bits, warps in itertools.product((1, 2, 4, 8), [w for w in (1, 2, 4, 8, 16) if w >= least]):
                     kernels.TOPK_CONFIG.update(bits=bits, warps=warps)
                     r[f"sweep_b{bits}_w{warps}_ms"] = timed(
                         lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), kernels.TOPK_CONFIG)

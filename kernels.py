@@ -406,8 +406,10 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # "triton".
 
 TOPK_MAX_L = 16384
-# bits per search pass (1: 32 reductions of one count; 2: 16 of four) and warps per row (0: one per 1,024
-# elements, 1 to 16): first guesses, not yet timed (bench.py --mode=kernels sweeps them)
+# bits per search pass (1: 32 reductions of one count; 2: 16 of four; 4 or 8: 8 or 4 histograms of 16 or 256
+# bins over the keys that share the prefix so far) and warps per row (0: one per 1,024 elements, 1 to 16).
+# Measured on the H200 with bits 2 (docs/KERNELS.md): 1.5-2.6x slower than torch.topk on rows padded to a power
+# of two; the histogram passes (bits 4, 8) are untimed. bench.py --mode=kernels sweeps them.
 TOPK_CONFIG = {"bits": 2, "warps": 0}
 
 
@@ -434,10 +436,25 @@ if triton is not None:
         key = tl.where(mask, key, 0)  # padding below every real key (the least real key, -NaN's, is > 0)
         digits = tl.arange(0, 1 << BITS).to(tl.uint32)
         prefix = tl.zeros((), dtype=tl.uint32)
-        for p in tl.static_range(32 // BITS):
-            cand = prefix | (digits << (32 - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
-            count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)  # count[0] >= k always
-            prefix = tl.max(tl.where(count >= k, cand, 0), axis=0)
+        if BITS <= 2:  # counting by comparison: a (2**BITS, BLOCK_L) matrix of compares per pass
+            for p in tl.static_range(32 // BITS):
+                cand = prefix | (digits << (32 - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
+                count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)  # count[0] >= k always
+                prefix = tl.max(tl.where(count >= k, cand, 0), axis=0)
+        else:  # counting by histogram (radix select): the keys that share the prefix found so far, binned by
+            # their next BITS bits; the largest digit with at least `need` keys at or above it extends the prefix
+            need = k
+            for p in tl.static_range(32 // BITS):
+                shift = 32 - BITS * (p + 1)
+                if p == 0:
+                    live = mask
+                else:
+                    live = mask & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
+                hist = tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=live)
+                at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # per digit; [0] >= need
+                d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)
+                need -= tl.sum(tl.where(digits > d, hist, 0), axis=0)
+                prefix = prefix | (d << shift)
         above = key > prefix
         equal = (key == prefix) & mask
         n_above = tl.sum(above.to(tl.int32), axis=0)

@@ -204,7 +204,8 @@ def _interp_topk() -> None:
 
     g = torch.Generator().manual_seed(5)
     cases = ((37, 5, torch.float32, 2), (1100, 80, torch.float32, 2), (64, 64, torch.float32, 1),
-             (300, 1, torch.bfloat16, 2), (513, 40, torch.bfloat16, 1))  # L, k, dtype, bits per search pass
+             (300, 1, torch.bfloat16, 2), (513, 40, torch.bfloat16, 1),  # L, k, dtype, bits per search pass:
+             (1100, 80, torch.float32, 8), (37, 37, torch.float32, 8), (513, 40, torch.bfloat16, 4))  # 4, 8: histograms
     for L, k, dtype, bits in cases:
         kernels.TOPK_CONFIG["bits"] = bits
         x = torch.randn(7, L, generator=g).to(dtype)
