@@ -22,11 +22,11 @@
 #                                                  fig6b_lo (x6 x3) are its halves (seed 2: 174 s / 121 s, JOBS=2)
 #   checks    ultramem_vlr4 (value lr x4, the authors' code, against table1's x10; 1100 steps): 136 s alone
 #   capacity  scripts/gpu_capacity.sh (knowledge capacity, its own settings: SIZES, MODELS, LIMIT): 393 s
-# On one GPU: table1 1, table1 2, table2a, table2b, fig6b 1, capacity = about 38 minutes of commands (40 with
-# checks), over the issue's 30. On a two-GPU machine (device kind nvidia-h200-x2) the parts pair1-pair4 run two
-# parts at once, one per GPU (scripts/gpu_pair.sh; $OUT/pairN.tgz holds everything), about 21 minutes held for
-# pair1-pair3 (pair2 373 s, pair3 423 s, pair4 175 s measured; pair1 is table1's two seeds side by side, which
-# ran one at a time on a one-GPU machine):
+# On one GPU: table1 1, table1 2, table2a, table2b, fig6b 1, capacity = about 38 minutes of commands (41 with
+# checks), over the issue's 30. On a two-GPU machine (device kind nvidia-h200-x2) the parts pairN run two parts
+# at once, one per GPU (scripts/gpu_pair.sh; $OUT/pairN.tgz holds everything): about 21 minutes of commands
+# (22.5 held) for pair1-pair3 (pair2 373 s, pair3 423 s, pair4 175 s measured; pair1 is table1's two seeds side
+# by side, which ran one at a time on a one-GPU machine):
 #   pair1  table1 1 | table1 2      pair2  table2a | table2b      pair3  fig6b 1 + checks | capacity
 #   pair4  fig6b_hi 2 | fig6b_lo 2 (Figure 6b's second seed)
 #   pair5  table2a 2 | table2b 2 (the ladder's second seed)   pair6  table2_init 1 | table2_init 2
