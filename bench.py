@@ -78,8 +78,10 @@ gradient) + T*K*Dv*elem (output-gradient rows read per slot) + T*K*(8+8+2*h*4) (
 their gradient). embedding_bag computes a simpler function (one bag per token: E=1, h=1) and is timed
 on the same rows and the first score. With sweep=True, at 32,768 tokens it also times 24 forward and 24
 backward launch configurations (kernels.CONFIG: column tile, slot block, warps, index prefetch; column
-tile, row tile, slot block, warps) and prints the best of each. Keys: shapes, tokens, E, h, max_baseline_tokens, check_compile,
-sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
+tile, row tile, slot block, warps) and prints the best of each. Then the retrieval's top-k kernel
+(kernels.topk_indices) against torch.topk on the models' row lengths, with a sweep of its bits per pass and
+warps (sweep=True); shapes= (empty) times the top-k alone. Keys: shapes, tokens, E, h, max_baseline_tokens,
+check_compile, sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
 """
 
 import gc

@@ -402,7 +402,7 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # UltraMem-151M step, docs/BENCHMARKS.md). Here one program holds one row in registers and finds the k-th
 # largest by a bitwise search over order-preserving integer keys (TOPK_CONFIG["bits"] bits per pass), then
 # writes the winners' positions by a prefix sum: the row is read from memory once. L up to 16,384.
-# impl: "torch" (torch.topk; the memory layers' default, mem_topk, until the kernel is timed on the GPU) or
+# impl: "torch" (torch.topk; the memory layers' default, mem_topk: the kernel measured slower, below) or
 # "triton".
 
 TOPK_MAX_L = 16384
@@ -664,7 +664,8 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
 # each take a contiguous share of K, and their fp32 partials are summed after the kernel in a fixed order,
 # so that a single row still fills the GPU. Inference only, like moe_grouped_mm.
 
-# Launch parameters: first guesses for the H200, not yet timed (scripts/bench_moe.py --impls=gather).
+# Launch parameters: first guesses for the H200, timed as they are (docs/BENCHMARKS.md) but not yet swept
+# (scripts/bench_moe.py --impls=gather --tune).
 MOE_GATHER_CONFIG = {"block_n": 64, "block_k": 128, "warps": 4, "programs_per_sm": 4, "sms": 132}
 
 

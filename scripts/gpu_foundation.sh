@@ -8,8 +8,7 @@ export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
-[ -f data/medium_mix/train.bin ] || python data/prepare.py --input=.device_carry/medium_mix.jsonl.xz \
-    --out_dir=data/medium_mix --val_fraction=0.02 --workers=16
+bash scripts/gpu_data.sh
 common="--progress=False --log_interval=10"
 python train.py config/gpt2_small.py $common --max_iters=150 --eval_interval=1000 --overwrite=True > "$OUT/gpt2_small.log" 2>&1
 python scripts/metrics_summary.py out/gpt2_small | tee "$OUT/gpt2_small.json"

@@ -5,8 +5,7 @@
 set -euo pipefail
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
-[ -f data/medium_mix/train.bin ] || python data/prepare.py --input=.device_carry/medium_mix.jsonl.xz \
-    --out_dir=data/medium_mix --val_fraction=0.02 --workers=16 | tail -3
+bash scripts/gpu_data.sh
 run() {  # name, then train.py arguments
   local name=$1; shift
   python train.py "$@" --progress=False --overwrite=True > "$OUT/$name.log" 2>&1 || { tail -30 "$OUT/$name.log"; exit 1; }

@@ -6,16 +6,16 @@
 #
 #   bash scripts/gpu_pair.sh NAME "JOBS=3 bash scripts/gpu_results.sh table2a 1" "JOBS=3 bash scripts/gpu_results.sh table2b 1"
 #
-# DRY=1 passes on to the jobs (gpu_results.sh then prints its commands). LIMIT (default 540 s) bounds each job. medium_mix is prepared once before both start (two jobs preparing it
-# at once would race). Timings taken this way share the host's CPUs with the other job: say so where reported.
+# DRY=1 passes on to the jobs (gpu_results.sh then prints its commands). LIMIT (default 540 s) bounds each job.
+# medium_mix is prepared once before both start (two jobs preparing it at once would race). Timings taken this
+# way share the host's CPUs with the other job: say so where reported.
 set -uo pipefail
 NAME=${1:?usage: bash scripts/gpu_pair.sh NAME CMD0 CMD1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}; R=${R:-/tmp/pair_$NAME}; LIMIT=${LIMIT:-540}
 mkdir -p "$OUT" "$R"
 [ -n "${DRY:-}" ] || nvidia-smi -L
-[ -n "${DRY:-}" ] || [ -f data/medium_mix/train.bin ] || python data/prepare.py --input=.device_carry/medium_mix.jsonl.xz \
-    --out_dir=data/medium_mix --val_fraction=0.02 --workers=16 | tail -3
+[ -n "${DRY:-}" ] || bash scripts/gpu_data.sh
 for g in 0 1; do
   cmd=${*:g+2:1}
   [ -n "$cmd" ] || continue

@@ -81,8 +81,7 @@ if [ -n "${DRY:-}" ]; then
 fi
 
 mkdir -p "$OUT"
-[ -f data/medium_mix/train.bin ] || python data/prepare.py --input=.device_carry/medium_mix.jsonl.xz \
-    --out_dir=data/medium_mix --val_fraction=0.02 --workers=16 | tail -3
+bash scripts/gpu_data.sh
 
 one() {  # train config/small/$1.py with seed $SEED, then digest it
   local X=$1 run="small/${1}_s$SEED" start

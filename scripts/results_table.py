@@ -64,11 +64,6 @@ def val_curve(metrics: str) -> list[tuple[int, float]]:
         return [(r["step"], r["val_loss"]) for r in map(json.loads, filter(str.strip, f)) if "val_loss" in r]
 
 
-def final_val(metrics: str) -> tuple[int, float] | None:
-    evals = val_curve(metrics)
-    return evals[-1] if evals else None
-
-
 def counts_from_log(log: str | None) -> tuple[float, float, float] | None:
     if log is None:
         return None

@@ -235,3 +235,19 @@ def test_facts_dataset_answers_follow_prompts_in_train(tmp_path):
     assert r2.returncode == 0
     for name in ("train.bin", "val.bin", "facts.jsonl"):
         assert (out / name).read_bytes() == (tmp_path / "f2" / name).read_bytes()
+
+
+def test_facts_chance_levels(tmp_path):
+    """scripts/facts_chance.py (docs/RESULTS.md's chance levels): uniform guessing over each attribute's answers
+    in the file, and the most common answer among the first `limit` facts, on a hand-made file."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from facts_chance import chance
+
+    rows = [("colour", " red"), ("colour", " red"), ("colour", " blue"), ("year", " 1990"),
+            ("colour", " green")]  # the last one is past the limit but counts as a possible colour
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps({"person": "P", "attribute": a, "prompt": "p", "answer": v}) + "\n"
+                            for a, v in rows))
+    uniform, common = chance(str(path), 4)
+    assert uniform == pytest.approx((1 / 3 + 1 / 3 + 1 / 3 + 1) / 4)
+    assert common == pytest.approx((2 + 1) / 4)  # red twice, 1990 once
