@@ -28,11 +28,13 @@ cache (and UltraMem's query-conv cache) is filled with RANDOM content written di
 buffers at positions 0..kv_len-1 (no prefill: the content does not change the work of a step). The timed
 step is model.decode_one_token(model, idx (B, 1), input_pos=[kv_len], temperature=0, top_k=None): it
 attends to kv_len cached positions plus its own and rewrites position kv_len each time, so every step does
-the same work. On CUDA it runs under torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs;
-compile=False for eager), timed with CUDA events; on CPU eagerly with time.perf_counter. compile_scope="blocks"
-compiles each transformer block and memory layer instead (identical blocks share one compilation, where
-the whole step of a 30-block model took 50-80 s per batch size to compile on the H200) and captures the
-whole step, Python glue included, in one torch.cuda.CUDAGraph; it loses only fusions across blocks. `warmup` steps,
+the same work. On CUDA (compile=False for eager), compile_scope="blocks" (the default) compiles each
+transformer block and memory layer (identical blocks share one compilation, where the whole step of a
+30-block model took 50-80 s per batch size to compile on the H200) and captures the whole step, Python glue
+included, in one torch.cuda.CUDAGraph; it loses only fusions across blocks, and was measured no slower than
+compile_scope="model" (2026-11-29, docs/BENCHMARKS.md run 7: Dense-1.6B 1.81 against 2.08 ms at batch 1).
+"model" compiles the whole step with torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs,
+gpt-fast's way). Timed with CUDA events; on CPU eagerly with time.perf_counter. `warmup` steps,
 then the median of `iters` steps (the first call, compilation included, is timed apart: first_call_s; on
 CUDA every batch size is a static compilation unless compile_dynamic=True). Batch sizes: `batches` ("1,2,4" or empty: powers of two up to
 max_batch). Before allocating, the weights + caches + a workspace margin are estimated against the free GPU
@@ -270,18 +272,23 @@ def bench_kernels(cfg: dict) -> dict:
 
     # the retrieval's top-k: kernels.topk_indices' kernel vs torch.topk, on the shapes of the models' selections
     # (UltraMem-151M: n = 2 x knum 1100 row / column scores and the 80 x 80 grid, 32,768 tokens x 2 heads; the
-    # small UltraMem: 1136 and 32 x 32)
+    # small UltraMem: 1136 and 32 x 32), after decoding's shapes, in bf16 (UltraMem-1.6B at batch 1 and 64: the
+    # row and column pre-selections of 2 heads in one call, 2 x 1788 = 3576 scores each, and the 42 x 42 grid)
     res["topk"] = []
-    for rows_, L, k in ((65536, 2200, 80), (65536, 6400, 80), (65536, 1136, 32), (65536, 1024, 32)):
-        r = {"rows": rows_, "L": L, "k": k}
+    for rows_, L, k, dt in ((4, 3576, 42, torch.bfloat16), (256, 3576, 42, torch.bfloat16),
+                            (2, 1764, 42, torch.bfloat16), (128, 1764, 42, torch.bfloat16),
+                            (65536, 2200, 80, torch.float32), (65536, 6400, 80, torch.float32),
+                            (65536, 1136, 32, torch.float32), (65536, 1024, 32, torch.float32)):
+        r = {"rows": rows_, "L": L, "k": k, "dtype": str(dt)[6:]}
         try:  # report a failure and go on: the lookup numbers above are still worth having
-            x = torch.randn(rows_, L, device=dev, generator=g)
+            x = torch.randn(rows_, L, device=dev, generator=g).to(dt)
             got = kernels.topk_indices(x, k, sorted=False, impl="triton")
             r["ok"] = bool(torch.equal(x.gather(-1, got).sort(-1, descending=True).values, x.topk(k, dim=-1).values))
             r["torch_ms"] = bench(lambda: x.topk(k, dim=-1), 100)
+            r["torch_unsorted_ms"] = bench(lambda: x.topk(k, dim=-1, sorted=False), 100)
             r["triton_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), 100)
             r["triton_sorted_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=True, impl="triton"), 100)
-            r["read_floor_ms"] = rows_ * L * 4 / copy_bw / 1e9  # each row read once, at the copy bandwidth
+            r["read_floor_ms"] = rows_ * L * x.element_size() / copy_bw / 1e9  # each row read once, at the copy bandwidth
             if cfg["sweep"]:  # bits per search pass (1, 2: compares; 4, 8: histograms) x warps per row
                 tk = dict(kernels.TOPK_CONFIG)
                 # at most 32 elements of the padded row per thread: fewer warps did not finish a shape's sweep
@@ -966,7 +973,7 @@ BENCH_KEYS = {
     "measure": True,                   # count the experts / value rows actually picked (one eager step)
     "compile_dynamic": False,          # False: one static compilation per batch size; True: dynamic=None
                                        # (dynamo generalises the batch after the second size: fewer compiles)
-    "compile_scope": "model",          # "model": the whole step, mode="reduce-overhead" (gpt-fast's way);
+    "compile_scope": "blocks",         # "model": the whole step, mode="reduce-overhead" (gpt-fast's way);
                                        # "blocks": each block / memory layer compiled once for all of its
                                        # copies, the whole step captured in one CUDA graph (far less compile)
     "coordinate_descent": False,       # Inductor's coordinate_descent_tuning (gpt-fast turns it on for
@@ -1021,6 +1028,13 @@ def parse(argv: list[str]) -> tuple[dict, list[tuple[str, dict]]]:
     if run["mode"] not in MODES:
         raise ConfigError(f"unknown mode '{run['mode']}'; modes: {', '.join(MODES)}")
     run["out"] = run["out"] or f"bench_{run['mode']}.json"
+    out_dir = os.path.dirname(os.path.abspath(run["out"]))
+    try:  # before any timing: a run must not end in an unwritable JSON path
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder {out_dir} of --out={run['out']}: {e.strerror}")
+    if not os.access(out_dir, os.W_OK):
+        raise ConfigError(f"the output folder {out_dir} of --out={run['out']} is not writable")
     run["tokens"] = ",".join(map(str, _int_list(run["tokens"])))
     return run, models
 

@@ -326,7 +326,9 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     sorted_rows, perm = torch.sort(flat, stable=True)  # stable: a fixed summation order per row
     R, BLOCK_I = CONFIG["bwd_rows"], CONFIG["bwd_block_i"]
     if R == 0:  # by the slots per value row: where rows are hit many times, smaller row tiles with more slots in
-        # flight (the second v4 sweep: 4.10 against 4.72 ms on shape (b), 8 slots per row; (a), 0.5, keeps 32 x 16)
+        # flight. Measured: the second v4 sweep, 4.10 against 4.72 ms on shape (b), 8 slots per row, while (a),
+        # 0.5 per row, is faster with 32 x 16; and in the UltraMem-151M step (4.3 per row), two GPUs of one
+        # machine side by side (2026-11-29): 16 x 32 took 23.9 ms for 4 layers, 32 x 16 25.8 ms.
         R, BLOCK_I = (16, 32) if T * K >= 2 * N else (32, 16)
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
@@ -407,45 +409,50 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 
 TOPK_MAX_L = 16384
 # bits per search pass (1: 32 reductions of one count; 2: 16 of four; 4 or 8: 8 or 4 histograms of 16 or 256
-# bins over the keys that share the prefix so far) and warps per row (0: one per 1,024 elements, 1 to 16).
-# Measured on the H200 with bits 2 (docs/KERNELS.md): 1.5-2.6x slower than torch.topk on rows padded to a power
-# of two; the histogram passes (bits 4, 8) are untimed. bench.py --mode=kernels sweeps them.
-TOPK_CONFIG = {"bits": 2, "warps": 0}
+# bins over the keys that share the prefix so far; half as many passes on bf16 rows) and warps per row (0: one
+# per 512 elements, 1 to 16). Swept on the H200 (docs/KERNELS.md, 2026-11-29 run 2): 4 bits with a warp per 512
+# elements was the best of the sweep on all four training shapes (65,536 rows of 1,024-6,400), 1.2-2.0x faster
+# than the 2-bit compares; it still loses to torch.topk at 2,200 and 6,400 (1.3-1.5x) and wins at 1,136 and
+# 1,024 (1.3x, 2.6x).
+TOPK_CONFIG = {"bits": 4, "warps": 0}
 
 
-def topk_indices_reference(x: Tensor, k: int) -> Tensor:
-    """torch.topk's indices of each row's k largest, largest first (ties may pick other equal entries than
-    the kernel)."""
-    return torch.topk(x, k, dim=-1).indices
+def topk_indices_reference(x: Tensor, k: int, sorted: bool = True) -> Tensor:
+    """torch.topk's indices of each row's k largest, largest first if sorted, else in any order (ties may
+    pick other equal entries than the kernel). Unsorted saves torch a sorting kernel after the selection."""
+    return torch.topk(x, k, dim=-1, sorted=sorted).indices
 
 
 if triton is not None:
 
     @triton.jit
-    def _topk_kernel(x_ptr, out_ptr, L, k, BLOCK_L: tl.constexpr, BITS: tl.constexpr):
+    def _topk_kernel(x_ptr, out_ptr, L, k, BLOCK_L: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
         # one program per row: order-preserving uint32 keys (negative floats: all bits flipped; positive:
         # the sign bit set), the k-th largest key found BITS bits at a time from the top (the largest prefix
         # with at least k keys at or above it: 2**BITS candidate counts per pass, in one reduction), then every
-        # key above it and the first k - (number above) keys equal to it, in index order
+        # key above it and the first k - (number above) keys equal to it, in index order. KEY_BITS 16 (bf16
+        # rows): only the keys' top 16 bits differ between values, so they are searched alone, in half the passes
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK_L)
         mask = offs < L
         x = tl.load(x_ptr + row * L + offs, mask=mask, other=0.0).to(tl.float32)
         bits = x.to(tl.uint32, bitcast=True)
         key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
-        key = tl.where(mask, key, 0)  # padding below every real key (the least real key, -NaN's, is > 0)
+        if KEY_BITS == 16:
+            key = key >> 16
+        key = tl.where(mask, key, 0)  # padding: at or below every real key, and masked out of the selection
         digits = tl.arange(0, 1 << BITS).to(tl.uint32)
         prefix = tl.zeros((), dtype=tl.uint32)
         if BITS <= 2:  # counting by comparison: a (2**BITS, BLOCK_L) matrix of compares per pass
-            for p in tl.static_range(32 // BITS):
-                cand = prefix | (digits << (32 - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
+            for p in tl.static_range(KEY_BITS // BITS):
+                cand = prefix | (digits << (KEY_BITS - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
                 count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)  # count[0] >= k always
                 prefix = tl.max(tl.where(count >= k, cand, 0), axis=0)
         else:  # counting by histogram (radix select): the keys that share the prefix found so far, binned by
             # their next BITS bits; the largest digit with at least `need` keys at or above it extends the prefix
             need = k
-            for p in tl.static_range(32 // BITS):
-                shift = 32 - BITS * (p + 1)
+            for p in tl.static_range(KEY_BITS // BITS):
+                shift = KEY_BITS - BITS * (p + 1)
                 if p == 0:
                     live = mask
                 else:
@@ -465,7 +472,7 @@ if triton is not None:
 
 
 def _topk_warps(BLOCK_L: int) -> int:
-    return TOPK_CONFIG["warps"] or min(16, max(1, BLOCK_L // 1024))
+    return TOPK_CONFIG["warps"] or min(16, max(1, BLOCK_L // 512))
 
 
 def _topk_triton(x: Tensor, k: int) -> Tensor:
@@ -476,7 +483,7 @@ def _topk_triton(x: Tensor, k: int) -> Tensor:
         return out
     BLOCK_L = triton.next_power_of_2(L)
     _launch(_topk_kernel, (rows,), x.is_cuda, x.contiguous(), out, L, k, BLOCK_L=BLOCK_L, BITS=TOPK_CONFIG["bits"],
-            num_warps=_topk_warps(BLOCK_L))
+            KEY_BITS=16 if x.dtype == torch.bfloat16 else 32, num_warps=_topk_warps(BLOCK_L))
     return out
 
 
@@ -496,7 +503,7 @@ def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "torch") ->
         raise ValueError(f"topk_indices: k={k} must be in [1, L={L}]")
     x = x.detach()
     if impl == "torch":
-        return topk_indices_reference(x, k)
+        return topk_indices_reference(x, k, sorted)
     if impl != "triton":
         raise ValueError(f"topk_indices: impl must be 'torch' or 'triton', got {impl!r}")
     if L > TOPK_MAX_L or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):

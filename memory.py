@@ -132,13 +132,21 @@ def build_memory_layers(config) -> list[MemoryUnit]:
 # retrieval: pure functions of the row/column scores (spec 3 steps 3-5, spec 4), tested on their own
 
 
-def head_scores(q: Tensor, keys: Tensor) -> Tensor:
-    """q (T, H, D_k), keys (H, n, r, D_k) -> (T, H, n, r): each head's query against its keys, one plain GEMM
-    per head (H is small) rather than an einsum batched over heads, so that the keys' gradient, a
-    reduction over all T tokens, gets cuBLAS's split-K kernels."""
+def head_scores(q: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+    """q (T, H, 2, D_k), keys (H, 2, n, r, D_k) -> the row and the column scores s_row, s_col (T, H, n, r):
+    each head's row and column queries against its row and column keys. With gradient: one plain GEMM per
+    head and side (H is small) rather than a batched matmul, so that the keys' gradient, a reduction over all
+    T tokens, gets cuBLAS's split-K kernels; the two sides stay separate tensors (one stacked tensor costs the
+    backward a copy of its gradient: 2.3 ms of the UltraMem-151M step, measured 2026-11-29). Without
+    gradient (decoding): one batched matmul, one kernel where the GEMMs would be 2H small ones."""
     T, H = q.shape[:2]
-    n, r, Dk = keys.shape[1:]
-    return torch.stack([q[:, a] @ keys[a].reshape(n * r, Dk).t() for a in range(H)], dim=1).view(T, H, n, r)
+    n, r, Dk = keys.shape[2:]
+    if not torch.is_grad_enabled():
+        s = torch.bmm(q.permute(1, 2, 0, 3).reshape(2 * H, T, Dk), keys.reshape(2 * H, n * r, Dk).transpose(1, 2))
+        s = s.view(H, 2, T, n, r).permute(2, 0, 1, 3, 4)  # (T, H, 2, n, r)
+        return s[:, :, 0], s[:, :, 1]
+    return tuple(torch.stack([q[:, a, b] @ keys[a, b].reshape(n * r, Dk).t() for a in range(H)], dim=1).view(T, H, n, r)
+                 for b in range(2))
 
 
 def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int, topk: str = "torch") -> tuple[Tensor, Tensor, Tensor]:
@@ -157,9 +165,10 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
                    topk: str = "torch") -> tuple[Tensor, Tensor, Tensor]:
     """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
     singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
-    t^T S_col; the m x m candidates get their exact per-core scores S_row^T C^(c) S_col; the final top-m
-    is taken on the sum over cores. Returns row, col (T, H, m) and per-core scores (T, H, m, h), best
-    first. topk: kernels.topk_indices' implementation for the three top-m ("torch" or "triton").
+    t^T S_col (one top-m call for both when decoding); the m x m candidates get their exact per-core scores
+    S_row^T C^(c) S_col; the final top-m is taken on the sum over cores. Returns row, col (T, H, m) and
+    per-core scores (T, H, m, h), best first. topk: kernels.topk_indices' implementation for the top-m
+    ("torch" or "triton").
 
     The rank r is small (2-4), so every contraction over it is a broadcast multiply and a sum, which
     Inductor fuses, not a matmul: cuBLAS runs matmuls with an inner size of 2 far from the bandwidth limit
@@ -169,9 +178,14 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     are recomputed from gathered rows, so the backward never touches an (m x m x h) tensor."""
     T, H, n, r = s_row.shape
     h = cores.shape[1]
+    one_call = not torch.is_grad_enabled()
     with torch.no_grad():  # the pre-selection yields indices only, in any order
-        sel_r = kernels.topk_indices(_rdot(s_row, u.to(s_row.dtype)[None, :, None, :]), m, False, topk)  # (T, H, m)
-        sel_c = kernels.topk_indices(_rdot(s_col, t.to(s_col.dtype)[None, :, None, :]), m, False, topk)
+        pre_r = _rdot(s_row, u.to(s_row.dtype)[None, :, None, :])  # (T, H, n) rank-1 scores
+        pre_c = _rdot(s_col, t.to(s_col.dtype)[None, :, None, :])
+        if one_call:  # decoding: rows and columns in one top-m call, one launch fewer per layer
+            sel_r, sel_c = kernels.topk_indices(torch.stack([pre_r, pre_c], 2), m, False, topk).unbind(2)
+        else:  # training: two calls, as measured in the 151M step (the stacked call there is untimed alone)
+            sel_r, sel_c = kernels.topk_indices(pre_r, m, False, topk), kernels.topk_indices(pre_c, m, False, topk)
     sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r)
     sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
     # A[t, a, c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core
@@ -236,6 +250,7 @@ class MemoryLayer(nn.Module):
         self.register_buffer("u", torch.zeros(self.H, self.r))
         self.register_buffer("t", torch.zeros(self.H, self.r))
         self.register_buffer("conv_cache", None, persistent=False)  # set by setup_cache
+        self.register_buffer("keys_cache", None, persistent=False)  # the normalised keys, set by setup_cache
         self.reset_parameters()
 
     @torch.no_grad()
@@ -292,9 +307,13 @@ class MemoryLayer(nn.Module):
         self.u.copy_(u * sign)
         self.t.copy_(t * sign)
 
+    @torch.no_grad()
     def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> None:
-        """The query conv's last inputs, for cached decoding: a ring of kconv positions (position p in slot
-        p % kconv), so it costs B x kconv x D, not a KV cache's B x max_len x D."""
+        """State for cached decoding: the keys normalised once (decoding does not change them: set up the
+        caches again after loading other weights, as GPT.generate does at every call), and the query conv's
+        last inputs, a ring of kconv positions (position p in slot p % kconv), so it costs B x kconv x D, not
+        a KV cache's B x max_len x D."""
+        self.keys_cache = self._norm(self.keys, self.key_norm).to(dtype)
         if self.conv is not None:
             self.conv_cache = torch.zeros(batch_size, self.kconv, self.D, dtype=dtype, device=device)  # (B, K, D)
 
@@ -313,21 +332,22 @@ class MemoryLayer(nn.Module):
         last = min(T, K)  # the chunk's last K inputs go to the ring (distinct slots)
         slots = (torch.arange(B, device=x.device)[:, None], (input_pos[T - last:] % K)[None, :])
         self.conv_cache.index_put_(slots, x[:, T - last:].to(self.conv_cache.dtype))  # not through a [:B] view (KVCache)
-        return F.conv1d(xe.transpose(1, 2), self.conv.to(x.dtype), groups=self.D).transpose(1, 2)
+        w = self.conv[:, 0].to(x.dtype)  # (D, K): the same correlation as F.conv1d, as K shifted products
+        return sum(xe[:, k:k + T] * w[:, k] for k in range(K))  # that Inductor fuses with the ring's reads
 
     def _norm(self, x: Tensor, w: Tensor | None) -> Tensor:
         if self.qk_norm == "layer":
             return F.layer_norm(x, (self.Dk,), w)
         return F.rms_norm(x, (self.Dk,), w) if self.qk_norm == "rms" else x
 
-    def retrieve(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (T, D) -> row, col (T, H, m) and per-core scores (T, H, m, h): spec 3 steps 1-5."""
+    def retrieve(self, x: Tensor, cached: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """x (T, D) -> row, col (T, H, m) and per-core scores (T, H, m, h): spec 3 steps 1-5. cached: the
+        normalised keys of setup_cache (decoding), else normalised here."""
         T = x.shape[0]
         q = self._norm(self.query_proj(x).view(T, self.Hq, 2, self.Dk), self.query_norm)
         q = q.expand(T, self.H, 2, self.Dk)  # (T, H, 2, D_k): shared query -> every head reads the same
-        keys = self._norm(self.keys, self.key_norm).to(q.dtype)  # (H, 2, n, r, D_k)
-        s_row = head_scores(q[:, :, 0], keys[:, 0])  # (T, H, n, r)
-        s_col = head_scores(q[:, :, 1], keys[:, 1])
+        keys = self.keys_cache if cached else self._norm(self.keys, self.key_norm)  # (H, 2, n, r, D_k)
+        s_row, s_col = head_scores(q, keys.to(q.dtype))  # (T, H, n, r) each
         if self.tdqkr:
             return tdqkr_retrieve(s_row, s_col, self.cores, self.u, self.t, self.m, self.topk)
         return pkm_retrieve(s_row.squeeze(-1), s_col.squeeze(-1), self.m, self.topk)
@@ -336,7 +356,10 @@ class MemoryLayer(nn.Module):
         """h (B, T, D) -> shuffled virtual addresses (B*T, H*m) in [0, E*N) and their per-core weights
         (B*T, H*m, h) (raw Tucker scores, or the PKM softmax over each head's m)."""
         x = self.query_conv(h, input_pos) if self.conv is not None else h
-        row, col, scores = self.retrieve(x.reshape(-1, self.D))  # (T, H, m), (T, H, m, h)
+        # cached decoding reads the keys normalised once by setup_cache (a step would otherwise normalise the
+        # whole key table: at 1.6B, 29 MB read and written per layer, a quarter of the layer's kernel time)
+        cached = input_pos is not None and self.keys_cache is not None and not torch.is_grad_enabled()
+        row, col, scores = self.retrieve(x.reshape(-1, self.D), cached)  # (T, H, m), (T, H, m, h)
         if self.softmax:
             scores = scores.float().softmax(dim=2)
         addr = self.perm[(row * self.n + col).flatten(1)]  # (T, H*m) shuffled virtual addresses

@@ -24,7 +24,7 @@ for part in $PARTS; do
     topk) timeout "${TOPK_LIMIT:-240}" python bench.py --mode=kernels --shapes= --out="$OUT/topk.json" 2>&1 \
             | quiet | tee "$OUT/topk.log" ;;
     profile)
-      for topk in torch triton; do
+      for topk in ${TOPKS:-torch triton}; do  # TOPKS=torch: the default top-k's profile alone
         timeout "${PROFILE_LIMIT:-240}" python bench.py --mode=train config/ultramem_151m.py --mem_topk=$topk \
           --warmup=10 --iters=20 --profile=3 --out="$OUT/train_ultramem_151m_topk_$topk.json" 2>&1 | quiet \
           | tee "$OUT/train_ultramem_151m_topk_$topk.log"

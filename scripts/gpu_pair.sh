@@ -6,22 +6,25 @@
 #
 #   bash scripts/gpu_pair.sh NAME "JOBS=3 bash scripts/gpu_results.sh table2a 1" "JOBS=3 bash scripts/gpu_results.sh table2b 1"
 #
-# DRY=1 passes on to the jobs (gpu_results.sh then prints its commands). LIMIT (default 540 s) bounds each job.
-# medium_mix is prepared once before both start (two jobs preparing it at once would race). Timings taken this
+# DRY=1 passes on to the jobs (gpu_results.sh then prints its commands). TIME_LIMIT (default 540 s) bounds each
+# job (not LIMIT: the jobs inherit the environment, and gpu_capacity.sh's LIMIT is the number of facts scored).
+# medium_mix is prepared once before both start (two jobs preparing it at once would race; DATA=0 skips it, for
+# jobs that need none: benchmarks, knowledge capacity). Timings taken this
 # way share the host's CPUs with the other job: say so where reported.
 set -uo pipefail
 NAME=${1:?usage: bash scripts/gpu_pair.sh NAME CMD0 CMD1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
-OUT=${OUT:-out/gpu}; R=${R:-/tmp/pair_$NAME}; LIMIT=${LIMIT:-540}
+OUT=${OUT:-out/gpu}; R=${R:-/tmp/pair_$NAME}; TIME_LIMIT=${TIME_LIMIT:-540}
 mkdir -p "$OUT" "$R"
 [ -n "${DRY:-}" ] || nvidia-smi -L
-[ -n "${DRY:-}" ] || bash scripts/gpu_data.sh
+[ -n "${DRY:-}" ] || [ "${DATA:-1}" = 0 ] || bash scripts/gpu_data.sh
 for g in 0 1; do
   cmd=${*:g+2:1}
   [ -n "$cmd" ] || continue
+  mkdir -p "$R/g$g"  # the job's OUT exists before it starts (a job may write there without creating it)
   ( start=$(date +%s)
     echo "GPU $g: $cmd"
-    CUDA_VISIBLE_DEVICES=$g OUT=$R/g$g timeout "$LIMIT" bash -c "$cmd"
+    CUDA_VISIBLE_DEVICES=$g OUT=$R/g$g timeout "$TIME_LIMIT" bash -c "$cmd"
     echo "GPU $g: rc=$? after $(( $(date +%s) - start )) s" ) > "$R/g$g.txt" 2>&1 &
 done
 wait

@@ -32,7 +32,8 @@
 #   pair5  table2a 2 | table2b 2 (the ladder's second seed)   pair6  table2_init 1 | table2_init 2
 #   pair7  knowledge capacity at equal passes (gpu_capacity.sh PASSES=1): 250, 500, 1,000 | 2,000 people
 #   table2_init: ladder rows 05-08 with the improved init brought forward (config/small/ablation_init/,
-#   docs/RESULTS.md); not yet run, estimated 3-4 minutes per seed at JOBS=4
+#   docs/RESULTS.md); measured about 230 s per seed at JOBS=4. pair7's 2,000 people took 215 s, 250 + 500
+#   about 190 s (its 1,000 people, the same runs as capacity's, was not repeated)
 # all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail

@@ -160,3 +160,10 @@ def test_decode_blocks_compile_scope(tmp_path):
 
 def test_bad_compile_scope():
     one_line_error(bench("--compile_scope=layer", "--device=cpu", check=False), "compile_scope")
+
+
+def test_out_folder_is_created_or_refused_before_timing(tmp_path):
+    """--out's folder is made up front; one that cannot be made stops the run at once with one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(bench(f"--out={blocker}/sub/y.json", "--device=cpu", check=False), "output folder")

@@ -203,9 +203,11 @@ def _interp_topk() -> None:
     import memory
 
     g = torch.Generator().manual_seed(5)
+    keep = dict(kernels.TOPK_CONFIG)
     cases = ((37, 5, torch.float32, 2), (1100, 80, torch.float32, 2), (64, 64, torch.float32, 1),
              (300, 1, torch.bfloat16, 2), (513, 40, torch.bfloat16, 1),  # L, k, dtype, bits per search pass:
-             (1100, 80, torch.float32, 8), (37, 37, torch.float32, 8), (513, 40, torch.bfloat16, 4))  # 4, 8: histograms
+             (1100, 80, torch.float32, 8), (37, 37, torch.float32, 8), (513, 40, torch.bfloat16, 4),  # 4, 8: histograms
+             (700, 42, torch.bfloat16, 8))
     for L, k, dtype, bits in cases:
         kernels.TOPK_CONFIG["bits"] = bits
         x = torch.randn(7, L, generator=g).to(dtype)
@@ -225,7 +227,7 @@ def _interp_topk() -> None:
             else:
                 assert (got.diff(dim=-1) > 0).all(), "unsorted: the kernel's index order"
         print(f"interp: topk L={L} k={k} {dtype} bits={bits} ok", flush=True)
-    kernels.TOPK_CONFIG["bits"] = 2
+    kernels.TOPK_CONFIG.update(keep)
     # TDQKR through the kernel equals TDQKR through torch.topk (random scores: no ties)
     T, H, n, r, h, m = 5, 2, 40, 2, 2, 6
     s_row, s_col, cores = torch.randn(T, H, n, r, generator=g), torch.randn(T, H, n, r, generator=g), torch.randn(H, h, r, r, generator=g)

@@ -101,14 +101,28 @@ def test_tdqkr_equals_the_einsum_grid_with_gradients(r, h):
     g_ref = torch.autograd.grad((ref[2] * w).sum(), (s_row, s_col, cores))
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b)
+    with torch.no_grad():  # decoding's path: the row and column pre-selections in one top-m call
+        dec = tdqkr_retrieve(s_row, s_col, cores, u, t, m)
+    assert torch.equal(dec[0], got[0]) and torch.equal(dec[1], got[1])
+    torch.testing.assert_close(dec[2], got[2].detach())
 
 
-def test_head_scores_equal_the_batched_einsum():
+def test_head_scores_equal_the_batched_einsum_with_and_without_grad():
+    """The per-GEMM path (gradient on) and the batched matmul (decoding) against one einsum, and the
+    gradients through the per-GEMM path."""
     torch.manual_seed(4)
-    q, keys = torch.randn(7, 3, 8, dtype=torch.float64), torch.randn(3, 5, 2, 8, dtype=torch.float64)
-    torch.testing.assert_close(head_scores(q, keys), torch.einsum("tad,anrd->tanr", q, keys))
-    shared = q[:, :1].expand(7, 3, 8)  # mem_share_query: one query read by every head (a broadcast view)
-    torch.testing.assert_close(head_scores(shared, keys), torch.einsum("tad,anrd->tanr", shared, keys))
+    q = torch.randn(7, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(3, 2, 5, 2, 8, dtype=torch.float64, requires_grad=True)
+    ref = torch.einsum("tabd,abnrd->tabnr", q, keys).unbind(2)
+    got = head_scores(q, keys)
+    torch.testing.assert_close(got, ref)
+    w = [torch.randn_like(x) for x in ref]
+    loss = lambda s: sum((x * y).sum() for x, y in zip(s, w))
+    torch.testing.assert_close(torch.autograd.grad(loss(got), (q, keys)), torch.autograd.grad(loss(ref), (q, keys)))
+    with torch.no_grad():
+        torch.testing.assert_close(head_scores(q, keys), ref)
+        shared = q[:, :1].expand(7, 3, 2, 8)  # mem_share_query: one query read by every head (a broadcast view)
+        torch.testing.assert_close(head_scores(shared, keys), torch.einsum("tabd,abnrd->tabnr", shared, keys).unbind(2))
 
 
 def test_pkm_retrieve_is_exact_and_softmax_rows_sum_to_one():
@@ -335,6 +349,23 @@ def test_cached_decoding_equals_full_forward(prefill):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     for m in model.memories:  # the third sequence's ring is untouched
         assert m.conv_cache[2:].abs().sum() == 0 and m.conv_cache[:2].abs().sum() > 0
+
+
+def test_decoding_reads_the_keys_normalised_by_setup_cache():
+    """A decode step normalises no keys: it reads setup_cache's copy (stale by design until the next
+    setup_caches, which GPT.generate calls every time), so changing the keys afterwards changes nothing."""
+    torch.manual_seed(0)
+    model = GPT(cfg()).eval()
+    idx = torch.randint(0, 61, (2, 1))
+    with torch.no_grad():
+        model.setup_caches(2, 4)
+        before = model(idx, input_pos=torch.tensor([0]))[0]
+        for m in model.memories:
+            torch.testing.assert_close(m.keys_cache, m._norm(m.keys, m.key_norm))
+            m.keys.mul_(-1)
+        assert torch.equal(model(idx, input_pos=torch.tensor([0]))[0], before)
+        model.setup_caches(2, 4)
+        assert not torch.equal(model(idx, input_pos=torch.tensor([0]))[0], before)
 
 
 def test_ablation_ladder_adds_one_step_per_row():
