@@ -30,9 +30,10 @@ step is model.decode_one_token(model, idx (B, 1), input_pos=[kv_len], temperatur
 attends to kv_len cached positions plus its own and rewrites position kv_len each time, so every step does
 the same work. On CUDA (compile=False for eager), compile_scope="blocks" (the default) compiles each
 transformer block and memory layer (identical blocks share one compilation, where the whole step of a
-30-block model took 50-80 s per batch size to compile on the H200) and captures the whole step, Python glue
+30-block model took 55-92 s per batch size to compile on the H200) and captures the whole step, Python glue
 included, in one torch.cuda.CUDAGraph; it loses only fusions across blocks, and was measured no slower than
-compile_scope="model" (2026-11-29, docs/BENCHMARKS.md run 7: Dense-1.6B 1.81 against 2.08 ms at batch 1).
+compile_scope="model" (2026-11-29, docs/BENCHMARKS.md, decoding, session 5: Dense-1.6B 1.81 against run 6's
+2.08 ms at batch 1).
 "model" compiles the whole step with torch.compile(mode="reduce-overhead", fullgraph=True) (CUDA graphs,
 gpt-fast's way). Timed with CUDA events; on CPU eagerly with time.perf_counter. `warmup` steps,
 then the median of `iters` steps (the first call, compilation included, is timed apart: first_call_s; on

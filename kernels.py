@@ -327,8 +327,8 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     R, BLOCK_I = CONFIG["bwd_rows"], CONFIG["bwd_block_i"]
     if R == 0:  # by the slots per value row: where rows are hit many times, smaller row tiles with more slots in
         # flight. Measured: the second v4 sweep, 4.10 against 4.72 ms on shape (b), 8 slots per row, while (a),
-        # 0.5 per row, is faster with 32 x 16; and in the UltraMem-151M step (4.3 per row), two GPUs of one
-        # machine side by side (2026-11-29): 16 x 32 took 23.9 ms for 4 layers, 32 x 16 25.8 ms.
+        # 0.5 per row, is faster with 32 x 16. The UltraMem-151M step (4.3 per row) does not rank them: its
+        # backward took 23.9-28.5 ms for 4 layers across runs of either tile (2026-11-29, docs/BENCHMARKS.md).
         R, BLOCK_I = (16, 32) if T * K >= 2 * N else (32, 16)
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
@@ -404,7 +404,7 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # UltraMem-151M step, docs/BENCHMARKS.md). Here one program holds one row in registers and finds the k-th
 # largest by a bitwise search over order-preserving integer keys (TOPK_CONFIG["bits"] bits per pass), then
 # writes the winners' positions by a prefix sum: the row is read from memory once. L up to 16,384.
-# impl: "torch" (torch.topk; the memory layers' default, mem_topk: the kernel measured slower, below) or
+# impl: "torch" (torch.topk; the memory layers' default, mem_topk: the kernel is slower on the 151M's rows) or
 # "triton".
 
 TOPK_MAX_L = 16384
@@ -412,8 +412,8 @@ TOPK_MAX_L = 16384
 # bins over the keys that share the prefix so far; half as many passes on bf16 rows) and warps per row (0: one
 # per 512 elements, 1 to 16). Swept on the H200 (docs/KERNELS.md, 2026-11-29 run 2): 4 bits with a warp per 512
 # elements was the best of the sweep on all four training shapes (65,536 rows of 1,024-6,400), 1.2-2.0x faster
-# than the 2-bit compares; it still loses to torch.topk at 2,200 and 6,400 (1.3-1.5x) and wins at 1,136 and
-# 1,024 (1.3x, 2.6x).
+# than the 2-bit compares; against torch.topk's unsorted call it still loses at 2,200 and 6,400 (1.4x, 1.6x)
+# and wins at 1,136 and 1,024 (1.3x, 2.5x).
 TOPK_CONFIG = {"bits": 4, "warps": 0}
 
 

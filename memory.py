@@ -54,7 +54,8 @@ class MemoryConfig:
     mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
     mem_tucker_tau: float = 0.15  # its margin tau
     mem_topk: str = "torch"  # the retrieval's top-m (PKM and TDQKR): "torch" (torch.topk) | "triton"
-    # (kernels.topk_indices' kernel: 1.5-2.6x slower than torch.topk on rows not a power of two, docs/KERNELS.md)
+    # (kernels.topk_indices' kernel: 1.3x and 2.5x faster than torch.topk on rows of 1,136 and 1,024, 1.4-1.6x
+    # slower on the 151M's 2,200 and on 6,400, docs/KERNELS.md; untimed in a model step since its 4-bit default)
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):

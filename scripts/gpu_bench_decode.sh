@@ -3,7 +3,7 @@
 # UltraMem-1.6B-x12 decoding one token with a 2048-token KV cache, random bf16 weights, each block compiled
 # once per batch size and the whole step replayed as one CUDA graph (bench.py's compile_scope="blocks", the
 # default: `gqa` over batch 1-1024, an 8-block diag and `fig6c` took 300 s together on the H200; --compile_scope=model
-# compiles the whole step instead, 50-80 s per batch size for a 30-block model). compile_dynamic=True compiles
+# compiles the whole step instead, 55-92 s per batch size for a 30-block model). compile_dynamic=True compiles
 # twice per model but was measured 5x slower at batch 64 (MHA, 2026-11-29; that run also paid for a KV-cache
 # copy since fixed, so the factor is not the dynamic compile's alone): not used for the numbers.
 #   bash scripts/gpu_bench_decode.sh mha     # multi-head attention (16 KV heads), batch 1-128 (256 does not fit)
