@@ -12,6 +12,9 @@
 # at the last step instead of 11, which for the 0.7-1.4B parameter models costs 9-17 GB and seconds each;
 # deleted after the run unless KEEP_CKPT=1). $OUT/small/X_sS.{log,metrics.jsonl,json} are the log, the
 # metrics and metrics_summary.py's digest; $OUT/results_PART_sS.md is scripts/results_table.py over $OUT.
+# Before its checkpoint goes, each run is also scored on English text outside medium_mix, EVAL_TEXT (default
+# .device_carry/tinyshakespeare.txt, a copy of ../shared/data/tinyshakespeare.txt; skipped with a note when
+# the file is missing) by scripts/eval_text.py: $OUT/small/X_sS.text.json, the table's "text loss" column.
 #
 # GPU time, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
 #   table1    dense_4x ultramem pkm moe dense      JOBS=3: 462 s (seed 1, with preparing medium_mix) and 435 s
@@ -83,6 +86,8 @@ fi
 
 mkdir -p "$OUT"
 bash scripts/gpu_data.sh
+EVAL_TEXT=${EVAL_TEXT:-.device_carry/tinyshakespeare.txt}
+[ -f "$EVAL_TEXT" ] || echo "note: $EVAL_TEXT not found: the runs are not scored on other text"
 
 one() {  # train config/small/$1.py with seed $SEED, then digest it
   local X=$1 run="small/${1}_s$SEED" start
@@ -93,6 +98,11 @@ one() {  # train config/small/$1.py with seed $SEED, then digest it
   echo "$run: $(( $(date +%s) - start )) s wall (JOBS=$JOBS)"
   python scripts/metrics_summary.py "out/$run" > "$OUT/$run.json" && cat "$OUT/$run.json"
   cp "out/$run/metrics.jsonl" "$OUT/$run.metrics.jsonl"
+  if [ -f "$EVAL_TEXT" ]; then  # the loss on text outside medium_mix (seconds)
+    python scripts/eval_text.py --out_dir="out/$run" --text="$EVAL_TEXT" --progress=False \
+      --out="$OUT/$run.text.json" > "$OUT/$run.text.log" 2>&1 || { cat "$OUT/$run.text.log"; return 1; }
+    cat "$OUT/$run.text.log"
+  fi
   [ -n "${KEEP_CKPT:-}" ] || rm -f "out/$run/ckpt.pt"
 }
 

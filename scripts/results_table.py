@@ -8,7 +8,9 @@ it). A run called X_sS is seed S of config/small/X.py. Parameters, activated par
 token come from the "model:" line of the run's log, or are recomputed from config/small/X.py on the meta
 device when there is no log. Val loss is the last evaluation's; "spread" is max - min over seeds; "delta" is
 the mean's change from the previous row of the ablation ladder (config/small/ablation/, and separately its
-variant config/small/ablation_init/).
+variant config/small/ablation_init/). Where runs have a loss on other text (scripts/eval_text.py's JSON, as
+NAME.text.json beside NAME.metrics.jsonl, or text.json in a run's out_dir; gpu_results.sh writes them), a
+"text loss" column gives its mean over those seeds.
 
     python scripts/results_table.py out/gpu --plot=val.png [--only=dense,moe,pkm,ultramem] [--title=...]
                                             [--from_step=200]
@@ -92,27 +94,44 @@ def counts_from_config(config: str) -> tuple[float, float, float] | None:
     return model.num_params(), model.num_params(activated=True), model.flops_per_token()
 
 
+def text_loss(metrics: str) -> float | None:
+    """The run's loss on other text (scripts/eval_text.py --out=...), if it was measured."""
+    if metrics.endswith(".metrics.jsonl"):
+        path = metrics[: -len(".metrics.jsonl")] + ".text.json"
+    else:
+        path = os.path.join(os.path.dirname(metrics), "text.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return float(json.load(f)["loss"])
+
+
 def collect(folders: list[str]) -> dict[str, dict]:
-    """config -> {"seeds": {seed: (last step, last val loss)}, "curves": {seed: [(step, val loss)]}, "counts"},
-    in the table's order."""
+    """config -> {"seeds": {seed: (last step, last val loss)}, "curves": {seed: [(step, val loss)]}, "counts",
+    "text": {seed: loss on other text}}, in the table's order."""
     groups: dict[str, dict] = {}
     for folder in folders:
         for name, metrics, log in find_runs(folder):
             config, seed = split_seed(name)
-            g = groups.setdefault(config, {"seeds": {}, "curves": {}, "counts": None})
+            g = groups.setdefault(config, {"seeds": {}, "curves": {}, "counts": None, "text": {}})
             curve = val_curve(metrics)
             if curve:
                 g["seeds"][seed] = curve[-1]
                 g["curves"][seed] = curve
             g["counts"] = g["counts"] or counts_from_log(log)
+            other = text_loss(metrics)
+            if other is not None:
+                g["text"][seed] = other
     order = sorted(groups, key=lambda c: (ORDER.index(c) if c in ORDER else len(ORDER), c))
     return {c: groups[c] for c in order}
 
 
 def table(folders: list[str]) -> str:
     groups = collect(folders)
-    lines = ["| run | seeds | params | activated | GFLOPs/token | steps | val loss | spread | delta |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    with_text = any(g["text"] for g in groups.values())
+    lines = ["| run | seeds | params | activated | GFLOPs/token | steps | val loss | spread | delta |"
+             + (" text loss |" if with_text else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if with_text else "")]
     prev = None
     for config, g in groups.items():
         counts = g["counts"] or counts_from_config(config)
@@ -128,8 +147,9 @@ def table(folders: list[str]) -> str:
             if prev is not None and prev[0].startswith(ladder) and mean is not None and prev[1] is not None:
                 delta = f"{mean - prev[1]:+.4f}"
         prev = (config, mean)
+        text = f" {statistics.mean(g['text'].values()):.4f} |" if g["text"] else " - |"
         lines.append(f"| {config} | {','.join(seeds) or '-'} | {p} | {a} | {f} | {'/'.join(map(str, steps)) or '-'} | "
-                     f"{'-' if mean is None else f'{mean:.4f}'} | {spread} | {delta} |")
+                     f"{'-' if mean is None else f'{mean:.4f}'} | {spread} | {delta} |" + (text if with_text else ""))
     return "\n".join(lines)
 
 

@@ -220,6 +220,13 @@ def test_results_table_on_fake_runs(tmp_path):
         "| ablation/00_pkm | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.4000 | - | - |",
         "| ablation/01_rm_softmax | 1 | 561.7M | 51.7M | 0.103 | 100 | 5.3500 | - | -0.0500 |",
     ]
+    # losses on other text (scripts/eval_text.py) add a column: the mean over the seeds that have one
+    (tmp_path / "small" / "ultramem_s1.text.json").write_text(json.dumps({"loss": 6.25}))
+    (tmp_path / "small" / "ultramem_s2.text.json").write_text(json.dumps({"loss": 6.75}))
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].endswith("| delta | text loss |") and out[1].count("---") == 10
+    assert out[2].endswith("| - | - | - |") and out[3].endswith("| 0.2000 | - | 6.5000 |")
 
 
 def load_results_table():
