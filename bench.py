@@ -83,7 +83,8 @@ on the same rows and the first score. With sweep=True, at 32,768 tokens it also 
 backward launch configurations (kernels.CONFIG: column tile, slot block, warps, index prefetch; column
 tile, row tile, slot block, warps) and prints the best of each. Then the retrieval's top-k kernel
 (kernels.topk_indices) against torch.topk on the models' row lengths, with a sweep of its bits per pass and
-warps (sweep=True); shapes= (empty) times the top-k alone. Keys: shapes, tokens, E, h, max_baseline_tokens,
+warps (sweep=True); at decoding's few rows, per call within a CUDA graph of 20 calls as well (*_graph_ms; the
+sweep too), since single calls there are launch-bound. shapes= (empty) times the top-k alone. Keys: shapes, tokens, E, h, max_baseline_tokens,
 check_compile, sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
 """
 
@@ -147,12 +148,29 @@ def bench_kernels(cfg: dict) -> dict:
         raise BenchError(f"unknown kernel shape(s) {', '.join(bad)}; shapes: {', '.join(SHAPES)}")
     bench = lambda fn, rep: triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median")  # ms
 
-    def timed(fn, what):  # a sweep's configuration that does not compile or run (out of resources) is skipped
+    def timed(fn, what, per_call=None):  # a sweep's configuration that does not compile or run (out of
+        # resources) is skipped; per_call: time it with graph_ms instead (decode sizes)
         try:
-            return bench(fn, 100)
+            return per_call(fn) if per_call else bench(fn, 100)
         except Exception as e:
             print(f"  sweep {what}: failed ({type(e).__name__})", flush=True)
             return float("inf")
+
+    def graph_ms(fn, calls: int = 20) -> float:
+        """Milliseconds per call of fn with `calls` back-to-back calls replayed from one CUDA graph: a decode
+        step's situation (no Python, launches queued), where do_bench's single calls are launch-bound noise."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        ms = bench(graph.replay, 100) / calls
+        del graph
+        return ms
 
     res = {"date": time.strftime("%Y-%m-%d"), "card": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "E": E, "h": h, "dtype": str(dtype).replace("torch.", ""), "rows": []}
@@ -274,12 +292,14 @@ def bench_kernels(cfg: dict) -> dict:
     # the retrieval's top-k: kernels.topk_indices' kernel vs torch.topk, on the shapes of the models' selections
     # (UltraMem-151M: n = 2 x knum 1100 row / column scores and the 80 x 80 grid, 32,768 tokens x 2 heads; the
     # small UltraMem: 1136 and 32 x 32), after decoding's shapes, in bf16 (UltraMem-1.6B at batch 1 and 64: the
-    # row and column pre-selections of 2 heads in one call, 2 x 1788 = 3576 scores each, and the 42 x 42 grid)
+    # row and column pre-selections of 2 heads in one call, 2 x 1788 = 3576 scores each, and the 42 x 42 grid);
+    # last, the training pre-selections again in bf16, their dtype under autocast (the kernel's 16-bit keys)
     res["topk"] = []
     for rows_, L, k, dt in ((4, 3576, 42, torch.bfloat16), (256, 3576, 42, torch.bfloat16),
                             (2, 1764, 42, torch.bfloat16), (128, 1764, 42, torch.bfloat16),
                             (65536, 2200, 80, torch.float32), (65536, 6400, 80, torch.float32),
-                            (65536, 1136, 32, torch.float32), (65536, 1024, 32, torch.float32)):
+                            (65536, 1136, 32, torch.float32), (65536, 1024, 32, torch.float32),
+                            (65536, 2200, 80, torch.bfloat16), (65536, 1136, 32, torch.bfloat16)):
         r = {"rows": rows_, "L": L, "k": k, "dtype": str(dt)[6:]}
         try:  # report a failure and go on: the lookup numbers above are still worth having
             x = torch.randn(rows_, L, device=dev, generator=g).to(dt)
@@ -289,6 +309,11 @@ def bench_kernels(cfg: dict) -> dict:
             r["torch_unsorted_ms"] = bench(lambda: x.topk(k, dim=-1, sorted=False), 100)
             r["triton_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), 100)
             r["triton_sorted_ms"] = bench(lambda: kernels.topk_indices(x, k, sorted=True, impl="triton"), 100)
+            small = rows_ <= 4096  # decode sizes: also per call inside a CUDA graph, and the sweep so
+            if small:
+                r["torch_graph_ms"] = graph_ms(lambda: x.topk(k, dim=-1))
+                r["torch_unsorted_graph_ms"] = graph_ms(lambda: x.topk(k, dim=-1, sorted=False))
+                r["triton_graph_ms"] = graph_ms(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"))
             r["read_floor_ms"] = rows_ * L * x.element_size() / copy_bw / 1e9  # each row read once, at the copy bandwidth
             if cfg["sweep"]:  # bits per search pass (1, 2: compares; 4, 8: histograms) x warps per row
                 tk = dict(kernels.TOPK_CONFIG)
@@ -298,7 +323,8 @@ def bench_kernels(cfg: dict) -> dict:
                 for bits, warps in itertools.product((1, 2, 4, 8), [w for w in (1, 2, 4, 8, 16) if w >= least]):
                     kernels.TOPK_CONFIG.update(bits=bits, warps=warps)
                     r[f"sweep_b{bits}_w{warps}_ms"] = timed(
-                        lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), kernels.TOPK_CONFIG)
+                        lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), kernels.TOPK_CONFIG,
+                        graph_ms if small else None)
                 kernels.TOPK_CONFIG.update(tk)
             del x
         except Exception as e:
