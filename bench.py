@@ -159,18 +159,7 @@ def bench_kernels(cfg: dict) -> dict:
     def graph_ms(fn, calls: int = 20) -> float:
         """Milliseconds per call of fn with `calls` back-to-back calls replayed from one CUDA graph: a decode
         step's situation (no Python, launches queued), where do_bench's single calls are launch-bound noise."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                fn()
-        ms = bench(graph.replay, 100) / calls
-        del graph
-        return ms
+        return bench(_cuda_graph(lambda: [fn() for _ in range(calls)]), 100) / calls
 
     res = {"date": time.strftime("%Y-%m-%d"), "card": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "E": E, "h": h, "dtype": str(dtype).replace("torch.", ""), "rows": []}
@@ -242,16 +231,7 @@ def bench_kernels(cfg: dict) -> dict:
                 try:
                     for name, fn in (("fwd", lambda: kernels._lookup_triton(values, rows, blocks, scores, E)),
                                      ("bwd", lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E))):
-                        side = torch.cuda.Stream()
-                        side.wait_stream(torch.cuda.current_stream())
-                        with torch.cuda.stream(side):
-                            fn()
-                        torch.cuda.current_stream().wait_stream(side)
-                        graph = torch.cuda.CUDAGraph()
-                        with torch.cuda.graph(graph):
-                            fn()
-                        r[f"triton_{name}_graph_ms"] = bench(graph.replay, rep)
-                        del graph
+                        r[f"triton_{name}_graph_ms"] = graph_ms(fn, calls=1)
                 except Exception as e:
                     r["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             kernels.set_backward_scheme("atomic")
