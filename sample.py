@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from model import GPT, GPTConfig, decode_one_token
-from train import Fatal, load_checkpoint
+from train import Fatal, load_checkpoint, run_or_exit
 
 DEFAULTS = dict(
     out_dir="out/facts",  # folder holding ckpt.pt
@@ -88,8 +88,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except Fatal as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(main, sys.argv[1:])

@@ -81,6 +81,15 @@ class Fatal(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
+def run_or_exit(main, argv: list[str]) -> None:
+    """A script's main(argv), with a Fatal printed as `error: ...` on one line and exit status 1."""
+    try:
+        main(argv)
+    except Fatal as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # data
 
@@ -438,8 +447,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except Fatal as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(main, sys.argv[1:])

@@ -29,7 +29,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.common import get_tokenizer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from train import Fatal, load_checkpoint  # noqa: E402
+from train import Fatal, load_checkpoint, run_or_exit  # noqa: E402
 
 DEFAULTS = dict(out_dir="", text="", max_tokens=0, batch_size=8, block_size=0, device="auto", dtype="auto", out="",
                 progress=True)
@@ -61,19 +61,14 @@ def text_loss(model: GPT, ids: torch.Tensor, block_size: int, batch_size: int, d
     n = ids.numel() - 1  # predicted tokens
     starts = list(range(0, n, block_size))
     full = [s for s in starts if s + block_size <= n]
+    batches = [full[b : b + batch_size] for b in range(0, len(full), batch_size)]
+    if len(full) < len(starts):
+        batches.append(starts[-1:])  # the remainder, shorter than a window
     total = 0.0
     bar = tqdm(total=n, unit="tok", disable=not progress, desc="eval")
-    for b in range(0, len(full), batch_size):
-        chunk = full[b : b + batch_size]
-        x = torch.stack([ids[s : s + block_size] for s in chunk]).to(device)
-        y = torch.stack([ids[s + 1 : s + block_size + 1] for s in chunk]).to(device)
-        with ctx:
-            logits = model(x)[0]
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        bar.update(y.numel())
-    if len(full) < len(starts):  # the remainder, shorter than a window
-        s = starts[-1]
-        x, y = ids[s:n].to(device)[None], ids[s + 1 : n + 1].to(device)[None]
+    for chunk in batches:  # windows of one length each
+        x = torch.stack([ids[s : min(s + block_size, n)] for s in chunk]).to(device)
+        y = torch.stack([ids[s + 1 : min(s + block_size, n) + 1] for s in chunk]).to(device)
         with ctx:
             logits = model(x)[0]
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
@@ -119,8 +114,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except Fatal as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(main, sys.argv[1:])

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from data.common import get_tokenizer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from train import Fatal, load_checkpoint  # noqa: E402
+from train import Fatal, load_checkpoint, run_or_exit  # noqa: E402
 
 DEFAULTS = dict(out_dir="out/facts", facts="", limit=0, batch_size=256, device="auto")
 
@@ -70,8 +70,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except Fatal as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(main, sys.argv[1:])
