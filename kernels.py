@@ -4,7 +4,7 @@ Triton kernels, each next to its plain-PyTorch reference with the same signature
     mem_lookup(values, rows, blocks, scores, E) -> pooled (T, E, Dv)     the one function memory.py calls
     moe_grouped_mm(x, w, offs, gelu=False) -> (M, N)                     MoE decoding (model.py, moe_impl)
     moe_gather_mm(x, w, ids, x_div=1) -> (M, N) fp32                     MoE decoding of a few tokens
-    topk_indices(x, k, sorted=True, impl="torch") -> (..., k) int64      the retrieval's top-k (mem_topk)
+    topk_indices(x, k, sorted=True, impl="auto") -> (..., k) int64       the retrieval's top-k (mem_topk)
     decode_attention(q, k, v, input_pos) -> (B, H, T, D)                 split-KV decode attention (attn_decode)
 
 The first is the memory layer's lookup (spec sections 3, 5, 6: steps 7-8, the IVE decode, MCS weighting
@@ -24,6 +24,7 @@ Backward, two schemes for the value gradient (a dense (N, Dv) tensor in values.d
 Deterministic mode: set_deterministic(True) or torch.use_deterministic_algorithms(True).
 """
 
+import math
 import os
 
 import torch
@@ -404,8 +405,8 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # UltraMem-151M step, docs/BENCHMARKS.md). Here one program holds one row in registers and finds the k-th
 # largest by a bitwise search over order-preserving integer keys (TOPK_CONFIG["bits"] bits per pass), then
 # writes the winners' positions by a prefix sum: the row is read from memory once. L up to 16,384.
-# impl: "torch" (torch.topk; the memory layers' default, mem_topk: the kernel is slower on the 151M's rows) or
-# "triton".
+# impl: "torch" (torch.topk), "triton" (the kernel), or "auto" (the memory layers' default, mem_topk): the
+# kernel on CUDA where it was measured faster, torch.topk elsewhere (topk_auto_impl).
 
 TOPK_MAX_L = 16384
 # bits per search pass (1: 32 reductions of one count; 2: 16 of four; 4 or 8: 8 or 4 histograms of 16 or 256
@@ -415,6 +416,13 @@ TOPK_MAX_L = 16384
 # than the 2-bit compares; against torch.topk's unsorted call it still loses at 2,200 and 6,400 (1.4x, 1.6x)
 # and wins at 1,136 and 1,024 (1.3x, 2.5x).
 TOPK_CONFIG = {"bits": 4, "warps": 0}
+# "auto" picks the kernel for rows of at most TOPK_AUTO_L, or for at most TOPK_AUTO_ROWS rows of any length.
+# Measured on the H200 (docs/KERNELS.md, 2026-11-29): at 65,536 rows the kernel wins at 1,024 and 1,136 (2.5x,
+# 1.3x) and loses at 2,200 and 6,400 (1.4x, 1.6x, the UltraMem-151M's training rows); at decoding's sizes (4 and
+# 256 rows of 3,576, 2 and 128 rows of 1,764, timed per call in a CUDA graph) it takes 6-15 us against
+# torch.topk's 14-43 us, and UltraMem-1.6B's decode step went from 1.33x to 1.28x Dense's at batch 1. The row
+# bound covers decoding at batch 1,024 (4,096 rows of 3,576; timed in the whole step only).
+TOPK_AUTO_L, TOPK_AUTO_ROWS = 1536, 4096
 
 
 def topk_indices_reference(x: Tensor, k: int, sorted: bool = True) -> Tensor:
@@ -494,18 +502,29 @@ def _topk_indices_op(x: Tensor, k: int) -> Tensor:
     return topk_indices_reference(x, k)
 
 
-def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "torch") -> Tensor:
+def topk_auto_impl(shape: tuple[int, ...], cuda: bool) -> str:
+    """impl="auto"'s choice for rows of the given shape (..., L): "triton" on CUDA for short rows or few rows
+    (TOPK_AUTO_L, TOPK_AUTO_ROWS), else "torch" (on the CPU always: there the custom op runs torch.topk)."""
+    L = shape[-1]
+    rows = math.prod(shape[:-1])
+    return "triton" if cuda and (L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS) else "torch"
+
+
+def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> Tensor:
     """Indices (..., k) int64 of each row's k largest entries of x (..., L), largest first if sorted, else
     in any order; no gradient. impl "torch": torch.topk; "triton": the custom op (the kernel on CUDA, the
-    reference on the CPU; see the section header), re-sorted by value if sorted."""
+    reference on the CPU; see the section header), re-sorted by value if sorted; "auto": topk_auto_impl's
+    choice between the two."""
     L = x.shape[-1]
     if not 0 < k <= L:
         raise ValueError(f"topk_indices: k={k} must be in [1, L={L}]")
     x = x.detach()
+    if impl == "auto":
+        impl = topk_auto_impl(tuple(x.shape), x.is_cuda)
     if impl == "torch":
         return topk_indices_reference(x, k, sorted)
     if impl != "triton":
-        raise ValueError(f"topk_indices: impl must be 'torch' or 'triton', got {impl!r}")
+        raise ValueError(f"topk_indices: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     if L > TOPK_MAX_L or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"topk_indices: the kernel takes rows of at most {TOPK_MAX_L} floats, got {L} x {x.dtype}")
     idx = torch.ops.ultramem.topk_indices(x, k)

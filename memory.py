@@ -53,9 +53,10 @@ class MemoryConfig:
     mem_qconv: int = 5  # "+query conv": causal depthwise conv kernel; paper's size unknown (lucidrains 5); 0 = off; absent in code
     mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
     mem_tucker_tau: float = 0.15  # its margin tau
-    mem_topk: str = "torch"  # the retrieval's top-m (PKM and TDQKR): "torch" (torch.topk) | "triton"
-    # (kernels.topk_indices' kernel: 1.3x and 2.5x faster than torch.topk on rows of 1,136 and 1,024, 1.4-1.6x
-    # slower on the 151M's 2,200 and on 6,400, docs/KERNELS.md; untimed in a model step since its 4-bit default)
+    mem_topk: str = "auto"  # the retrieval's top-m (PKM and TDQKR): "auto" | "torch" (torch.topk) | "triton"
+    # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (the small configs'
+    # training) and for at most 4,096 rows (decoding), torch.topk otherwise (the 151M's training rows of 2,200
+    # and 6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):
@@ -76,7 +77,7 @@ class MemoryConfig:
             (root > 0 and root * root == self.mem_expand, f"mem_expand={self.mem_expand} must be a perfect square (IVE: E in 1, 4, 9, 16, ...)"),
             (self.mem_topm <= n, f"mem_topm={self.mem_topm} is larger than the number of row keys sqrt(mem_expand)*mem_knum={n}"),
             (self.mem_qk_norm in ("layer", "rms", "none"), f"mem_qk_norm must be 'layer', 'rms' or 'none', got {self.mem_qk_norm!r}"),
-            (self.mem_topk in ("torch", "triton"), f"mem_topk must be 'torch' or 'triton', got {self.mem_topk!r}"),
+            (self.mem_topk in ("auto", "torch", "triton"), f"mem_topk must be 'auto', 'torch' or 'triton', got {self.mem_topk!r}"),
             (self.mem_init in ("paper", "code", "pkm"), f"mem_init must be 'paper', 'code' or 'pkm', got {self.mem_init!r}"),
             (self.mem_init != "paper" or self.mem_qk_norm != "none", "mem_init='paper' tunes the query/key norm weights: needs mem_qk_norm"),
             (self.mem_tdqkr or self.mem_cores == 1, "mem_cores > 1 (MCS) needs mem_tdqkr=True"),
@@ -150,26 +151,26 @@ def head_scores(q: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
                  for b in range(2))
 
 
-def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int, topk: str = "torch") -> tuple[Tensor, Tensor, Tensor]:
+def pkm_retrieve(s_row: Tensor, s_col: Tensor, m: int, topk: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """PKM product keys: s_row, s_col (T, H, n) -> row, col (T, H, m) and scores (T, H, m, 1) of the top-m
     of the additive grid s_row[i] + s_col[j] (exact: the top-m sums use only the m best rows and columns),
-    best first. topk: kernels.topk_indices' implementation; the scores are gathered, so they carry the
-    gradient."""
+    in no particular order (the lookup sums over the slots and the softmax does not care: no sort).
+    topk: kernels.topk_indices' implementation; the scores are gathered, so they carry the gradient."""
     ir = kernels.topk_indices(s_row, m, False, topk)  # (T, H, m)
     ic = kernels.topk_indices(s_col, m, False, topk)
     grid = (s_row.gather(-1, ir).unsqueeze(-1) + s_col.gather(-1, ic).unsqueeze(-2)).flatten(2)  # (T, H, m*m)
-    top = kernels.topk_indices(grid, m, True, topk)  # (T, H, m)
+    top = kernels.topk_indices(grid, m, False, topk)  # (T, H, m)
     return ir.gather(2, top // m), ic.gather(2, top % m), grid.gather(-1, top).unsqueeze(-1)
 
 
 def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Tensor, m: int,
-                   topk: str = "torch") -> tuple[Tensor, Tensor, Tensor]:
+                   topk: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
     singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
     t^T S_col (one top-m call for both when decoding); the m x m candidates get their exact per-core scores
     S_row^T C^(c) S_col; the final top-m is taken on the sum over cores. Returns row, col (T, H, m) and
-    per-core scores (T, H, m, h), best first. topk: kernels.topk_indices' implementation for the top-m
-    ("torch" or "triton").
+    per-core scores (T, H, m, h), in no particular order (nothing downstream reads it: no sort kernel).
+    topk: kernels.topk_indices' implementation for the top-m ("auto", "torch" or "triton").
 
     The rank r is small (2-4), so every contraction over it is a broadcast multiply and a sum, which
     Inductor fuses, not a matmul: cuBLAS runs matmuls with an inner size of 2 far from the bandwidth limit
@@ -193,7 +194,7 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     a = _rdot(sr[:, :, None, :, None, :], cores.to(sr.dtype).transpose(-1, -2)[None, :, :, None])  # (T, H, h, m, r)
     with torch.no_grad():  # grid[i, j] = sum_l (sum_c A[c, i, l]) S_col[j, l]: the summed Tucker scores
         grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :])  # (T, H, m, m)
-        top = kernels.topk_indices(grid.flatten(2), m, True, topk)  # (T, H, m) into the m*m candidates, best first
+        top = kernels.topk_indices(grid.flatten(2), m, False, topk)  # (T, H, m) into the m*m candidates
     i, j = top // m, top % m
     ai = a.gather(3, i[:, :, None, :, None].expand(T, H, h, m, r))  # (T, H, h, m, r) the winners' rows
     sj = sc.gather(2, j.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r) and columns

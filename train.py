@@ -324,8 +324,11 @@ def main(argv: list[str]) -> None:
     tokens_per_step = cfg["batch_size"] * cfg["grad_accum"] * T * world
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
+        metrics_path = os.path.join(cfg["out_dir"], "metrics.jsonl")
         if ckpt_step is not None:
-            truncate_metrics(os.path.join(cfg["out_dir"], "metrics.jsonl"), ckpt_step)
+            truncate_metrics(metrics_path, ckpt_step)
+        elif os.path.exists(metrics_path):  # a scratch run starts its own log (a run killed before its first
+            os.remove(metrics_path)  # checkpoint, or the one --overwrite replaces, would otherwise run on in it)
         print(f"model: {n_total / 1e6:.2f}M parameters, {n_act / 1e6:.2f}M activated, "
               f"{model.flops_per_token() / 1e9:.3f} GFLOPs/token forward (paper's count); "
               f"{tokens_per_step:,} tokens per step on {world} x {dev} in {dtype}")

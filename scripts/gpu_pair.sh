@@ -14,7 +14,10 @@
 set -uo pipefail
 NAME=${1:?usage: bash scripts/gpu_pair.sh NAME CMD0 CMD1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
-OUT=${OUT:-out/gpu}; R=${R:-/tmp/pair_$NAME}; TIME_LIMIT=${TIME_LIMIT:-540}
+OUT=${OUT:-out/gpu}; TIME_LIMIT=${TIME_LIMIT:-540}
+if [ -z "${R:-}" ]; then  # the default work folder starts empty: a host can be lent again with /tmp kept, and
+  R=/tmp/pair_$NAME; rm -rf "$R"  # an earlier call of the same NAME left its files there (a given R is kept)
+fi
 mkdir -p "$OUT" "$R"
 [ -n "${DRY:-}" ] || nvidia-smi -L
 [ -n "${DRY:-}" ] || [ "${DATA:-1}" = 0 ] || bash scripts/gpu_data.sh

@@ -7,7 +7,8 @@
 #   JOBS=3 bash scripts/gpu_results.sh PART [SEED]  # SEED defaults to 1; OUT (default out/gpu) collects the results
 #   DRY=1 bash scripts/gpu_results.sh all 1         # print the train.py commands only
 #
-# JOBS=N runs N trainings at a time on the one GPU (default 1). Each run: python train.py config/small/X.py
+# JOBS=N runs N trainings at a time on the one GPU (default 1; table1 at JOBS=5 ran out of the H200's memory,
+# 2026-11-29: its five runs peak at 17-29 GB each, plus the evaluation's logits). Each run: python train.py config/small/X.py
 # --seed=S --progress=False --overwrite=True --out_dir=out/small/X_sS --ckpt_interval=1000000 (one checkpoint
 # at the last step instead of 11, which for the 0.7-1.4B parameter models costs 9-17 GB and seconds each;
 # deleted after the run unless KEEP_CKPT=1). $OUT/small/X_sS.{log,metrics.jsonl,json} are the log, the

@@ -121,6 +121,22 @@ def test_topk_indices_torch_path_and_checks():
     assert torch.equal(f(x), x.topk(7, dim=-1).indices)
 
 
+def test_topk_auto_picks_the_measured_winner():
+    """mem_topk="auto" (the memory layers' default): the kernel on CUDA for short rows or few rows, where it was
+    measured faster (docs/KERNELS.md), torch.topk for many long rows and on the CPU."""
+    pick = kernels.topk_auto_impl
+    assert pick((1, 2, 2, 3576), True) == "triton"  # UltraMem-1.6B decoding at batch 1: rows and columns at once
+    assert pick((1024, 2, 2, 3576), True) == "triton"  # batch 1,024: 4,096 rows
+    assert pick((2048, 2, 2, 3576), True) == "torch"
+    assert pick((65536, 1, 1136), True) == "triton"  # the small configs' training rows
+    assert pick((65536, 2, 2200), True) == "torch"  # the 151M's training rows (and its 80 x 80 grid)
+    assert pick((65536, 2, 6400), True) == "torch"
+    assert pick((1, 2, 2, 3576), False) == "torch"  # CPU
+    x = torch.randn(4, 3, 50)  # on the CPU "auto" is torch.topk, sorted or not
+    assert torch.equal(kernels.topk_indices(x, 7, impl="auto"), x.topk(7, dim=-1).indices)
+    assert torch.equal(kernels.topk_indices(x, 7, False).sort(-1).values, x.topk(7, dim=-1).indices.sort(-1).values)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
@@ -232,12 +248,14 @@ def _interp_topk() -> None:
     T, H, n, r, h, m = 5, 2, 40, 2, 2, 6
     s_row, s_col, cores = torch.randn(T, H, n, r, generator=g), torch.randn(T, H, n, r, generator=g), torch.randn(H, h, r, r, generator=g)
     u, t = torch.randn(H, r, generator=g), torch.randn(H, r, generator=g)
-    got = memory.tdqkr_retrieve(s_row, s_col, cores, u, t, m, topk="triton")
-    ref = memory.tdqkr_retrieve(s_row, s_col, cores, u, t, m, topk="torch")
+    canon = lambda row, col, sc: (lambda o: (row.gather(-1, o), col.gather(-1, o), sc.gather(2, o[..., None].expand_as(sc))))(
+        (row * n + col).argsort(dim=-1))  # sorted by slot: the retrieval's order is arbitrary
+    got = canon(*memory.tdqkr_retrieve(s_row, s_col, cores, u, t, m, topk="triton"))
+    ref = canon(*memory.tdqkr_retrieve(s_row, s_col, cores, u, t, m, topk="torch"))
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), "tdqkr rows/cols differ with the topk kernel"
     _close(got[2], ref[2], torch.float32, "tdqkr scores with the topk kernel")
     s1, s2 = torch.randn(T, H, n, generator=g), torch.randn(T, H, n, generator=g)
-    got, ref = memory.pkm_retrieve(s1, s2, m, topk="triton"), memory.pkm_retrieve(s1, s2, m, topk="torch")
+    got, ref = canon(*memory.pkm_retrieve(s1, s2, m, topk="triton")), canon(*memory.pkm_retrieve(s1, s2, m, topk="torch"))
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), "pkm rows/cols differ with the topk kernel"
     _close(got[2], ref[2], torch.float32, "pkm scores with the topk kernel")
     print("interp: tdqkr and pkm with the topk kernel ok", flush=True)
