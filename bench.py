@@ -271,7 +271,8 @@ def bench_kernels(cfg: dict) -> dict:
 
     # the retrieval's top-k: kernels.topk_indices' kernel vs torch.topk, on the shapes of the models' selections
     # (UltraMem-151M: n = 2 x knum 1100 row / column scores and the 80 x 80 grid, 32,768 tokens x 2 heads; the
-    # small UltraMem: 1136 and 32 x 32), after decoding's shapes, in bf16 (UltraMem-1.6B at batch 1 and 64: the
+    # small configs: 1136 (the x3 sparsity config's 2 x 568; the small PKM's 1,100 is close) and 32 x 32; the small
+    # UltraMem's 2 x 1136 = 2272 is close to 2200), after decoding's shapes, in bf16 (UltraMem-1.6B at batch 1 and 64: the
     # row and column pre-selections of 2 heads in one call, 2 x 1788 = 3576 scores each, and the 42 x 42 grid);
     # last, the training pre-selections again in bf16, their dtype under autocast (the kernel's 16-bit keys)
     res["topk"] = []

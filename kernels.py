@@ -396,7 +396,7 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # ===================================================================================================
 # Row-wise top-k indices for the memory layers' retrieval
 #
-#     topk_indices(x, k, sorted=True, impl="torch") -> (..., k) int64   the custom op `ultramem::topk_indices`
+#     topk_indices(x, k, sorted=True, impl="auto") -> (..., k) int64    the custom op `ultramem::topk_indices`
 #
 # The indices of the k largest entries of each row of x (..., L); no gradient (the retrieval takes indices
 # under no_grad and gathers what needs a gradient). sorted=True: by value, largest first (torch.topk's
@@ -416,7 +416,9 @@ TOPK_MAX_L = 16384
 # than the 2-bit compares; against torch.topk's unsorted call it still loses at 2,200 and 6,400 (1.4x, 1.6x)
 # and wins at 1,136 and 1,024 (1.3x, 2.5x).
 TOPK_CONFIG = {"bits": 4, "warps": 0}
-# "auto" picks the kernel for rows of at most TOPK_AUTO_L, or for at most TOPK_AUTO_ROWS rows of any length.
+# "auto" picks the kernel for rows of at most TOPK_AUTO_L, or for at most TOPK_AUTO_ROWS rows (of a length the
+# kernel takes). Short rows: the small PKM (1,100), the ladder's rows without IVE (998-1,411), the x3 sparsity
+# config (2 x 568) and every small grid (32 x 32); the small UltraMem's 2 x 1,136 = 2,272 stay on torch.topk.
 # Measured on the H200 (docs/KERNELS.md, 2026-11-29): at 65,536 rows the kernel wins at 1,024 and 1,136 (2.5x,
 # 1.3x) and loses at 2,200 and 6,400 (1.4x, 1.6x, the UltraMem-151M's training rows); at decoding's sizes (4 and
 # 256 rows of 3,576, 2 and 128 rows of 1,764, timed per call in a CUDA graph) it takes 6-15 us against
@@ -502,12 +504,14 @@ def _topk_indices_op(x: Tensor, k: int) -> Tensor:
     return topk_indices_reference(x, k)
 
 
-def topk_auto_impl(shape: tuple[int, ...], cuda: bool) -> str:
-    """impl="auto"'s choice for rows of the given shape (..., L): "triton" on CUDA for short rows or few rows
-    (TOPK_AUTO_L, TOPK_AUTO_ROWS), else "torch" (on the CPU always: there the custom op runs torch.topk)."""
+def topk_auto_impl(shape: tuple[int, ...], dtype: torch.dtype, cuda: bool) -> str:
+    """impl="auto"'s choice for rows of the given shape (..., L) and dtype: "triton" on CUDA for short rows or
+    few rows (TOPK_AUTO_L, TOPK_AUTO_ROWS) that the kernel takes (L <= TOPK_MAX_L, a float dtype of 16 or 32
+    bits, triton installed), else "torch" (on the CPU always: there the custom op runs torch.topk anyway)."""
     L = shape[-1]
     rows = math.prod(shape[:-1])
-    return "triton" if cuda and (L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS) else "torch"
+    fits = triton is not None and L <= TOPK_MAX_L and dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return "triton" if cuda and fits and (L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS) else "torch"
 
 
 def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> Tensor:
@@ -520,7 +524,7 @@ def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> 
         raise ValueError(f"topk_indices: k={k} must be in [1, L={L}]")
     x = x.detach()
     if impl == "auto":
-        impl = topk_auto_impl(tuple(x.shape), x.is_cuda)
+        impl = topk_auto_impl(tuple(x.shape), x.dtype, x.is_cuda)
     if impl == "torch":
         return topk_indices_reference(x, k, sorted)
     if impl != "triton":
@@ -692,7 +696,9 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
 
 # Launch parameters: first guesses for the H200, timed as they are (docs/BENCHMARKS.md) but not yet swept
 # (scripts/bench_moe.py --impls=gather --tune).
-MOE_GATHER_CONFIG = {"block_n": 64, "block_k": 128, "warps": 4, "programs_per_sm": 4, "sms": 132}
+# reduce_once: accumulate the (BLOCK_K, BLOCK_N) products elementwise and reduce over K once at the end, instead
+# of a cross-thread reduction per K step (a GEMV's usual layout; more registers). Untimed: in the --tune sweep.
+MOE_GATHER_CONFIG = {"block_n": 64, "block_k": 128, "warps": 4, "programs_per_sm": 4, "sms": 132, "reduce_once": False}
 
 
 def moe_gather_mm_reference(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
@@ -717,7 +723,8 @@ if triton is not None:
 
     @triton.jit
     def _moe_gather_kernel(x_ptr, w_ptr, ids_ptr, part_ptr, M, N, K, k_per_split, sxm, sxk, swg, swk, swn,
-                           X_DIV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           X_DIV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           REDUCE_ONCE: tl.constexpr):
         # one program per (row m, BLOCK_N output columns, K split): stream w[ids[m], split's K, n-tile] and
         # reduce it against x's row in fp32 (a matrix-vector product: no tensor-core tile for one row)
         m = tl.program_id(0)
@@ -729,13 +736,21 @@ if triton is not None:
         w_e = w_ptr + e * swg + cols[None, :] * swn
         k_start = split * k_per_split
         k_end = tl.minimum(k_start + k_per_split, K)
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if REDUCE_ONCE:
+            acc2 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < k_end
             a = tl.load(x_row + ks * sxk, mask=kmask, other=0.0).to(tl.float32)
             b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += tl.sum(a[:, None] * b.to(tl.float32), axis=0)
+            if REDUCE_ONCE:
+                acc2 += a[:, None] * b.to(tl.float32)
+            else:
+                acc += tl.sum(a[:, None] * b.to(tl.float32), axis=0)
+        if REDUCE_ONCE:
+            acc = tl.sum(acc2, axis=0)
         tl.store(part_ptr + (split.to(tl.int64) * M + m) * N + cols, acc, mask=nmask)
 
 
@@ -761,7 +776,8 @@ def _moe_gather_mm_triton(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> Tens
     # w keeps its strides: a copy would read every expert
     _launch(_moe_gather_kernel, (M, triton.cdiv(N, cfg["block_n"]), n_split), x.is_cuda, x, w, ids.contiguous(), part,
             M, N, K, per, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2), X_DIV=x_div,
-            BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], num_warps=cfg["warps"])
+            BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], REDUCE_ONCE=bool(cfg.get("reduce_once")),
+            num_warps=cfg["warps"])
     return part[0] if n_split == 1 else part.sum(0)
 
 

@@ -54,9 +54,9 @@ class MemoryConfig:
     mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
     mem_tucker_tau: float = 0.15  # its margin tau
     mem_topk: str = "auto"  # the retrieval's top-m (PKM and TDQKR): "auto" | "torch" (torch.topk) | "triton"
-    # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (the small configs'
-    # training) and for at most 4,096 rows (decoding), torch.topk otherwise (the 151M's training rows of 2,200
-    # and 6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
+    # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (e.g. the small PKM's
+    # 1,100 and every 32 x 32 grid) and for at most 4,096 rows (decoding), torch.topk otherwise (training rows
+    # of 2,200-6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):

@@ -328,7 +328,9 @@ def main(argv: list[str]) -> None:
         if ckpt_step is not None:
             truncate_metrics(metrics_path, ckpt_step)
         elif os.path.exists(metrics_path):  # a scratch run starts its own log (a run killed before its first
-            os.remove(metrics_path)  # checkpoint, or the one --overwrite replaces, would otherwise run on in it)
+            # checkpoint, or the one --overwrite replaces, would otherwise run on in it); the old one is kept aside
+            os.replace(metrics_path, metrics_path + ".prev")
+            print(f"note: the earlier {metrics_path} is now {metrics_path}.prev")
         print(f"model: {n_total / 1e6:.2f}M parameters, {n_act / 1e6:.2f}M activated, "
               f"{model.flops_per_token() / 1e9:.3f} GFLOPs/token forward (paper's count); "
               f"{tokens_per_step:,} tokens per step on {world} x {dev} in {dtype}")

@@ -6,7 +6,8 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather] [--tune]
    at the measured read rate). A stack of LAYERS independent layers is timed so that L2 (50 MB) cannot hold
    the experts between replays; the time per layer is reported. Once per moe_impl in --impls.
    --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
-   with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens.
+   with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens
+   (--gather_tune_tokens=1,2 picks others).
    moe_impl="gather" is timed up to 16 tokens only (it reads an expert once per token-slot).
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
@@ -26,6 +27,9 @@ D, E, Fh, K = (64, 34, 96, 2) if small else (2048, 34, 4864, 2)
 LAYERS = 2 if small else 8
 COMPILE = "--compile" in sys.argv
 IMPLS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--impls=")), ["grouped", "triton"])
+# --gather_tune_tokens=1,2: the gather sweep's token counts (default 1, 2, 4, 8; 108 configurations each)
+GATHER_TUNE_TOKENS = next(([int(t) for t in a.split("=", 1)[1].split(",") if t] for a in sys.argv
+                           if a.startswith("--gather_tune_tokens=")), [1, 2, 4, 8])
 torch.manual_seed(0)
 
 
@@ -136,7 +140,7 @@ if "--tune" in sys.argv:
 
             tune(f"B={B}", kernels.MOE_CONFIG, {"block_n": (32, 64, 128), "block_k": (64, 128, 256), "warps": (4, 8),
                                                 "stages": (3, 4)}, two, sum(r[2] for r in routes) / LAYERS * expert_bytes / bw)
-        for B in ([1, 2, 4, 8] if "gather" in IMPLS else []):  # kernels.moe_gather_mm on each token-slot's expert
+        for B in (GATHER_TUNE_TOKENS if "gather" in IMPLS else []):  # kernels.moe_gather_mm on each token-slot's expert
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             ids = [(x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1) for m, x in zip(layers, xs)]
 
@@ -145,7 +149,8 @@ if "--tune" in sys.argv:
                         for m, x, i in zip(layers, xs, ids)]
 
             tune(f"gather B={B}", kernels.MOE_GATHER_CONFIG, {"block_n": (32, 64, 128), "block_k": (64, 128, 256),
-                                                              "warps": (4, 8), "programs_per_sm": (2, 4, 8)},
+                                                              "warps": (4, 8), "programs_per_sm": (2, 4, 8),
+                                                              "reduce_once": (False, True)},
                  two_g, sum(len(torch.unique(i)) for i in ids) / LAYERS * expert_bytes / bw)
 
 # --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------

@@ -13,6 +13,7 @@
 # way share the host's CPUs with the other job: say so where reported.
 set -uo pipefail
 NAME=${1:?usage: bash scripts/gpu_pair.sh NAME CMD0 CMD1}
+[[ $NAME =~ ^[A-Za-z0-9._-]+$ ]] || { echo "gpu_pair.sh: NAME must be letters, digits, '.', '_' or '-', got '$NAME'" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}; TIME_LIMIT=${TIME_LIMIT:-540}
 if [ -z "${R:-}" ]; then  # the default work folder starts empty: a host can be lent again with /tmp kept, and

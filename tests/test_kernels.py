@@ -124,13 +124,17 @@ def test_topk_indices_torch_path_and_checks():
 def test_topk_auto_picks_the_measured_winner():
     """mem_topk="auto" (the memory layers' default): the kernel on CUDA for short rows or few rows, where it was
     measured faster (docs/KERNELS.md), torch.topk for many long rows and on the CPU."""
-    pick = kernels.topk_auto_impl
+    pick = lambda shape, cuda, dtype=torch.bfloat16: kernels.topk_auto_impl(shape, dtype, cuda)
     assert pick((1, 2, 2, 3576), True) == "triton"  # UltraMem-1.6B decoding at batch 1: rows and columns at once
     assert pick((1024, 2, 2, 3576), True) == "triton"  # batch 1,024: 4,096 rows
     assert pick((2048, 2, 2, 3576), True) == "torch"
-    assert pick((65536, 1, 1136), True) == "triton"  # the small configs' training rows
+    assert pick((65536, 2, 1100), True) == "triton"  # the small PKM's training rows
+    assert pick((65536, 2, 1024), True, torch.float32) == "triton"  # the small configs' 32 x 32 grids
+    assert pick((65536, 2, 2272), True) == "torch"  # the small UltraMem's rows (2 x 1,136)
     assert pick((65536, 2, 2200), True) == "torch"  # the 151M's training rows (and its 80 x 80 grid)
     assert pick((65536, 2, 6400), True) == "torch"
+    assert pick((4, 20000), True) == "torch"  # longer than the kernel takes
+    assert pick((4, 1000), True, torch.float64) == "torch"  # a dtype it does not take
     assert pick((1, 2, 2, 3576), False) == "torch"  # CPU
     x = torch.randn(4, 3, 50)  # on the CPU "auto" is torch.topk, sorted or not
     assert torch.equal(kernels.topk_indices(x, 7, impl="auto"), x.topk(7, dim=-1).indices)
