@@ -746,6 +746,21 @@ def _ratios(models: list[dict]) -> list[dict]:
     return out
 
 
+def _ratio_summary(ratios: list[dict], max_batch: int = 256) -> dict:
+    """The issue's headline numbers from _ratios: MoE/UltraMem latency at its peak and the batch there (the
+    paper: up to 6x), and the largest UltraMem/Dense latency ratio up to max_batch with its batch (target 1.3)."""
+    out = {}
+    moe = [r for r in ratios if "moe_over_mem_latency" in r]
+    if moe:
+        top = max(moe, key=lambda r: r["moe_over_mem_latency"])
+        out["moe_over_mem_latency_peak"], out["moe_over_mem_latency_peak_batch"] = top["moe_over_mem_latency"], top["batch"]
+    mem = [r for r in ratios if "mem_over_dense_latency" in r and r["batch"] <= max_batch]
+    if mem:
+        top = max(mem, key=lambda r: r["mem_over_dense_latency"])
+        out["mem_over_dense_latency_max"], out["mem_over_dense_latency_max_batch"] = top["mem_over_dense_latency"], top["batch"]
+    return out
+
+
 def _plot(res: dict, path: str) -> str:
     try:
         import matplotlib
@@ -808,6 +823,13 @@ def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
         print("\nratios per batch (first model of each kind):")
         for r in res["ratios"]:
             print(f"  B={r['batch']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "batch"))
+        res["ratio_summary"] = s = _ratio_summary(res["ratios"])
+        if "moe_over_mem_latency_peak" in s:
+            print(f"MoE / UltraMem latency peaks at {s['moe_over_mem_latency_peak']:.2f}x at batch "
+                  f"{s['moe_over_mem_latency_peak_batch']} (the paper: up to 6x)")
+        if "mem_over_dense_latency_max" in s:
+            print(f"UltraMem / Dense latency up to batch 256: at most {s['mem_over_dense_latency_max']:.2f}x "
+                  f"(batch {s['mem_over_dense_latency_max_batch']}; the target: 1.3x)")
     with open(run["out"], "w") as f:
         json.dump(res, f, indent=1)
     print(f"JSON written to {run['out']}")

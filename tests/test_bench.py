@@ -57,6 +57,20 @@ def test_decode_rows_per_model_and_batch(decode_small):
         assert "floor_ms" not in r  # no copy-bandwidth floor on the CPU
     assert {r["batch"] for r in res["ratios"]} == {1, 2}
     assert all("moe_over_mem_latency" in r and "moe_over_mem_bytes" in r for r in res["ratios"])
+    peak = max(res["ratios"], key=lambda r: r["moe_over_mem_latency"])
+    assert res["ratio_summary"] == {"moe_over_mem_latency_peak": peak["moe_over_mem_latency"],
+                                    "moe_over_mem_latency_peak_batch": peak["batch"]}  # no dense model here
+
+
+def test_ratio_summary_peak_and_max_up_to_256():
+    import bench
+
+    ratios = [{"batch": 1, "moe_over_mem_latency": 1.2, "mem_over_dense_latency": 1.27},
+              {"batch": 64, "moe_over_mem_latency": 3.5, "mem_over_dense_latency": 1.19},
+              {"batch": 512, "moe_over_mem_latency": 1.8, "mem_over_dense_latency": 1.4}]
+    assert bench._ratio_summary(ratios) == {"moe_over_mem_latency_peak": 3.5, "moe_over_mem_latency_peak_batch": 64,
+                                            "mem_over_dense_latency_max": 1.27, "mem_over_dense_latency_max_batch": 1}
+    assert bench._ratio_summary([]) == {}
 
 
 def test_decode_bytes_memory_and_moe_by_hand(decode_small):
