@@ -192,8 +192,10 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
     # A[t, a, c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core
     a = _rdot(sr[:, :, None, :, None, :], cores.to(sr.dtype).transpose(-1, -2)[None, :, :, None])  # (T, H, h, m, r)
-    with torch.no_grad():  # grid[i, j] = sum_l (sum_c A[c, i, l]) S_col[j, l]: the summed Tucker scores
-        grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :])  # (T, H, m, m)
+    with torch.no_grad():  # grid[i, j] = sum_l (sum_c A[c, i, l]) S_col[j, l]: the summed Tucker scores, in the
+        # scores' dtype (CUDA autocast runs torch.sum in fp32, which made the 151M step's grid top-k read fp32 rows:
+        # torch.topk's radix select then takes 4 passes, not 2; the pre-selection already selects in bf16)
+        grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :]).to(s_row.dtype)  # (T, H, m, m)
         top = kernels.topk_indices(grid.flatten(2), m, False, topk)  # (T, H, m) into the m*m candidates
     i, j = top // m, top % m
     ai = a.gather(3, i[:, :, None, :, None].expand(T, H, h, m, r))  # (T, H, h, m, r) the winners' rows
