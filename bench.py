@@ -79,8 +79,8 @@ of the forward: T*K*Dv*elem (rows read) + T*K*(8+8+h*4) (row, block, scores) + T
 the backward: N*Dv*elem (the dense value gradient, written once) + T*K*Dv*elem (rows read for the score
 gradient) + T*K*Dv*elem (output-gradient rows read per slot) + T*K*(8+8+2*h*4) (indices, scores and
 their gradient). embedding_bag computes a simpler function (one bag per token: E=1, h=1) and is timed
-on the same rows and the first score. With sweep=True, at 32,768 tokens it also times 24 forward and 24
-backward launch configurations (kernels.CONFIG: column tile, slot block, warps, index prefetch; column
+on the same rows and the first score. With sweep=True, at 32,768 tokens it also times 27 forward and 24
+backward launch configurations (kernels.CONFIG: column tile, slot block, warps; column
 tile, row tile, slot block, warps) and prints the best of each. Then the retrieval's top-k kernel
 (kernels.topk_indices) against torch.topk on the models' row lengths, with a sweep of its bits per pass and
 warps (sweep=True); at decoding's few rows, per call within a CUDA graph of 20 calls as well (*_graph_ms; the
@@ -248,12 +248,12 @@ def bench_kernels(cfg: dict) -> dict:
                 fwd_lookup = lambda: kernels._lookup_triton(values, rows, blocks, scores, E)
                 bwd_lookup = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
                 # around v3's winners (BLOCK_D 128, BLOCK_K 16, 4 warps, 1 stage; R 32, 4 warps): 3 stages and
-                # the zero-filled backward lost everywhere in v3's sweep (docs/KERNELS.md) and are left out, and
-                # so is the prefetch since the v4 sweep (never the best); 64 slots per step (all of shape (a)'s
-                # slots in one round trip for the indices and one for the rows) and 8 warps are new in session 6
-                for bd, bk, nw, pf in itertools.product((64, 128, 256), (16, 32, 64), (2, 4, 8), (False,)):
-                    kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=nw, fwd_stages=1, fwd_prefetch=pf)
-                    r[f"sweep_fwd_d{bd}_k{bk}_w{nw}_p{int(pf)}"] = timed(fwd_lookup, kernels.CONFIG)
+                # the zero-filled backward lost everywhere in v3's sweep (docs/KERNELS.md) and are left out; 64
+                # slots per step (all of shape (a)'s slots in one round trip for the indices and one for the rows)
+                # and 8 warps are new in session 6
+                for bd, bk, nw in itertools.product((64, 128, 256), (16, 32, 64), (2, 4, 8)):
+                    kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=nw, fwd_stages=1)
+                    r[f"sweep_fwd_d{bd}_k{bk}_w{nw}"] = timed(fwd_lookup, kernels.CONFIG)
                 for bd, R, bi, nw in itertools.product((0, 128), (16, 32, 64), (16, 32), (4, 8)):
                     kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=nw, bwd_zero_fill=False)
                     r[f"sweep_bwd_d{bd}_r{R}_i{bi}_w{nw}"] = timed(bwd_lookup, kernels.CONFIG)

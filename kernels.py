@@ -91,9 +91,9 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # without slots write nothing, instead of every program writing its rows (zeros included).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
 # second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
-# fwd_prefetch: load the next slot block's indices and scores while this block's rows are in flight; measured
-# slower in most of the sweep and never better than the best configuration without it, so off.
-CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1, "fwd_prefetch": False,
+# (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
+# flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
+CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "atomic_warps": 4}
 
@@ -169,11 +169,10 @@ if triton is not None:
     @triton.jit
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr):
+                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
-        # (E_PAD, BLOCK_K) matmul. PREFETCH: the next block's indices and scores are loaded while this block's
-        # value rows are in flight, so each iteration waits on one memory round trip, not two
+        # (E_PAD, BLOCK_K) matmul
         t = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
@@ -181,19 +180,10 @@ if triton is not None:
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
-        if PREFETCH:
-            b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, 0, K, core, H, BLOCK_K, BLOCK_D)
-            for k0 in range(0, K, BLOCK_K):
-                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
-                b2, r2, s2, kmask2 = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0 + BLOCK_K, K, core, H,
-                                                 BLOCK_K, BLOCK_D)
-                acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
-                b, r, s, kmask = b2, r2, s2, kmask2
-        else:
-            for k0 in range(0, K, BLOCK_K):
-                b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K, BLOCK_D)
-                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
-                acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)
+        for k0 in range(0, K, BLOCK_K):
+            b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K, BLOCK_D)
+            v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
         out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
@@ -303,7 +293,7 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     _launch(_lookup_fwd_kernel, (T, triton.cdiv(Dv, BLOCK_D)), values.is_cuda, values.contiguous(), rows.contiguous(),
             blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, PREFETCH=CONFIG["fwd_prefetch"], num_warps=CONFIG["fwd_warps"],
+            SPLIT=values.is_cuda, num_warps=CONFIG["fwd_warps"],
             num_stages=CONFIG["fwd_stages"])
     return out
 
@@ -504,13 +494,17 @@ def _topk_indices_op(x: Tensor, k: int) -> Tensor:
     return topk_indices_reference(x, k)
 
 
+def _topk_kernel_takes(L: int, dtype: torch.dtype) -> bool:
+    return L <= TOPK_MAX_L and dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def topk_auto_impl(shape: tuple[int, ...], dtype: torch.dtype, cuda: bool) -> str:
     """impl="auto"'s choice for rows of the given shape (..., L) and dtype: "triton" on CUDA for short rows or
     few rows (TOPK_AUTO_L, TOPK_AUTO_ROWS) that the kernel takes (L <= TOPK_MAX_L, a float dtype of 16 or 32
     bits, triton installed), else "torch" (on the CPU always: there the custom op runs torch.topk anyway)."""
     L = shape[-1]
     rows = math.prod(shape[:-1])
-    fits = triton is not None and L <= TOPK_MAX_L and dtype in (torch.float32, torch.bfloat16, torch.float16)
+    fits = triton is not None and _topk_kernel_takes(L, dtype)
     return "triton" if cuda and fits and (L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS) else "torch"
 
 
@@ -529,7 +523,7 @@ def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> 
         return topk_indices_reference(x, k, sorted)
     if impl != "triton":
         raise ValueError(f"topk_indices: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-    if L > TOPK_MAX_L or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if not _topk_kernel_takes(L, x.dtype):
         raise ValueError(f"topk_indices: the kernel takes rows of at most {TOPK_MAX_L} floats, got {L} x {x.dtype}")
     idx = torch.ops.ultramem.topk_indices(x, k)
     if sorted:  # the k winners by value, largest first; stable, so equal values keep index order
@@ -776,7 +770,7 @@ def _moe_gather_mm_triton(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> Tens
     # w keeps its strides: a copy would read every expert
     _launch(_moe_gather_kernel, (M, triton.cdiv(N, cfg["block_n"]), n_split), x.is_cuda, x, w, ids.contiguous(), part,
             M, N, K, per, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2), X_DIV=x_div,
-            BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], REDUCE_ONCE=bool(cfg.get("reduce_once")),
+            BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], REDUCE_ONCE=bool(cfg["reduce_once"]),
             num_warps=cfg["warps"])
     return part[0] if n_split == 1 else part.sum(0)
 

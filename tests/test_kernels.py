@@ -183,8 +183,8 @@ def _interp_main() -> None:
         # other launch configurations: column tiles of 16 (several per row, crossing MCS core boundaries
         # where Dv / h is not a multiple of 16), other slot blocks, the zero-filled backward
         variants = ({"fwd_block_d": 16, "bwd_block_d": 16, "fwd_block_k": 32, "bwd_block_i": 32, "bwd_rows": 16},
-                    {"fwd_prefetch": True, "fwd_block_k": 4},  # several slot blocks, the last one partial
-                    {"fwd_prefetch": True, "fwd_block_d": 16},
+                    {"fwd_block_k": 4},  # several slot blocks, the last one partial
+                    {"fwd_block_k": 4, "fwd_block_d": 16},
                     {"bwd_block_d": 16, "bwd_zero_fill": True, "fwd_block_k": 64, "fwd_warps": 8},  # one slot block
                     {"bwd_zero_fill": True, "bwd_rows": 64},
                     {"bwd_rows": 32, "bwd_block_i": 16})  # fixed tiles (the default, 0, picks by slots per row)
