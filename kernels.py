@@ -688,11 +688,14 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
 # each take a contiguous share of K, and their fp32 partials are summed after the kernel in a fixed order,
 # so that a single row still fills the GPU. Inference only, like moe_grouped_mm.
 
-# Launch parameters: first guesses for the H200, timed as they are (docs/BENCHMARKS.md) but not yet swept
-# (scripts/bench_moe.py --impls=gather --tune).
+# Launch parameters for the H200: the best of the 108-configuration sweep at 1 and 2 tokens (both projections of
+# the MoE-1.6B layer, CUDA graph, 2026-11-29 session 7: 35.0 / 52.6 us, 1.87x / 1.45x their read floor, against
+# 63-75 / 94-98 us at the first guess, block_n 64, block_k 128, 4 warps, 4 programs per SM, reduce_once False;
+# docs/BENCHMARKS.md, `scripts/bench_moe.py --compile --impls=gather --tune --gather_tune_tokens=1,2`).
 # reduce_once: accumulate the (BLOCK_K, BLOCK_N) products elementwise and reduce over K once at the end, instead
-# of a cross-thread reduction per K step (a GEMV's usual layout; more registers). Untimed: in the --tune sweep.
-MOE_GATHER_CONFIG = {"block_n": 64, "block_k": 128, "warps": 4, "programs_per_sm": 4, "sms": 132, "reduce_once": False}
+# of a cross-thread reduction per K step (a GEMV's usual layout; more registers). It was in the 12 best
+# configurations of the sweep, and the per-step reduction in none of them.
+MOE_GATHER_CONFIG = {"block_n": 32, "block_k": 64, "warps": 8, "programs_per_sm": 2, "sms": 132, "reduce_once": True}
 
 
 def moe_gather_mm_reference(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:

@@ -17,7 +17,17 @@
 # .device_carry/tinyshakespeare.txt, a copy of ../shared/data/tinyshakespeare.txt; skipped with a note when
 # the file is missing) by scripts/eval_text.py: $OUT/small/X_sS.text.json, the table's "text loss" column.
 #
-# GPU time, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
+# The whole set on one GPU (issue 7: Table 1 with two seeds, the ladder, Figure 6b, knowledge capacity) is
+# the three parts set1, set2 and set3, each under the device tool's 10 minutes per call, four trainings at a
+# time, the longest first (a run may name its seed, CONFIG@SEED, so one part mixes seeds):
+#   set1  Table 1 seed 1 + sparsity_x24, x3 (Figure 6b seed 1)     set2  Table 1 seed 2 + sparsity_x12, x6
+#   set3  the ladder (table2a + table2b, seed 1), with knowledge capacity (gpu_capacity.sh) beside it
+#   JOBS=4 bash scripts/gpu_results.sh set1     (the seed argument is ignored by the set parts)
+#   bash scripts/gpu_results.sh set             # all three one after the other, where no 10-minute limit applies
+#   bash scripts/gpu_results.sh pair_sets       # set1 | set2 on a two-GPU machine; then ... set3 alone
+# Measured: docs/RESULTS.md, "The whole set's GPU time".
+#
+# Earlier parts, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
 #   table1    dense_4x ultramem pkm moe dense      JOBS=3: 462 s (seed 1, with preparing medium_mix) and 435 s
 #                                                  (seed 2): run it for seeds 1 and 2
 #   table2a   ablation rows 00-05                  JOBS=3: 362 s
@@ -26,11 +36,9 @@
 #                                                  fig6b_lo (x6 x3) are its halves (seed 2: 174 s / 121 s, JOBS=2)
 #   checks    ultramem_vlr4 (value lr x4, the authors' code, against table1's x10; 1100 steps): 136 s alone
 #   capacity  scripts/gpu_capacity.sh (knowledge capacity, its own settings: SIZES, MODELS, LIMIT): 393 s
-# On one GPU: table1 1, table1 2, table2a, table2b, fig6b 1, capacity = about 38 minutes of commands (41 with
-# checks), over the issue's 30. On a two-GPU machine (device kind nvidia-h200-x2) the parts pairN run two parts
-# at once, one per GPU (scripts/gpu_pair.sh; $OUT/pairN.tgz holds everything): about 21 minutes of commands
-# (22.5 held) for pair1-pair3 (pair2 373 s, pair3 423 s, pair4 175 s measured; pair1 is table1's two seeds side
-# by side, which ran one at a time on a one-GPU machine):
+# Those parts one after the other took about 38 minutes of commands on one GPU. On a two-GPU machine
+# (device kind nvidia-h200-x2) the parts pairN run two parts at once, one per GPU (scripts/gpu_pair.sh;
+# $OUT/pairN.tgz holds everything):
 #   pair1  table1 1 | table1 2      pair2  table2a | table2b      pair3  fig6b 1 + checks | capacity
 #   pair4  fig6b_hi 2 | fig6b_lo 2 (Figure 6b's second seed)
 #   pair5  table2a 2 | table2b 2 (the ladder's second seed)   pair6  table2_init 1 | table2_init 2
@@ -41,14 +49,20 @@
 # all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
+case $PART in set*) JOBS=${JOBS:-4} ;; esac  # the set parts: four at a time unless told
 JOBS=${JOBS:-1}
 
-part() {  # the config names (under config/small/, without .py) of a part
+part() {  # the runs of a part: config names under config/small/ (without .py), each CONFIG or CONFIG@SEED
   case $1 in
+    set1) echo dense_4x@1 ultramem@1 pkm@1 moe@1 sparsity_x24@1 dense@1 sparsity_x3@1 ;;  # longest first
+    set2) echo dense_4x@2 ultramem@2 pkm@2 moe@2 sparsity_x12@1 dense@2 sparsity_x6@1 ;;
+    set3) echo ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
+               ablation/09_improved_init@1 ablation/06_ive@1 ablation/04_split_skip@1 ablation/05_qk_norm@1 \
+               ablation/00_pkm@1 ablation/01_rm_softmax@1 ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
     table1) echo dense_4x ultramem pkm moe dense ;;  # longest first, for JOBS > 1
     table2a) echo ablation/00_pkm ablation/01_rm_softmax ablation/02_half_vdim_proj ablation/03_share_query \
                   ablation/04_split_skip ablation/05_qk_norm ;;
@@ -61,7 +75,7 @@ part() {  # the config names (under config/small/, without .py) of a part
     fig6b_lo) echo sparsity_x6 sparsity_x3 ;;
     checks) echo ultramem_vlr4 ;;  # a one-run check against table1's ultramem (docs/RESULTS.md)
     all) echo "$(part table1) $(part table2) $(part fig6b) $(part checks) $(part table2_init)" ;;
-    *) [ -f "config/small/$1.py" ] || { echo "unknown part or config: $1" >&2; exit 2; }; echo "$1" ;;
+    *) [ -f "config/small/${1%@*}.py" ] || { echo "unknown part or config: $1" >&2; exit 2; }; echo "$1" ;;
   esac
 }
 me="bash scripts/gpu_results.sh"
@@ -74,14 +88,18 @@ case $PART in
   pair5) exec bash scripts/gpu_pair.sh pair5 "JOBS=3 $me table2a 2" "JOBS=3 $me table2b 2" ;;
   pair6) exec bash scripts/gpu_pair.sh pair6 "JOBS=4 $me table2_init 1" "JOBS=4 $me table2_init 2" ;;
   pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
+  pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set2" ;;
+  set) for s in set1 set2 set3; do JOBS=$JOBS OUT=$OUT bash "$0" "$s"; done; exit 0 ;;
 esac
 NAMES=$(part "$PART")
 
 if [ -n "${DRY:-}" ]; then
   for X in $NAMES; do
-    echo python train.py "config/small/$X.py" --seed="$SEED" --progress=False --overwrite=True \
-      --out_dir="out/small/${X}_s$SEED" --ckpt_interval=1000000
+    S=$SEED; [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
+    echo python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
+      --out_dir="out/small/${X}_s$S" --ckpt_interval=1000000
   done
+  [ "$PART" = set3 ] && DRY=1 bash scripts/gpu_capacity.sh
   exit 0
 fi
 
@@ -90,11 +108,13 @@ bash scripts/gpu_data.sh
 EVAL_TEXT=${EVAL_TEXT:-.device_carry/tinyshakespeare.txt}
 [ -f "$EVAL_TEXT" ] || echo "note: $EVAL_TEXT not found: the runs are not scored on other text"
 
-one() {  # train config/small/$1.py with seed $SEED, then digest it
-  local X=$1 run="small/${1}_s$SEED" start
+one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default $SEED), then digest it
+  local X=$1 S=$SEED run start
+  [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
+  run="small/${X}_s$S"
   mkdir -p "$(dirname "$OUT/$run")"
   start=$(date +%s)
-  python train.py "config/small/$X.py" --seed="$SEED" --progress=False --overwrite=True \
+  python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
     --out_dir="out/$run" --ckpt_interval=1000000 > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; return 1; }
   echo "$run: $(( $(date +%s) - start )) s wall (JOBS=$JOBS)"
   python scripts/metrics_summary.py "out/$run" > "$OUT/$run.json" && cat "$OUT/$run.json"
@@ -110,6 +130,11 @@ one() {  # train config/small/$1.py with seed $SEED, then digest it
 # JOBS runs at a time on the one GPU: a small model leaves the H200 partly idle (short kernels, the
 # Python between them, a minute of compilation on the CPU), so runs side by side finish the set sooner;
 # each run's wall time then counts the others' load too. A failed run stops the script (set -e).
+part_start=$(date +%s)
+cap=""
+if [ "$PART" = set3 ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
+  JOBS=3 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
+fi
 running=0
 for X in $NAMES; do
   one "$X" &
@@ -117,4 +142,9 @@ for X in $NAMES; do
   if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
 done
 while [ "$running" -gt 0 ]; do wait -n; running=$((running - 1)); done
+if [ -n "$cap" ]; then
+  wait "$cap" || { cat "$OUT/capacity.txt"; exit 1; }
+  cat "$OUT/capacity.txt"
+fi
 python scripts/results_table.py "$OUT" | tee "$OUT/results_${PART//\//_}_s$SEED.md"
+echo "part $PART: $(( $(date +%s) - part_start )) s after preparing the data (JOBS=$JOBS)"

@@ -212,8 +212,8 @@ def _interp_main() -> None:
     for i, (T, x_div, K, N, G, cfg) in enumerate([(1, 2, 96, 200, 34, {}), (3, 2, 100, 72, 5, {"block_k": 32}),
                                                    (5, 1, 70, 33, 3, {"block_n": 16, "block_k": 16}),
                                                    (2, 2, 64, 40, 4, {"programs_per_sm": 1, "sms": 1}),
-                                                   (3, 2, 100, 72, 5, {"block_k": 32, "reduce_once": True}),
-                                                   (1, 2, 70, 33, 34, {"block_n": 16, "block_k": 16, "reduce_once": True})]):
+                                                   (3, 2, 100, 72, 5, {"block_k": 32, "reduce_once": False}),
+                                                   (1, 2, 70, 33, 34, {"block_n": 16, "block_k": 16, "reduce_once": False})]):
         kernels.MOE_GATHER_CONFIG.update(gdefaults, **cfg)
         for dtype in (torch.float32, torch.bfloat16):
             x, w, ids = _gather_inputs(T, x_div, K, N, G, dtype, 200 + i)
