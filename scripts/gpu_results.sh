@@ -18,13 +18,15 @@
 # the file is missing) by scripts/eval_text.py: $OUT/small/X_sS.text.json, the table's "text loss" column.
 #
 # The whole set on one GPU (issue 7: Table 1 with two seeds, the ladder, Figure 6b, knowledge capacity) is
-# the three parts set1, set2 and set3, each under the device tool's 10 minutes per call, four trainings at a
-# time, the longest first (a run may name its seed, CONFIG@SEED, so one part mixes seeds):
+# the four parts set1-set4, each under the device tool's 10 minutes per call, four trainings at a time, the
+# longest first (a run may name its seed, CONFIG@SEED, so one part mixes seeds):
 #   set1  Table 1 seed 1 + sparsity_x24, x3 (Figure 6b seed 1)     set2  Table 1 seed 2 + sparsity_x12, x6
-#   set3  the ladder (table2a + table2b, seed 1), with knowledge capacity (gpu_capacity.sh) beside it
+#   set3  ladder rows 06-11, with knowledge capacity (gpu_capacity.sh, three at a time) beside them
+#   set4  ladder rows 00-05
 #   JOBS=4 bash scripts/gpu_results.sh set1     (the seed argument is ignored by the set parts)
-#   bash scripts/gpu_results.sh set             # all three one after the other, where no 10-minute limit applies
-#   bash scripts/gpu_results.sh pair_sets       # set1 | set2 on a two-GPU machine; then ... set3 alone
+#   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
+#                                               # 10-minute limit applies
+#   bash scripts/gpu_results.sh pair_sets       # set1 | set2 on a two-GPU machine; pair_sets2: set3 | set4
 # Measured: docs/RESULTS.md, "The whole set's GPU time".
 #
 # Earlier parts, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
@@ -49,7 +51,7 @@
 # all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set4|set|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|pair_sets2|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -61,8 +63,14 @@ part() {  # the runs of a part: config names under config/small/ (without .py), 
     set1) echo dense_4x@1 ultramem@1 pkm@1 moe@1 sparsity_x24@1 dense@1 sparsity_x3@1 ;;  # longest first
     set2) echo dense_4x@2 ultramem@2 pkm@2 moe@2 sparsity_x12@1 dense@2 sparsity_x6@1 ;;
     set3) echo ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
-               ablation/09_improved_init@1 ablation/06_ive@1 ablation/04_split_skip@1 ablation/05_qk_norm@1 \
-               ablation/00_pkm@1 ablation/01_rm_softmax@1 ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
+               ablation/09_improved_init@1 ablation/06_ive@1 ;;
+    set4) echo ablation/04_split_skip@1 ablation/05_qk_norm@1 ablation/00_pkm@1 ablation/01_rm_softmax@1 \
+               ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
+    set) echo dense_4x@1 dense_4x@2 ultramem@1 ultramem@2 pkm@1 pkm@2 moe@1 moe@2 sparsity_x24@1 sparsity_x12@1 \
+              ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
+              ablation/09_improved_init@1 ablation/06_ive@1 ablation/04_split_skip@1 ablation/05_qk_norm@1 \
+              ablation/00_pkm@1 ablation/01_rm_softmax@1 ablation/02_half_vdim_proj@1 ablation/03_share_query@1 \
+              sparsity_x6@1 sparsity_x3@1 dense@1 dense@2 ;;
     table1) echo dense_4x ultramem pkm moe dense ;;  # longest first, for JOBS > 1
     table2a) echo ablation/00_pkm ablation/01_rm_softmax ablation/02_half_vdim_proj ablation/03_share_query \
                   ablation/04_split_skip ablation/05_qk_norm ;;
@@ -89,7 +97,7 @@ case $PART in
   pair6) exec bash scripts/gpu_pair.sh pair6 "JOBS=4 $me table2_init 1" "JOBS=4 $me table2_init 2" ;;
   pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
   pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set2" ;;
-  set) for s in set1 set2 set3; do JOBS=$JOBS OUT=$OUT bash "$0" "$s"; done; exit 0 ;;
+  pair_sets2) exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set3" "JOBS=4 $me set4" ;;
 esac
 NAMES=$(part "$PART")
 
@@ -99,7 +107,7 @@ if [ -n "${DRY:-}" ]; then
     echo python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
       --out_dir="out/small/${X}_s$S" --ckpt_interval=1000000
   done
-  [ "$PART" = set3 ] && DRY=1 bash scripts/gpu_capacity.sh
+  if [ "$PART" = set3 ] || [ "$PART" = set ]; then DRY=1 bash scripts/gpu_capacity.sh; fi
   exit 0
 fi
 
@@ -132,7 +140,7 @@ one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default
 # each run's wall time then counts the others' load too. A failed run stops the script (set -e).
 part_start=$(date +%s)
 cap=""
-if [ "$PART" = set3 ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
+if [ "$PART" = set3 ] || [ "$PART" = set ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
   JOBS=3 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
 fi
 running=0

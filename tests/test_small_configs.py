@@ -149,9 +149,9 @@ def test_gpu_results_parts_cover_every_config():
 
 
 def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
-    """set1-set3 (one GPU each, four trainings at a time): Table 1 with seeds 1 and 2, the ladder and Figure 6b
+    """set1-set4 (one GPU each, four trainings at a time): Table 1 with seeds 1 and 2, the ladder and Figure 6b
     with seed 1, each run once, longest first within a part; knowledge capacity beside the ladder in set3; "set" is
-    the three in order."""
+    the same runs in one queue, with capacity."""
     def runs(part):
         out = subprocess.run(["bash", "scripts/gpu_results.sh", part, "7"], cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "DRY": "1"}, check=True).stdout
@@ -159,12 +159,13 @@ def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
                  for line in out.splitlines() if line.startswith("python train.py config/small/")]
         return small, out.count("python train.py config/capacity/")
 
-    (s1, c1), (s2, c2), (s3, c3), (everything, c) = runs("set1"), runs("set2"), runs("set3"), runs("set")
-    assert everything == s1 + s2 + s3 and (c1, c2, c3, c) == (0, 0, 9, 9)
+    (s1, c1), (s2, c2), (s3, c3), (s4, c4), (everything, c) = (runs(p) for p in ("set1", "set2", "set3", "set4", "set"))
+    assert sorted(everything) == sorted(s1 + s2 + s3 + s4) and (c1, c2, c3, c4, c) == (0, 0, 9, 0, 9)
     want = [n + "=1" for n in NAMES_TABLE1] + [n + "=2" for n in NAMES_TABLE1] + \
         [n + "=1" for n in NAMES if n.startswith(("sparsity_", "ablation/"))]
-    assert sorted(everything) == sorted(want)
-    assert s1[0] == "dense_4x=1" and s2[0] == "dense_4x=2" and s3[0] == "ablation/07_tdqkr=1"
+    assert sorted(everything) == sorted(want) and len(everything) == len(want)
+    assert s1[0] == "dense_4x=1" and s2[0] == "dense_4x=2" and everything[0] == "dense_4x=1"
+    assert all(x.startswith("ablation/") for x in s3 + s4) and len(s3) == len(s4) == 6
 
 
 def test_gpu_results_pairs_split_the_set_over_two_gpus(tmp_path):
