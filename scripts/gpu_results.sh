@@ -21,7 +21,7 @@
 # the four parts set1-set4, each under the device tool's 10 minutes per call, four trainings at a time, the
 # longest first (a run may name its seed, CONFIG@SEED, so one part mixes seeds):
 #   set1  Table 1 seed 1 + sparsity_x24, x3 (Figure 6b seed 1)     set2  Table 1 seed 2 + sparsity_x12, x6
-#   set3  ladder rows 06-11, with knowledge capacity (gpu_capacity.sh, three at a time) beside them
+#   set3  ladder rows 06-11, with knowledge capacity (gpu_capacity.sh, five at a time) beside them
 #   set4  ladder rows 00-05
 #   JOBS=4 bash scripts/gpu_results.sh set1     (the seed argument is ignored by the set parts)
 #   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
@@ -141,7 +141,7 @@ one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default
 part_start=$(date +%s)
 cap=""
 if [ "$PART" = set3 ] || [ "$PART" = set ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
-  JOBS=3 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
+  JOBS=5 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
 fi
 running=0
 for X in $NAMES; do
