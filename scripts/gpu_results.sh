@@ -137,22 +137,27 @@ one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default
 
 # JOBS runs at a time on the one GPU: a small model leaves the H200 partly idle (short kernels, the
 # Python between them, a minute of compilation on the CPU), so runs side by side finish the set sooner;
-# each run's wall time then counts the others' load too. A failed run stops the script (set -e).
+# each run's wall time then counts the others' load too. Only the training runs count towards JOBS and are
+# waited for by PID (a plain `wait -n` would also return for the capacity job beside them, and did: in
+# session 7 the part then ended while two runs were still being scored). A failed run prints its log's tail,
+# the others go on, and the part exits non-zero at the end.
 part_start=$(date +%s)
 cap=""
 if [ "$PART" = set3 ] || [ "$PART" = set ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
   JOBS=5 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
 fi
-running=0
+pids=()
+n_running() { local n=0 p; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo "$n"; }
 for X in $NAMES; do
-  one "$X" &
-  running=$((running + 1))
-  if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
+  while [ "$(n_running)" -ge "$JOBS" ]; do sleep 1; done
+  one "$X" & pids+=($!)
 done
-while [ "$running" -gt 0 ]; do wait -n; running=$((running - 1)); done
+failed=0
+for p in "${pids[@]}"; do wait "$p" || failed=1; done
 if [ -n "$cap" ]; then
-  wait "$cap" || { cat "$OUT/capacity.txt"; exit 1; }
+  wait "$cap" || failed=1
   cat "$OUT/capacity.txt"
 fi
 python scripts/results_table.py "$OUT" | tee "$OUT/results_${PART//\//_}_s$SEED.md"
 echo "part $PART: $(( $(date +%s) - part_start )) s after preparing the data (JOBS=$JOBS)"
+[ "$failed" = 0 ] || { echo "part $PART: a run failed (its log's tail is above)" >&2; exit 1; }
