@@ -200,6 +200,19 @@ def bench_kernels(cfg: dict) -> dict:
             gv1, gs1 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             gv2, gs2 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             row["sorted_bitwise_repeat"] = bool(torch.equal(gv1, gv2) and torch.equal(gs1, gs2))
+            # the value-tile backward picks each slot's row exactly (a one-hot dot; fp32 values in three bf16
+            # parts), so it must equal the gathering one bit for bit, in values' dtype and in fp32
+            keep = dict(kernels.CONFIG)
+            same = []
+            for vals, go, sc in ((values, gout, scores), (values.float(), gout.float(), scores.float())):
+                kernels.CONFIG["bwd_value_tile"] = False
+                a = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
+                kernels.CONFIG["bwd_value_tile"] = True
+                b = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
+                same.append(bool(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])))
+            kernels.CONFIG.clear()
+            kernels.CONFIG.update(keep)
+            row["value_tile_bitwise"] = same  # [values' dtype, fp32]
             checks.append(row)
             print("check", row, flush=True)
         del values
@@ -207,7 +220,7 @@ def bench_kernels(cfg: dict) -> dict:
     if checks:
         worst = max(max(r["fwd"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"], r["gs_atomic"]) for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
-                                                    for r in checks))
+                                                    and all(r["value_tile_bitwise"]) for r in checks))
         print(f"correctness: worst relative error {worst:.2e} -> {'OK' if res['check_ok'] else 'FAIL'}", flush=True)
 
     # timing
@@ -227,6 +240,11 @@ def bench_kernels(cfg: dict) -> dict:
             r["triton_fwd_ms"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), rep)
             kernels.set_backward_scheme("sorted")
             r["triton_bwd_sorted_ms"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
+            keep_vt = kernels.CONFIG["bwd_value_tile"]
+            kernels.CONFIG["bwd_value_tile"] = not keep_vt  # the other value-row scheme (gather / tile), same tiles
+            r["triton_bwd_sorted_other_vtile_ms"] = bench(
+                lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
+            kernels.CONFIG["bwd_value_tile"] = keep_vt
             if T <= 512:  # decode sizes: the launches replayed from a CUDA graph, without Python's overhead
                 try:
                     for name, fn in (("fwd", lambda: kernels._lookup_triton(values, rows, blocks, scores, E)),
@@ -255,8 +273,14 @@ def bench_kernels(cfg: dict) -> dict:
                     kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=nw, fwd_stages=1)
                     r[f"sweep_fwd_d{bd}_k{bk}_w{nw}"] = timed(fwd_lookup, kernels.CONFIG)
                 for bd, R, bi, nw in itertools.product((0, 128), (16, 32, 64), (16, 32), (4, 8)):
-                    kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=nw, bwd_zero_fill=False)
+                    kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=nw, bwd_zero_fill=False,
+                                          bwd_value_tile=False)
                     r[f"sweep_bwd_d{bd}_r{R}_i{bi}_w{nw}"] = timed(bwd_lookup, kernels.CONFIG)
+                # the value-tile backward (session 7), at the column tiles that win above (64 and 128 columns)
+                for bd, R, bi, nw in itertools.product((64, 128), (16, 32), (16, 32), (4, 8)):
+                    kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=nw, bwd_zero_fill=False,
+                                          bwd_value_tile=True)
+                    r[f"sweep_bwd_vtile_d{bd}_r{R}_i{bi}_w{nw}"] = timed(bwd_lookup, kernels.CONFIG)
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
                 for part in ("fwd", "bwd"):
@@ -1025,11 +1049,37 @@ BENCH_KEYS = {
     "max_baseline_tokens": 32768,      # embedding_bag and the reference are timed up to this many tokens
     "check_compile": True,
     "sweep": True,                     # time a few launch configurations at 32,768 tokens
+    # every mode
+    "lookup_config": "",               # kernels.CONFIG overrides, "key=int,key=int" (e.g. bwd_value_tile=1): the
+                                       # lookup's launch parameters for a whole run (train: the step's lookups)
 }
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
 RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters",
-            "profile", "compile_scope", "coordinate_descent", "max_autotune")
+            "profile", "compile_scope", "coordinate_descent", "max_autotune", "lookup_config")
+
+
+def apply_lookup_config(spec: str) -> dict:
+    """"key=int,key=int" -> those kernels.CONFIG entries set (ints; a bool entry takes 0 or 1); returns them.
+    Raises BenchError for an unknown key or a value that is not an integer."""
+    import kernels
+    got = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or key not in kernels.CONFIG:
+            raise BenchError(f"lookup_config: {item!r} is not key=value with a key of kernels.CONFIG "
+                             f"({', '.join(kernels.CONFIG)})")
+        try:
+            v = int(val)
+        except ValueError:
+            raise BenchError(f"lookup_config: {key}={val!r} is not an integer") from None
+        if isinstance(kernels.CONFIG[key], bool):
+            if v not in (0, 1):
+                raise BenchError(f"lookup_config: {key} takes 0 or 1, got {v}")
+            v = bool(v)
+        got[key] = v
+    kernels.CONFIG.update(got)
+    return got
 LIST = (str, int, tuple, list)
 
 
@@ -1084,6 +1134,8 @@ def main(argv: list[str]) -> None:
             changed = {k: v for k, v in cfg.items() if defaults[k] != v and k not in RUN_KEYS}
             print(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()), flush=True)
         print("run: " + ", ".join(f"{k}={run[k]!r}" for k in RUN_KEYS), flush=True)
+        if run["lookup_config"]:
+            print(f"kernels.CONFIG: {apply_lookup_config(run['lookup_config'])} set", flush=True)
         if run["mode"] == "kernels":
             bench_kernels(run)
         else:

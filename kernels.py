@@ -88,13 +88,17 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # *_block_d: the value columns per program (0: the whole row in one program); smaller tiles mean fewer registers
 # and more programs. bwd_rows: value rows per backward program (0: by shape, 32 or 16 with bwd_block_i 16 or 32;
 # set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a memset and let tiles
-# without slots write nothing, instead of every program writing its rows (zeros included).
+# without slots write nothing, instead of every program writing its rows (zeros included). bwd_value_tile: the
+# sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
+# instead of gathering a value row per slot: for tables whose rows are selected several times per step
+# (the UltraMem-151M step: 4.3 slots per row); off until timed (session 7: interpreter-tested).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
 # second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
+          "bwd_value_tile": False,
           "atomic_warps": 4}
 
 
@@ -152,6 +156,21 @@ if triton is not None:
         return tl.dot(oh, w_lo, acc)
 
     @triton.jit
+    def _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT: tl.constexpr, V16: tl.constexpr):
+        # the rows of a value tile chosen by the one-hot pick (BLOCK_I, R) -> (BLOCK_I, BLOCK_D) fp32, exactly:
+        # every output is one product with 1.0. t_hi is the tile itself for 16-bit values (one tensor-core dot);
+        # for fp32 values t_hi + t_mid + t_lo are its three bf16 parts, which carry all 24 mantissa bits. SPLIT=False
+        # (the interpreter): t_hi is the tile, a plain fp32 product
+        if not SPLIT:
+            return tl.dot(pick.to(tl.float32), t_hi.to(tl.float32), input_precision="ieee")
+        if V16:
+            return tl.dot(pick.to(t_hi.dtype), t_hi)
+        p = pick.to(tl.bfloat16)
+        out = tl.dot(p, t_hi)
+        out = tl.dot(p, t_mid, out)
+        return tl.dot(p, t_lo, out)
+
+    @triton.jit
     def _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_D: tl.constexpr):
         # a token's slots k0 .. k0 + BLOCK_K - 1: their virtual blocks, physical rows and the (BLOCK_K, BLOCK_D)
@@ -191,7 +210,8 @@ if triton is not None:
     def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
                                   gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
-                                  SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+                                  SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
+                                  V16: tl.constexpr):
         # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
         # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
         # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
@@ -199,7 +219,9 @@ if triton is not None:
         # (R, BLOCK_I) matmul. Every row of the tile is written once (zeros where no slot selected it), so
         # no zero fill and no atomics; SKIP_EMPTY: the caller zero-filled, and a tile without slots writes
         # nothing. Score gradients, in slot order: this program's columns' share, per core, into
-        # gs_part[column tile]
+        # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
+        # each slot's row is picked from them by a one-hot dot, instead of gathered per slot: fewer bytes where rows
+        # are selected more than once (R rows against R x slots-per-row gathers), more where most are not
         pid = tl.program_id(0)
         j = tl.program_id(1)
         n0 = pid.to(tl.int64) * R
@@ -211,6 +233,17 @@ if triton is not None:
         end = tl.load(toffs_ptr + pid + 1)
         gs_part = gs_part_ptr + j.to(tl.int64) * NK * H
         acc = tl.zeros((R, BLOCK_D), dtype=tl.float32)
+        if VTILE:
+            vt_mask = ((n0 + rids) < N)[:, None] & cmask[None, :] & ((rids * 0 + start) < end)[:, None]
+            t_hi = tl.load(values_ptr + (n0 + rids)[:, None] * Dv + cols[None, :], mask=vt_mask, other=0.0)
+            t_mid = t_hi
+            t_lo = t_hi
+            if SPLIT and not V16:  # fp32 values: three bf16 parts, split once per program
+                vt = t_hi
+                t_hi = vt.to(tl.bfloat16)
+                rest = vt - t_hi.to(tl.float32)
+                t_mid = rest.to(tl.bfloat16)
+                t_lo = (rest - t_mid.to(tl.float32)).to(tl.bfloat16)
         for i0 in range(start, end, BLOCK_I):
             idx = i0 + tl.arange(0, BLOCK_I)
             imask = idx < end
@@ -218,7 +251,11 @@ if triton is not None:
             grow = tl.load(grows_ptr + idx, mask=imask, other=0).to(tl.int64)
             m2 = imask[:, None] & cmask[None, :]
             g = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            if VTILE:
+                pick = (rids[None, :] == (row - n0)[:, None]) & imask[:, None]  # (BLOCK_I, R)
+                v = _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT, V16)
+            else:
+                v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             gv = g * v
             s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
             for c in tl.static_range(H):
@@ -335,7 +372,8 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     if N > 0:
         _launch(_lookup_bwd_sorted_kernel, (tiles, col_tiles), on_cuda, grad_out, values, sscores, grows, sorted_rows,
                 toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, H=h, R=R, BLOCK_I=BLOCK_I,
-                BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill, num_warps=CONFIG["bwd_warps"])
+                BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill, VTILE=bool(CONFIG["bwd_value_tile"]),
+                V16=values.dtype in (torch.bfloat16, torch.float16), num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)
     gscores[perm] = gs_sorted  # back to slot order (index_put without accumulation: deterministic)

@@ -4,7 +4,8 @@
 #   kernels  the lookup kernels with their launch sweep and the compile check, then the retrieval's top-k
 #            kernel against torch.topk with its sweep (python bench.py --mode=kernels, decode and training sizes)
 #   topk     the top-k timing alone (--shapes=, no lookup)
-#   profile  the UltraMem-151M training step profiled with each top-k (mem_topk=torch, then triton)
+#   profile  the UltraMem-151M training step profiled with each top-k (mem_topk=torch, then triton; TOPKS picks)
+#            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default 0)
 #   moe      the MoE layer at 1-512 tokens on moe_impl=gather and triton, with the gather kernel's sweep
 #   bash scripts/gpu_kernels.sh [all|kernels|topk|profile|moe ...]   # OUT (default out/gpu) collects the logs
 # Measured 2026-11-29 (docs/BENCHMARKS.md): kernels needs more than 210 s (the sweep alone takes about 200),
@@ -25,9 +26,12 @@ for part in $PARTS; do
             | quiet | tee "$OUT/topk.log" ;;
     profile)
       for topk in ${TOPKS:-torch triton}; do  # TOPKS=torch: the default top-k's profile alone
-        timeout "${PROFILE_LIMIT:-240}" python bench.py --mode=train config/ultramem_151m.py --mem_topk=$topk \
-          --warmup=10 --iters=20 --profile=3 --out="$OUT/train_ultramem_151m_topk_$topk.json" 2>&1 | quiet \
-          | tee "$OUT/train_ultramem_151m_topk_$topk.log"
+        for vt in ${VTILES:-0}; do  # VTILES="0 1": also with the value-tile lookup backward (kernels.CONFIG)
+          timeout "${PROFILE_LIMIT:-240}" python bench.py --mode=train config/ultramem_151m.py --mem_topk=$topk \
+            --lookup_config=bwd_value_tile=$vt --warmup=10 --iters=20 --profile=3 \
+            --out="$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.json" 2>&1 | quiet \
+            | tee "$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.log"
+        done
       done ;;
     moe) PYTHONPATH=. timeout "${MOE_LIMIT:-240}" python scripts/bench_moe.py --compile --impls=gather,triton --tune \
            2>&1 | quiet | tee "$OUT/bench_moe_gather.log" ;;

@@ -156,6 +156,25 @@ def test_parse_several_models_not_merged():
     assert [n for n, _ in models] == ["defaults"] and run["device"] == "cuda"
 
 
+def test_lookup_config_sets_kernel_config():
+    """--lookup_config=key=int,...: kernels.CONFIG entries for the run (bools from 0/1); a bad key or value is a
+    one-line error."""
+    import bench as b
+    import kernels
+    keep = dict(kernels.CONFIG)
+    try:
+        assert b.apply_lookup_config("bwd_value_tile=1, bwd_rows=16") == {"bwd_value_tile": True, "bwd_rows": 16}
+        assert kernels.CONFIG["bwd_value_tile"] is True and kernels.CONFIG["bwd_rows"] == 16
+        for bad in ("nope=1", "bwd_rows", "bwd_rows=x", "bwd_value_tile=2"):
+            with pytest.raises(b.BenchError):
+                b.apply_lookup_config(bad)
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(keep)
+    one_line_error(bench("config/ultramem_small.py", "--lookup_config=nope=1", "--device=cpu", check=False),
+                   "lookup_config")
+
+
 def test_bad_model_config_is_one_line():
     one_line_error(bench("config/ultramem_small.py", "--n_layer=2", "--device=cpu", check=False), "bad model config")
 

@@ -187,7 +187,10 @@ def _interp_main() -> None:
                     {"fwd_block_k": 4, "fwd_block_d": 16},
                     {"bwd_block_d": 16, "bwd_zero_fill": True, "fwd_block_k": 64, "fwd_warps": 8},  # one slot block
                     {"bwd_zero_fill": True, "bwd_rows": 64},
-                    {"bwd_rows": 32, "bwd_block_i": 16})  # fixed tiles (the default, 0, picks by slots per row)
+                    {"bwd_rows": 32, "bwd_block_i": 16},  # fixed tiles (the default, 0, picks by slots per row)
+                    {"bwd_value_tile": True},  # the value rows read per tile and picked by a one-hot dot
+                    {"bwd_value_tile": True, "bwd_rows": 16, "bwd_block_i": 32, "bwd_block_d": 16},
+                    {"bwd_value_tile": True, "bwd_zero_fill": True, "bwd_rows": 64})
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)
@@ -201,6 +204,13 @@ def _interp_main() -> None:
             finally:
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
+        # the value-tile backward picks each slot's value row exactly: the same gradients bit for bit
+        kernels.CONFIG["bwd_value_tile"] = True
+        try:
+            vt = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+        finally:
+            kernels.CONFIG.update(keep)
+        assert torch.equal(vt[0], grads["sorted"][0]) and torch.equal(vt[1], grads["sorted"][1]), f"{tag}: value tile"
         print(f"interp: {tag} ok", flush=True)
     # through the op and autograd (the path memory.py takes), in deterministic mode: atomics refused
     kernels.set_backward_scheme("atomic")
