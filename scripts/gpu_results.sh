@@ -116,6 +116,14 @@ bash scripts/gpu_data.sh
 EVAL_TEXT=${EVAL_TEXT:-.device_carry/tinyshakespeare.txt}
 [ -f "$EVAL_TEXT" ] || echo "note: $EVAL_TEXT not found: the runs are not scored on other text"
 
+run_of() {  # X or X@S -> small/X_sS, the run's folder under out/ and $OUT
+  local X=$1 S=$SEED
+  [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
+  echo "small/${X}_s$S"
+}
+MARKS=$(mktemp -d)  # RUN.trained: that run's training has ended (it is being digested and scored)
+trap 'rm -rf "$MARKS"' EXIT
+
 one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default $SEED), then digest it
   local X=$1 S=$SEED run start
   [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
@@ -124,6 +132,7 @@ one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default
   start=$(date +%s)
   python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
     --out_dir="out/$run" --ckpt_interval=1000000 > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; return 1; }
+  touch "$MARKS/${run//\//_}.trained"
   echo "$run: $(( $(date +%s) - start )) s wall (JOBS=$JOBS)"
   python scripts/metrics_summary.py "out/$run" > "$OUT/$run.json" && cat "$OUT/$run.json"
   cp "out/$run/metrics.jsonl" "$OUT/$run.metrics.jsonl"
@@ -137,20 +146,36 @@ one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default
 
 # JOBS runs at a time on the one GPU: a small model leaves the H200 partly idle (short kernels, the
 # Python between them, a minute of compilation on the CPU), so runs side by side finish the set sooner;
-# each run's wall time then counts the others' load too. Only the training runs count towards JOBS and are
-# waited for by PID (a plain `wait -n` would also return for the capacity job beside them, and did: in
-# session 7 the part then ended while two runs were still being scored). A failed run prints its log's tail,
-# the others go on, and the part exits non-zero at the end.
+# each run's wall time then counts the others' load too. A run holds one of the JOBS places while it trains;
+# its scoring afterwards (the checkpoint, the tinyshakespeare loss: CPU, disk, little GPU) overlaps the next run.
+# Runs start one at a time: the next one is launched only once the last one has logged its first steps (its
+# metrics.jsonl), it has ended, or STAGGER_MAX seconds (default 180; 0: no wait) have passed, so that compilations
+# do not pile up at a part's start while the GPU waits (session 7: four at once, about a minute of idle GPU).
+# The capacity job beside the runs (set3, set) does not count towards JOBS, and the runs are waited for by PID (a
+# plain `wait -n` would also return for it, and did: in session 7 the part then ended while a run was still being
+# scored). A failed run prints its log's tail, the others go on, and the part exits non-zero at the end.
 part_start=$(date +%s)
 cap=""
 if [ "$PART" = set3 ] || [ "$PART" = set ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
   JOBS=5 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
 fi
-pids=()
-n_running() { local n=0 p; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo "$n"; }
+pids=(); runs=()
+n_training() {  # launched runs still training
+  local n=0 i
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null && [ ! -e "$MARKS/${runs[$i]//\//_}.trained" ] && n=$((n + 1))
+  done
+  echo "$n"
+}
 for X in $NAMES; do
-  while [ "$(n_running)" -ge "$JOBS" ]; do sleep 1; done
-  one "$X" & pids+=($!)
+  while [ "$(n_training)" -ge "$JOBS" ]; do sleep 1; done
+  run=$(run_of "$X")
+  rm -f "out/$run/metrics.jsonl"  # a scratch run (--overwrite=True): its first record is the start signal
+  one "$X" & pids+=($!); runs+=("$run")
+  for ((w = 0; w < ${STAGGER_MAX:-180}; w++)); do
+    { [ -s "out/$run/metrics.jsonl" ] || ! kill -0 "${pids[-1]}" 2>/dev/null; } && break
+    sleep 1
+  done
 done
 failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=1; done

@@ -168,6 +168,52 @@ def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
     assert all(x.startswith("ablation/") for x in s3 + s4) and len(s3) == len(s4) == 6
 
 
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# stands in for python in test_gpu_results_scheduler: logs what the runs do, with times
+log() { echo "$(date +%s.%N) $*" >> "$FAKE_LOG"; }
+arg() { printf '%s\n' "${@:2}" | sed -n "s/^--$1=//p"; }
+case "$1" in
+  train.py) out=$(arg out_dir "$@"); log start "$out"; sleep 0.5  # compiling
+    mkdir -p "$out"; echo '{"step": 10}' > "$out/metrics.jsonl"; log stepping "$out"; sleep 1.2; log trained "$out"
+    [[ $2 == *03_share_query* ]] && exit 3; exit 0 ;;
+  scripts/eval_text.py) out=$(arg out_dir "$@"); sleep 1.5; log scored "$out"; echo '{}' > "$(arg out "$@")" ;;
+  scripts/metrics_summary.py) echo '{}' ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def test_gpu_results_scheduler(tmp_path):
+    """gpu_results.sh's queue, with a stand-in for python: at most JOBS runs train at once, a run's scoring does
+    not hold a place, each run starts once the last one has logged its first steps, and a failed run (row 03)
+    makes the part exit 1 after the others have run."""
+    work, fake = tmp_path / "work", tmp_path / "bin"
+    work.mkdir(), fake.mkdir()
+    for d in ("scripts", "config"):
+        (work / d).symlink_to(os.path.join(ROOT, d))
+    (fake / "python").write_text(FAKE_PYTHON)
+    (fake / "python").chmod(0o755)
+    (work / "text.txt").write_text("some English")
+    log = tmp_path / "events"
+    p = subprocess.run(["bash", "scripts/gpu_results.sh", "set4"], cwd=work, capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log), "JOBS": "2",
+                            "OUT": str(tmp_path / "out"), "EVAL_TEXT": "text.txt"}, timeout=120)
+    assert p.returncode == 1 and "a run failed" in p.stderr, (p.returncode, p.stdout, p.stderr)
+    events = [(float(t), what, run) for t, what, run in (line.split() for line in log.read_text().splitlines())]
+    at = {(what, run): t for t, what, run in events}
+    runs = [run for _, what, run in sorted(events) if what == "start"]
+    assert len(runs) == 6 and ("scored", "out/small/ablation/03_share_query_s1") not in at
+    for i, run in enumerate(runs):
+        t = at["start", run]
+        training = [r for r in runs if r != run and at["start", r] < t < at.get(("trained", r), 1e18)]
+        assert len(training) <= 1, (run, training)  # JOBS=2: itself and at most one more
+        if i:
+            assert t >= at["stepping", runs[i - 1]]  # started after the last one logged its first steps
+    def in_flight(t):  # runs started and not yet done (scored, or trained for the failed one)
+        return sum(at["start", r] < t < at.get(("scored", r), at["trained", r]) for r in runs)
+    assert max(in_flight(at["start", run]) for run in runs) >= 2  # JOBS places taken, some of them by scorings
+
+
 def test_gpu_results_pairs_split_the_set_over_two_gpus(tmp_path):
     """pair1-pair4 (two parts at once on a two-GPU machine, scripts/gpu_pair.sh): GPU 0 and GPU 1 each get
     their part, and pair1-pair3 together are the whole set with Table 1's two seeds."""
