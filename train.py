@@ -55,6 +55,8 @@ progress = True  # tqdm progress bar
 device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 dtype = "auto"  # "auto" (bfloat16 autocast on CUDA, float32 on CPU) | "float32" | "bfloat16"
 compile = None  # torch.compile the model; None means on for CUDA, off for CPU
+eval_compile = True  # with compile on, evaluate through the compiled model too (one more compilation, for eval
+# mode without grad; until session 7 the evaluation ran eager, 10-13% of a small run's time on the H200)
 peak_tflops = 672.0  # for MFU: the H200's measured dense bf16 matmul rate (platform_notes.md)
 # model: a small GPT for the facts dataset (every GPTConfig field is a key; these override its defaults)
 n_layer = 4
@@ -67,7 +69,7 @@ dropout = 0.0
 
 TRAIN_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 TYPES = {"compile": (bool, type(None))}
-NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile"}  # a resume's own controls
+NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile", "eval_compile"}  # a resume's own controls
 
 
 def default_config() -> dict:
@@ -337,6 +339,7 @@ def main(argv: list[str]) -> None:
     raw_model = model
     if use_compile:
         model = torch.compile(model)
+    eval_model = model if use_compile and cfg["eval_compile"] else raw_model  # not through DDP: no gradients to sync
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -356,7 +359,7 @@ def main(argv: list[str]) -> None:
         for b in eval_batches[rank::world]:
             x, y = val_loader.windows(b)
             with autocast:
-                _, loss, _ = raw_model(x.to(dev), y.to(dev))
+                _, loss, _ = eval_model(x.to(dev), y.to(dev))
             total += torch.stack([loss.float() * len(b), torch.tensor(float(len(b)), device=dev)])
         if ddp:
             dist.all_reduce(total)

@@ -60,6 +60,20 @@ def test_loss_falls_within_100_steps(data_dir, tmp_path):
     assert len(val) == 1 and val[0] < ls[0] - 1.0
 
 
+def test_compiled_run_evaluates_compiled_like_eager(data_dir, tmp_path):
+    """--compile=True (as on CUDA) with the evaluation through the compiled model (eval_compile, the default):
+    the validation losses match an eager run's (CPU, float32)."""
+    args = ("--max_iters=4", "--eval_interval=2", "--log_interval=2")
+    train(data_dir, tmp_path / "compiled", *args, "--compile=True", "--eval_compile=True")
+    train(data_dir, tmp_path / "eager", *args)  # TINY: --compile=False
+
+    def val(d):
+        with open(d / "metrics.jsonl") as f:
+            return [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r]
+    got, want = val(tmp_path / "compiled"), val(tmp_path / "eager")
+    assert len(got) == len(want) == 2 and all(abs(a - b) < 1e-3 for a, b in zip(got, want)), (got, want)
+
+
 def test_resume_is_exact(data_dir, tmp_path):
     common = ["--max_iters=12", "--log_interval=1", "--eval_interval=4", "--dropout=0.1", "--learning_rate=3e-3"]
     straight, paused = tmp_path / "straight", tmp_path / "paused"
