@@ -27,7 +27,9 @@
 #   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
 #                                               # 10-minute limit applies
 #   bash scripts/gpu_results.sh pair_sets       # set1 | set2 on a two-GPU machine; pair_sets2: set3 | set4
-# Measured: docs/RESULTS.md, "The whole set's GPU time".
+# Measured 2026-11-29 (session 7, one part per GPU of nvidia-h200-x2 machines): set1 575 s (cut at its limit during
+# the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below (untimed);
+# docs/RESULTS.md, "The whole set's GPU time".
 #
 # Earlier parts, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
 #   table1    dense_4x ultramem pkm moe dense      JOBS=3: 462 s (seed 1, with preparing medium_mix) and 435 s
@@ -125,9 +127,9 @@ MARKS=$(mktemp -d)  # RUN.trained: that run's training has ended (it is being di
 trap 'rm -rf "$MARKS"' EXIT
 
 one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default $SEED), then digest it
-  local X=$1 S=$SEED run start
-  [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
-  run="small/${X}_s$S"
+  local X=${1%@*} S=${SEED} run start
+  [[ $1 == *@* ]] && S=${1##*@}
+  run=$(run_of "$1")
   mkdir -p "$(dirname "$OUT/$run")"
   start=$(date +%s)
   python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
