@@ -6,6 +6,7 @@
 #   topk     the top-k timing alone (--shapes=, no lookup)
 #   profile  the UltraMem-151M training step profiled with each top-k (mem_topk=torch, then triton; TOPKS picks)
 #            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default 0)
+#   vtile    the small PKM and UltraMem training steps with each lookup backward (bwd_value_tile 0, 1)
 #   moe      the MoE layer at 1-512 tokens on moe_impl=gather and triton, with the gather kernel's sweep
 #   bash scripts/gpu_kernels.sh [all|kernels|topk|profile|moe ...]   # OUT (default out/gpu) collects the logs
 # Measured 2026-11-29 (docs/BENCHMARKS.md): kernels needs more than 210 s (the sweep alone takes about 200),
@@ -33,9 +34,15 @@ for part in $PARTS; do
             | tee "$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.log"
         done
       done ;;
+    vtile)  # the small PKM and UltraMem training steps with each lookup backward (gathered value rows, value tile)
+      for vt in 0 1; do
+        timeout "${VTILE_LIMIT:-200}" python bench.py --mode=train config/small/pkm.py config/small/ultramem.py \
+          --lookup_config=bwd_value_tile=$vt --warmup=10 --iters=20 --out="$OUT/train_small_vtile$vt.json" 2>&1 \
+          | quiet | tee "$OUT/train_small_vtile$vt.log"
+      done ;;
     moe) PYTHONPATH=. timeout "${MOE_LIMIT:-240}" python scripts/bench_moe.py --compile --impls=gather,triton --tune \
            2>&1 | quiet | tee "$OUT/bench_moe_gather.log" ;;
-    *) echo "unknown part: $part (kernels, topk, profile, moe or all)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (kernels, topk, profile, vtile, moe or all)" >&2; exit 2 ;;
   esac
 done
 exit 0

@@ -27,6 +27,7 @@
 #   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
 #                                               # 10-minute limit applies
 #   bash scripts/gpu_results.sh pair_sets       # set1 | set2 on a two-GPU machine; pair_sets2: set3 | set4
+#   bash scripts/gpu_results.sh smoke           # first, after a change: Table 1's models for 20 steps each
 # Measured 2026-11-29 (session 7, one part per GPU of nvidia-h200-x2 machines): set1 575 s (cut at its limit during
 # the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below (untimed);
 # docs/RESULTS.md, "The whole set's GPU time".
@@ -53,7 +54,7 @@
 # all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set4|set|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|pair_sets2|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set4|set|smoke|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|pair_sets2|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -100,6 +101,20 @@ case $PART in
   pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
   pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set2" ;;
   pair_sets2) exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set3" "JOBS=4 $me set4" ;;
+  smoke)  # 20 steps of Table 1's memory and MoE models and Dense, side by side, with two (compiled) evaluations
+    # each: a failure shows in a minute or two, before a set part's ten (out/smoke/X, $OUT/smoke_X.log)
+    mkdir -p "$OUT"; bash scripts/gpu_data.sh; bad=0; pids=()
+    for X in ultramem moe pkm dense; do
+      python train.py "config/small/$X.py" --max_iters=20 --eval_interval=10 --eval_iters=2 --log_interval=10 \
+        --progress=False --overwrite=True --out_dir="out/smoke/$X" --ckpt_interval=1000000 > "$OUT/smoke_$X.log" 2>&1 &
+      pids+=($!)
+    done
+    for i in 0 1 2 3; do
+      X=$(echo ultramem moe pkm dense | cut -d' ' -f$((i + 1)))
+      if wait "${pids[$i]}"; then echo "smoke $X: ok, $(grep -c val_loss "out/smoke/$X/metrics.jsonl") evaluations"
+      else bad=1; echo "smoke $X: FAILED"; tail -20 "$OUT/smoke_$X.log"; fi
+    done
+    exit $bad ;;
 esac
 NAMES=$(part "$PART")
 

@@ -175,7 +175,7 @@ arg() { printf '%s\n' "${@:2}" | sed -n "s/^--$1=//p"; }
 case "$1" in
   train.py) out=$(arg out_dir "$@"); log start "$out"; sleep 0.5  # compiling
     mkdir -p "$out"; echo '{"step": 10}' > "$out/metrics.jsonl"; log stepping "$out"; sleep 1.2; log trained "$out"
-    [[ $2 == *03_share_query* ]] && exit 3; exit 0 ;;
+    [[ $2 == *${FAKE_FAIL:-03_share_query}* ]] && exit 3; exit 0 ;;
   scripts/eval_text.py) out=$(arg out_dir "$@"); sleep 1.5; log scored "$out"; echo '{}' > "$(arg out "$@")" ;;
   scripts/metrics_summary.py) echo '{}' ;;
   *) exit 0 ;;
@@ -183,21 +183,38 @@ esac
 """
 
 
-def test_gpu_results_scheduler(tmp_path):
-    """gpu_results.sh's queue, with a stand-in for python: at most JOBS runs train at once, a run's scoring does
-    not hold a place, each run starts once the last one has logged its first steps, and a failed run (row 03)
-    makes the part exit 1 after the others have run."""
+def _fake_env(tmp_path):
+    """A work folder with the repo's scripts and configs, and a PATH whose python is FAKE_PYTHON."""
     work, fake = tmp_path / "work", tmp_path / "bin"
     work.mkdir(), fake.mkdir()
     for d in ("scripts", "config"):
         (work / d).symlink_to(os.path.join(ROOT, d))
     (fake / "python").write_text(FAKE_PYTHON)
     (fake / "python").chmod(0o755)
+    return work, {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(tmp_path / "events"),
+                  "OUT": str(tmp_path / "out")}
+
+
+def test_gpu_results_smoke(tmp_path):
+    """smoke: Table 1's models for a few steps side by side; a failed one is named and makes it exit 1."""
+    work, env = _fake_env(tmp_path)
+    ok = subprocess.run(["bash", "scripts/gpu_results.sh", "smoke"], cwd=work, env=env, capture_output=True, text=True,
+                        timeout=60)
+    assert ok.returncode == 0 and ok.stdout.count(": ok,") == 4, (ok.stdout, ok.stderr)
+    bad = subprocess.run(["bash", "scripts/gpu_results.sh", "smoke"], cwd=work, env={**env, "FAKE_FAIL": "small/moe"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "smoke moe: FAILED" in bad.stdout and bad.stdout.count(": ok,") == 3, bad.stdout
+
+
+def test_gpu_results_scheduler(tmp_path):
+    """gpu_results.sh's queue, with a stand-in for python: at most JOBS runs train at once, a run's scoring does
+    not hold a place, each run starts once the last one has logged its first steps, and a failed run (row 03)
+    makes the part exit 1 after the others have run."""
+    work, env = _fake_env(tmp_path)
     (work / "text.txt").write_text("some English")
     log = tmp_path / "events"
     p = subprocess.run(["bash", "scripts/gpu_results.sh", "set4"], cwd=work, capture_output=True, text=True,
-                       env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log), "JOBS": "2",
-                            "OUT": str(tmp_path / "out"), "EVAL_TEXT": "text.txt"}, timeout=120)
+                       env={**env, "JOBS": "2", "EVAL_TEXT": "text.txt"}, timeout=120)
     assert p.returncode == 1 and "a run failed" in p.stderr, (p.returncode, p.stdout, p.stderr)
     events = [(float(t), what, run) for t, what, run in (line.split() for line in log.read_text().splitlines())]
     at = {(what, run): t for t, what, run in events}
