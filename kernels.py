@@ -728,7 +728,7 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
 
 # Launch parameters for the H200: the best of the 108-configuration sweep at 1 and 2 tokens (both projections of
 # the MoE-1.6B layer, CUDA graph, 2026-11-29 session 7: 35.0 / 52.6 us, 1.87x / 1.45x their read floor, against
-# 63-75 / 94-98 us at the first guess, block_n 64, block_k 128, 4 warps, 4 programs per SM, reduce_once False;
+# 49.8 / 79.3 us at the first guess, block_n 64, block_k 128, 4 warps, 4 programs per SM, reduce_once False;
 # docs/BENCHMARKS.md, `scripts/bench_moe.py --compile --impls=gather --tune --gather_tune_tokens=1,2`).
 # reduce_once: accumulate the (BLOCK_K, BLOCK_N) products elementwise and reduce over K once at the end, instead
 # of a cross-thread reduction per K step (a GEMV's usual layout; more registers). It was in the 12 best
