@@ -265,22 +265,20 @@ def bench_kernels(cfg: dict) -> dict:
 
                 fwd_lookup = lambda: kernels._lookup_triton(values, rows, blocks, scores, E)
                 bwd_lookup = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
-                # around v3's winners (BLOCK_D 128, BLOCK_K 16, 4 warps, 1 stage; R 32, 4 warps): 3 stages and
-                # the zero-filled backward lost everywhere in v3's sweep (docs/KERNELS.md) and are left out; 64
-                # slots per step (all of shape (a)'s slots in one round trip for the indices and one for the rows)
-                # and 8 warps are new in session 6
-                for bd, bk, nw in itertools.product((64, 128, 256), (16, 32, 64), (2, 4, 8)):
-                    kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=nw, fwd_stages=1)
-                    r[f"sweep_fwd_d{bd}_k{bk}_w{nw}"] = timed(fwd_lookup, kernels.CONFIG)
-                for bd, R, bi, nw in itertools.product((0, 128), (16, 32, 64), (16, 32), (4, 8)):
-                    kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=nw, bwd_zero_fill=False,
-                                          bwd_value_tile=False)
-                    r[f"sweep_bwd_d{bd}_r{R}_i{bi}_w{nw}"] = timed(bwd_lookup, kernels.CONFIG)
-                # the value-tile backward (session 7), at the column tiles that win above (64 and 128 columns)
-                for bd, R, bi, nw in itertools.product((64, 128), (16, 32), (16, 32), (4, 8)):
-                    kernels.CONFIG.update(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=nw, bwd_zero_fill=False,
-                                          bwd_value_tile=True)
-                    r[f"sweep_bwd_vtile_d{bd}_r{R}_i{bi}_w{nw}"] = timed(bwd_lookup, kernels.CONFIG)
+                # around the winners of sessions 5-7's sweeps (forward 128 columns, 32 slots per step, 4 warps;
+                # backward 128 columns, R 16-32, 16-32 slots per step, 4 warps; docs/KERNELS.md), each with the
+                # grid's order (cols_inner: the column tiles of a token / row tile consecutive) and the backward
+                # with the value tile (bwd_value_tile), both new in session 7. Left out, as they lost in every
+                # earlier sweep: 3 stages, the zero-filled backward, 64 slots per step, the whole row (0 columns)
+                # or R 64 in the backward
+                for bd, bk, inner in itertools.product((64, 128, 256), (16, 32), (False, True)):
+                    kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=4, fwd_stages=1, cols_inner=inner)
+                    r[f"sweep_fwd{'_inner' if inner else ''}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
+                for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):
+                    kernels.CONFIG.update(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
+                                          bwd_value_tile=vt, cols_inner=inner)
+                    tag = ("_inner" if inner else "") + ("_vtile" if vt else "")
+                    r[f"sweep_bwd{tag}_d128_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
                 for part in ("fwd", "bwd"):

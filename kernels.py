@@ -91,14 +91,18 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # without slots write nothing, instead of every program writing its rows (zeros included). bwd_value_tile: the
 # sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
 # instead of gathering a value row per slot: for tables whose rows are selected several times per step
-# (the UltraMem-151M step: 4.3 slots per row); off until timed (session 7: interpreter-tested).
+# (the UltraMem-151M step: 4.3 slots per row); off until timed (session 7: interpreter-tested). cols_inner: the
+# forward's and the sorted backward's column tiles of one token / row tile are consecutive programs of a 1-D grid,
+# so that they run at about the same time: a selected value row is then read whole (1 KB at 512 bf16 columns)
+# within a short time instead of a quarter at a time in four passes over the tokens; the token's indices are
+# read four times close together (L1/L2) rather than far apart. Off until timed (session 7: interpreter-tested).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
 # second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
-          "bwd_value_tile": False,
+          "bwd_value_tile": False, "cols_inner": False,
           "atomic_warps": 4}
 
 
@@ -171,6 +175,15 @@ if triton is not None:
         return tl.dot(p, t_lo, out)
 
     @triton.jit
+    def _grid_pos(n_ct, COLS_INNER: tl.constexpr):
+        # (token or row tile as int64, column tile) of this program: from a 1-D grid whose n_ct column tiles of
+        # one token / row tile are consecutive (COLS_INNER), or from a 2-D grid (tokens / row tiles, n_ct)
+        if COLS_INNER:
+            pid = tl.program_id(0)
+            return (pid // n_ct).to(tl.int64), pid % n_ct
+        return tl.program_id(0).to(tl.int64), tl.program_id(1)
+
+    @triton.jit
     def _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_D: tl.constexpr):
         # a token's slots k0 .. k0 + BLOCK_K - 1: their virtual blocks, physical rows and the (BLOCK_K, BLOCK_D)
@@ -186,14 +199,16 @@ if triton is not None:
         return b, r, s, kmask
 
     @triton.jit
-    def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk,
+    def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk, n_ct,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
-        # (E_PAD, BLOCK_K) matmul
-        t = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
+        # consecutive programs, so they run at about the same time and read each selected row whole between
+        # them; otherwise grid (tokens, n_ct), where tile j of every token runs before tile j + 1 of any
+        t, j = _grid_pos(n_ct, COLS_INNER)
+        cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
         core = cols // chunk  # (BLOCK_D,) which MCS score weights each column
         eids = tl.arange(0, E_PAD)
@@ -208,10 +223,10 @@ if triton is not None:
 
     @triton.jit
     def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
-                                  gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, H: tl.constexpr,
+                                  gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
-                                  V16: tl.constexpr):
+                                  V16: tl.constexpr, COLS_INNER: tl.constexpr):
         # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
         # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
         # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
@@ -222,9 +237,8 @@ if triton is not None:
         # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
         # each slot's row is picked from them by a one-hot dot, instead of gathered per slot: fewer bytes where rows
         # are selected more than once (R rows against R x slots-per-row gathers), more where most are not
-        pid = tl.program_id(0)
-        j = tl.program_id(1)
-        n0 = pid.to(tl.int64) * R
+        pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
+        n0 = pid * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
         core = cols // chunk
@@ -327,10 +341,12 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     if T == 0:
         return out
     BLOCK_D = _block_d(Dv, "fwd_block_d")
-    _launch(_lookup_fwd_kernel, (T, triton.cdiv(Dv, BLOCK_D)), values.is_cuda, values.contiguous(), rows.contiguous(),
-            blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, E=E, H=h,
+    n_ct = triton.cdiv(Dv, BLOCK_D)
+    inner = bool(CONFIG["cols_inner"])
+    _launch(_lookup_fwd_kernel, (T * n_ct,) if inner else (T, n_ct), values.is_cuda, values.contiguous(),
+            rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, num_warps=CONFIG["fwd_warps"],
+            SPLIT=values.is_cuda, COLS_INNER=inner, num_warps=CONFIG["fwd_warps"],
             num_stages=CONFIG["fwd_stages"])
     return out
 
@@ -370,10 +386,12 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
-        _launch(_lookup_bwd_sorted_kernel, (tiles, col_tiles), on_cuda, grad_out, values, sscores, grows, sorted_rows,
-                toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, H=h, R=R, BLOCK_I=BLOCK_I,
-                BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill, VTILE=bool(CONFIG["bwd_value_tile"]),
-                V16=values.dtype in (torch.bfloat16, torch.float16), num_warps=CONFIG["bwd_warps"])
+        inner = bool(CONFIG["cols_inner"])
+        _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
+                values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
+                R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
+                VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
+                COLS_INNER=inner, num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)
     gscores[perm] = gs_sorted  # back to slot order (index_put without accumulation: deterministic)

@@ -190,7 +190,11 @@ def _interp_main() -> None:
                     {"bwd_rows": 32, "bwd_block_i": 16},  # fixed tiles (the default, 0, picks by slots per row)
                     {"bwd_value_tile": True},  # the value rows read per tile and picked by a one-hot dot
                     {"bwd_value_tile": True, "bwd_rows": 16, "bwd_block_i": 32, "bwd_block_d": 16},
-                    {"bwd_value_tile": True, "bwd_zero_fill": True, "bwd_rows": 64})
+                    {"bwd_value_tile": True, "bwd_zero_fill": True, "bwd_rows": 64},
+                    # a 1-D grid with the column tiles of a token / row tile consecutive
+                    {"cols_inner": True, "fwd_block_d": 16, "bwd_block_d": 16},
+                    {"cols_inner": True, "bwd_value_tile": True, "fwd_block_d": 16, "bwd_block_d": 16, "bwd_rows": 16,
+                     "bwd_block_i": 32})
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)
