@@ -201,18 +201,21 @@ def bench_kernels(cfg: dict) -> dict:
             gv2, gs2 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             row["sorted_bitwise_repeat"] = bool(torch.equal(gv1, gv2) and torch.equal(gs1, gs2))
             # the value-tile backward picks each slot's row exactly (a one-hot dot; fp32 values in three bf16
-            # parts), so it must equal the gathering one bit for bit, in values' dtype and in fp32
+            # parts): its value gradients must equal the gathering one's bit for bit, in values' dtype and in fp32;
+            # its score gradients sum the same products in another order (the dot's register layout), so they
+            # agree to rounding
             keep = dict(kernels.CONFIG)
-            same = []
+            gv_same, gs_rel = [], []
             for vals, go, sc in ((values, gout, scores), (values.float(), gout.float(), scores.float())):
                 kernels.CONFIG["bwd_value_tile"] = False
                 a = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
                 kernels.CONFIG["bwd_value_tile"] = True
                 b = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
-                same.append(bool(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])))
+                gv_same.append(bool(torch.equal(a[0], b[0])))
+                gs_rel.append(rel(b[1], a[1].double()))
             kernels.CONFIG.clear()
             kernels.CONFIG.update(keep)
-            row["value_tile_bitwise"] = same  # [values' dtype, fp32]
+            row["value_tile_gv_bitwise"], row["value_tile_gs_rel"] = gv_same, gs_rel  # [values' dtype, fp32]
             checks.append(row)
             print("check", row, flush=True)
         del values
@@ -220,7 +223,8 @@ def bench_kernels(cfg: dict) -> dict:
     if checks:
         worst = max(max(r["fwd"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"], r["gs_atomic"]) for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
-                                                    and all(r["value_tile_bitwise"]) for r in checks))
+                                                    and all(r["value_tile_gv_bitwise"]) and r["value_tile_gs_rel"][0] < 1e-2
+                                                    and r["value_tile_gs_rel"][1] < 1e-5 for r in checks))
         print(f"correctness: worst relative error {worst:.2e} -> {'OK' if res['check_ok'] else 'FAIL'}", flush=True)
 
     # timing

@@ -165,14 +165,18 @@ if triton is not None:
         # every output is one product with 1.0. t_hi is the tile itself for 16-bit values (one tensor-core dot);
         # for fp32 values t_hi + t_mid + t_lo are its three bf16 parts, which carry all 24 mantissa bits. SPLIT=False
         # (the interpreter): t_hi is the tile, a plain fp32 product
+        # (one return, after constexpr if / elif / else: Triton still type-checks code after a constexpr-taken
+        # return, and a bf16 x fp16 dot there failed to compile for fp16 values)
         if not SPLIT:
-            return tl.dot(pick.to(tl.float32), t_hi.to(tl.float32), input_precision="ieee")
-        if V16:
-            return tl.dot(pick.to(t_hi.dtype), t_hi)
-        p = pick.to(tl.bfloat16)
-        out = tl.dot(p, t_hi)
-        out = tl.dot(p, t_mid, out)
-        return tl.dot(p, t_lo, out)
+            out = tl.dot(pick.to(tl.float32), t_hi.to(tl.float32), input_precision="ieee")
+        elif V16:
+            out = tl.dot(pick.to(t_hi.dtype), t_hi)
+        else:
+            p = pick.to(tl.bfloat16)
+            out = tl.dot(p, t_hi)
+            out = tl.dot(p, t_mid, out)
+            out = tl.dot(p, t_lo, out)
+        return out
 
     @triton.jit
     def _grid_pos(n_ct, COLS_INNER: tl.constexpr):
@@ -180,8 +184,10 @@ if triton is not None:
         # one token / row tile are consecutive (COLS_INNER), or from a 2-D grid (tokens / row tiles, n_ct)
         if COLS_INNER:
             pid = tl.program_id(0)
-            return (pid // n_ct).to(tl.int64), pid % n_ct
-        return tl.program_id(0).to(tl.int64), tl.program_id(1)
+            row, col = (pid // n_ct).to(tl.int64), pid % n_ct
+        else:
+            row, col = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        return row, col
 
     @triton.jit
     def _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H: tl.constexpr, BLOCK_K: tl.constexpr,

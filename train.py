@@ -340,6 +340,8 @@ def main(argv: list[str]) -> None:
     if use_compile:
         model = torch.compile(model)
     eval_model = model if use_compile and cfg["eval_compile"] else raw_model  # not through DDP: no gradients to sync
+    if use_compile and master:
+        print("compiled: training" + (" and evaluation" if eval_model is model else " (evaluation eager)"))
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -5,7 +5,8 @@
 #            kernel against torch.topk with its sweep (python bench.py --mode=kernels, decode and training sizes)
 #   topk     the top-k timing alone (--shapes=, no lookup)
 #   profile  the UltraMem-151M training step profiled with each top-k (mem_topk=torch, then triton; TOPKS picks)
-#            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default 0)
+#            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default 0). Each run takes
+#            up to PROFILE_LIMIT (240 s): with VTILES="0 1" pick one top-k (TOPKS=auto) to stay within a 10-minute call
 #   vtile    the small PKM and UltraMem training steps with each lookup backward (bwd_value_tile 0, 1)
 #   moe      the MoE layer at 1-512 tokens on moe_impl=gather and triton, with the gather kernel's sweep
 #   bash scripts/gpu_kernels.sh [all|kernels|topk|profile|moe ...]   # OUT (default out/gpu) collects the logs

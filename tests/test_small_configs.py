@@ -175,6 +175,7 @@ arg() { printf '%s\n' "${@:2}" | sed -n "s/^--$1=//p"; }
 case "$1" in
   train.py) out=$(arg out_dir "$@"); log start "$out"; sleep 0.5  # compiling
     mkdir -p "$out"; echo '{"step": 10}' > "$out/metrics.jsonl"; log stepping "$out"; sleep 1.2; log trained "$out"
+    printf '{"step": 10, "val_loss": 5}\n{"step": 20, "val_loss": 4}\n' >> "$out/metrics.jsonl"; touch "$out/ckpt.pt"
     [[ $2 == *${FAKE_FAIL:-03_share_query}* ]] && exit 3; exit 0 ;;
   scripts/eval_text.py) out=$(arg out_dir "$@"); sleep 1.5; log scored "$out"; echo '{}' > "$(arg out "$@")" ;;
   scripts/metrics_summary.py) echo '{}' ;;
@@ -201,6 +202,7 @@ def test_gpu_results_smoke(tmp_path):
     ok = subprocess.run(["bash", "scripts/gpu_results.sh", "smoke"], cwd=work, env=env, capture_output=True, text=True,
                         timeout=60)
     assert ok.returncode == 0 and ok.stdout.count(": ok,") == 4, (ok.stdout, ok.stderr)
+    assert not list((work / "out" / "smoke").glob("*/ckpt.pt"))  # the checkpoints are deleted
     bad = subprocess.run(["bash", "scripts/gpu_results.sh", "smoke"], cwd=work, env={**env, "FAKE_FAIL": "small/moe"},
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "smoke moe: FAILED" in bad.stdout and bad.stdout.count(": ok,") == 3, bad.stdout

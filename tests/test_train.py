@@ -64,7 +64,8 @@ def test_compiled_run_evaluates_compiled_like_eager(data_dir, tmp_path):
     """--compile=True (as on CUDA) with the evaluation through the compiled model (eval_compile, the default):
     the validation losses match an eager run's (CPU, float32)."""
     args = ("--max_iters=4", "--eval_interval=2", "--log_interval=2")
-    train(data_dir, tmp_path / "compiled", *args, "--compile=True", "--eval_compile=True")
+    p = train(data_dir, tmp_path / "compiled", *args, "--compile=True", "--eval_compile=True")
+    assert "compiled: training and evaluation" in p.stdout
     train(data_dir, tmp_path / "eager", *args)  # TINY: --compile=False
 
     def val(d):
