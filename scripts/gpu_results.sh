@@ -20,9 +20,11 @@
 # The whole set on one GPU (issue 7: Table 1 with two seeds, the ladder, Figure 6b, knowledge capacity) is
 # the four parts set1-set4, each under the device tool's 10 minutes per call, four trainings at a time, the
 # longest first (a run may name its seed, CONFIG@SEED, so one part mixes seeds):
-#   set1  Table 1 seed 1 + sparsity_x24, x3 (Figure 6b seed 1)     set2  Table 1 seed 2 + sparsity_x12, x6
+#   set1  Table 1 seed 1 + sparsity_x24 (Figure 6b seed 1)     set2  Table 1 seed 2 + sparsity_x12
 #   set3  ladder rows 06-11, with knowledge capacity (gpu_capacity.sh, five at a time) beside them
-#   set4  ladder rows 00-05
+#   set4  ladder rows 00-05 + sparsity_x6, x3
+#   (session 7 ran x3 in set1 and x6 in set2, which then took 575 s, cut at the limit, and 563 s, against set4's
+#   366 s: moved for headroom under the device's 10-minute calls)
 #   JOBS=4 bash scripts/gpu_results.sh set1     (the seed argument is ignored by the set parts)
 #   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
 #                                               # 10-minute limit applies
@@ -63,12 +65,12 @@ JOBS=${JOBS:-1}
 
 part() {  # the runs of a part: config names under config/small/ (without .py), each CONFIG or CONFIG@SEED
   case $1 in
-    set1) echo dense_4x@1 ultramem@1 pkm@1 moe@1 sparsity_x24@1 dense@1 sparsity_x3@1 ;;  # longest first
-    set2) echo dense_4x@2 ultramem@2 pkm@2 moe@2 sparsity_x12@1 dense@2 sparsity_x6@1 ;;
+    set1) echo dense_4x@1 ultramem@1 pkm@1 moe@1 sparsity_x24@1 dense@1 ;;  # longest first
+    set2) echo dense_4x@2 ultramem@2 pkm@2 moe@2 sparsity_x12@1 dense@2 ;;
     set3) echo ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
                ablation/09_improved_init@1 ablation/06_ive@1 ;;
     set4) echo ablation/04_split_skip@1 ablation/05_qk_norm@1 ablation/00_pkm@1 ablation/01_rm_softmax@1 \
-               ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
+               sparsity_x6@1 sparsity_x3@1 ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
     set) echo dense_4x@1 dense_4x@2 ultramem@1 ultramem@2 pkm@1 pkm@2 moe@1 moe@2 sparsity_x24@1 sparsity_x12@1 \
               ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
               ablation/09_improved_init@1 ablation/06_ive@1 ablation/04_split_skip@1 ablation/05_qk_norm@1 \

@@ -165,7 +165,9 @@ def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
         [n + "=1" for n in NAMES if n.startswith(("sparsity_", "ablation/"))]
     assert sorted(everything) == sorted(want) and len(everything) == len(want)
     assert s1[0] == "dense_4x=1" and s2[0] == "dense_4x=2" and everything[0] == "dense_4x=1"
-    assert all(x.startswith("ablation/") for x in s3 + s4) and len(s3) == len(s4) == 6
+    assert all(x.startswith("ablation/") for x in s3) and len(s3) == 6
+    assert sorted(x for x in s4 if x.startswith("ablation/")) == sorted(n + "=1" for n in NAMES if n.startswith("ablation/")
+                                                                     and n + "=1" not in s3)
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
@@ -221,7 +223,7 @@ def test_gpu_results_scheduler(tmp_path):
     events = [(float(t), what, run) for t, what, run in (line.split() for line in log.read_text().splitlines())]
     at = {(what, run): t for t, what, run in events}
     runs = [run for _, what, run in sorted(events) if what == "start"]
-    assert len(runs) == 6 and ("scored", "out/small/ablation/03_share_query_s1") not in at
+    assert len(runs) == 8 and ("scored", "out/small/ablation/03_share_query_s1") not in at
     for i, run in enumerate(runs):
         t = at["start", run]
         training = [r for r in runs if r != run and at["start", r] < t < at.get(("trained", r), 1e18)]
