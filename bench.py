@@ -79,15 +79,17 @@ of the forward: T*K*Dv*elem (rows read) + T*K*(8+8+h*4) (row, block, scores) + T
 the backward: N*Dv*elem (the dense value gradient, written once) + T*K*Dv*elem (rows read for the score
 gradient) + T*K*Dv*elem (output-gradient rows read per slot) + T*K*(8+8+2*h*4) (indices, scores and
 their gradient). embedding_bag computes a simpler function (one bag per token: E=1, h=1) and is timed
-on the same rows and the first score. With sweep=True, at 32,768 tokens it also times 27 forward and 24
-backward launch configurations (kernels.CONFIG: column tile, slot block, warps; column
-tile, row tile, slot block, warps) and prints the best of each. Then the retrieval's top-k kernel
+on the same rows and the first score. The sorted backward is also timed with the other value-row scheme
+(kernels.CONFIG's bwd_value_tile flipped), and the correctness checks compare the two. With sweep=True, at 32,768
+tokens it also times 12 forward and 16 backward launch configurations (kernels.CONFIG: column tile, slot block,
+grid order; row tile, slot block, value tile, grid order) and prints the best of each. Then the retrieval's top-k kernel
 (kernels.topk_indices) against torch.topk on the models' row lengths, with a sweep of its bits per pass and
 warps (sweep=True); at decoding's few rows, per call within a CUDA graph of 20 calls as well (*_graph_ms; the
 sweep too), since single calls there are launch-bound. shapes= (empty) times the top-k alone. Keys: shapes, tokens, E, h, max_baseline_tokens,
 check_compile, sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
 """
 
+import contextlib
 import gc
 import itertools
 import json
@@ -130,6 +132,19 @@ def _baselines(r, values, rows, blocks, scores, gout, E, T, K, rep, bench) -> No
     r["ref_fwd_ms"] = bench(ref, rep)
     o = ref()
     r["ref_bwd_ms"] = bench(lambda: torch.autograd.grad(o, (w, s2), gout, retain_graph=True), rep)
+
+
+@contextlib.contextmanager
+def _lookup_config(**overrides):
+    """kernels.CONFIG with these entries for the block, restored after it."""
+    import kernels
+    keep = dict(kernels.CONFIG)
+    kernels.CONFIG.update(overrides)
+    try:
+        yield
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(keep)
 
 
 def bench_kernels(cfg: dict) -> dict:
@@ -204,17 +219,14 @@ def bench_kernels(cfg: dict) -> dict:
             # parts): its value gradients must equal the gathering one's bit for bit, in values' dtype and in fp32;
             # its score gradients sum the same products in another order (the dot's register layout), so they
             # agree to rounding
-            keep = dict(kernels.CONFIG)
             gv_same, gs_rel = [], []
             for vals, go, sc in ((values, gout, scores), (values.float(), gout.float(), scores.float())):
-                kernels.CONFIG["bwd_value_tile"] = False
-                a = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
-                kernels.CONFIG["bwd_value_tile"] = True
-                b = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
+                with _lookup_config(bwd_value_tile=False):
+                    a = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
+                with _lookup_config(bwd_value_tile=True):
+                    b = kernels._lookup_bwd_triton(go, vals, rows, blocks, sc, E)
                 gv_same.append(bool(torch.equal(a[0], b[0])))
                 gs_rel.append(rel(b[1], a[1].double()))
-            kernels.CONFIG.clear()
-            kernels.CONFIG.update(keep)
             row["value_tile_gv_bitwise"], row["value_tile_gs_rel"] = gv_same, gs_rel  # [values' dtype, fp32]
             checks.append(row)
             print("check", row, flush=True)
@@ -244,11 +256,9 @@ def bench_kernels(cfg: dict) -> dict:
             r["triton_fwd_ms"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), rep)
             kernels.set_backward_scheme("sorted")
             r["triton_bwd_sorted_ms"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
-            keep_vt = kernels.CONFIG["bwd_value_tile"]
-            kernels.CONFIG["bwd_value_tile"] = not keep_vt  # the other value-row scheme (gather / tile), same tiles
-            r["triton_bwd_sorted_other_vtile_ms"] = bench(
-                lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
-            kernels.CONFIG["bwd_value_tile"] = keep_vt
+            with _lookup_config(bwd_value_tile=not kernels.CONFIG["bwd_value_tile"]):  # the other value-row scheme
+                r["triton_bwd_sorted_other_vtile_ms"] = bench(
+                    lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
             if T <= 512:  # decode sizes: the launches replayed from a CUDA graph, without Python's overhead
                 try:
                     for name, fn in (("fwd", lambda: kernels._lookup_triton(values, rows, blocks, scores, E)),
@@ -265,8 +275,6 @@ def bench_kernels(cfg: dict) -> dict:
                 except Exception as e:  # report and go on
                     r["baseline_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if cfg["sweep"] and T == 32768:  # launch parameters: forward and sorted backward
-                keep = dict(kernels.CONFIG)
-
                 fwd_lookup = lambda: kernels._lookup_triton(values, rows, blocks, scores, E)
                 bwd_lookup = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
                 # around the winners of sessions 5-7's sweeps (forward 128 columns, 32 slots per step, 4 warps;
@@ -276,15 +284,13 @@ def bench_kernels(cfg: dict) -> dict:
                 # earlier sweep: 3 stages, the zero-filled backward, 64 slots per step, the whole row (0 columns)
                 # or R 64 in the backward
                 for bd, bk, inner in itertools.product((64, 128, 256), (16, 32), (False, True)):
-                    kernels.CONFIG.update(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=4, fwd_stages=1, cols_inner=inner)
-                    r[f"sweep_fwd{'_inner' if inner else ''}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
+                    with _lookup_config(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=4, fwd_stages=1, cols_inner=inner):
+                        r[f"sweep_fwd{'_inner' if inner else ''}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
                 for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):
-                    kernels.CONFIG.update(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
-                                          bwd_value_tile=vt, cols_inner=inner)
-                    tag = ("_inner" if inner else "") + ("_vtile" if vt else "")
-                    r[f"sweep_bwd{tag}_d128_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
-                kernels.CONFIG.clear()
-                kernels.CONFIG.update(keep)
+                    with _lookup_config(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
+                                        bwd_value_tile=vt, cols_inner=inner):
+                        tag = ("_inner" if inner else "") + ("_vtile" if vt else "")
+                        r[f"sweep_bwd{tag}_d128_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
                 for part in ("fwd", "bwd"):
                     best = min((k for k in r if k.startswith(f"sweep_{part}_")), key=r.get)
                     print(f"sweep best {part} shape {shape}: {best} {r[best] * 1e3:.1f} us "

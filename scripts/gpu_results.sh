@@ -123,12 +123,15 @@ case $PART in
 esac
 NAMES=$(part "$PART")
 
+seed_of() { [[ $1 == *@* ]] && echo "${1##*@}" || echo "$SEED"; }  # X or X@S -> S (default $SEED)
+run_of() { echo "small/${1%@*}_s$(seed_of "$1")"; }  # X or X@S -> small/X_sS, the run's folder under out/ and $OUT
+train_cmd() {  # X or X@S -> the run's train.py command (its words have no spaces)
+  echo python train.py "config/small/${1%@*}.py" --seed="$(seed_of "$1")" --progress=False --overwrite=True \
+    --out_dir="out/$(run_of "$1")" --ckpt_interval=1000000
+}
+
 if [ -n "${DRY:-}" ]; then
-  for X in $NAMES; do
-    S=$SEED; [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
-    echo python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
-      --out_dir="out/small/${X}_s$S" --ckpt_interval=1000000
-  done
+  for X in $NAMES; do train_cmd "$X"; done
   if [ "$PART" = set3 ] || [ "$PART" = set ]; then DRY=1 bash scripts/gpu_capacity.sh; fi
   exit 0
 fi
@@ -138,22 +141,15 @@ bash scripts/gpu_data.sh
 EVAL_TEXT=${EVAL_TEXT:-.device_carry/tinyshakespeare.txt}
 [ -f "$EVAL_TEXT" ] || echo "note: $EVAL_TEXT not found: the runs are not scored on other text"
 
-run_of() {  # X or X@S -> small/X_sS, the run's folder under out/ and $OUT
-  local X=$1 S=$SEED
-  [[ $X == *@* ]] && S=${X##*@} && X=${X%@*}
-  echo "small/${X}_s$S"
-}
 MARKS=$(mktemp -d)  # RUN.trained: that run's training has ended (it is being digested and scored)
 trap 'rm -rf "$MARKS"' EXIT
 
 one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default $SEED), then digest it
-  local X=${1%@*} S=${SEED} run start
-  [[ $1 == *@* ]] && S=${1##*@}
+  local run start
   run=$(run_of "$1")
   mkdir -p "$(dirname "$OUT/$run")"
   start=$(date +%s)
-  python train.py "config/small/$X.py" --seed="$S" --progress=False --overwrite=True \
-    --out_dir="out/$run" --ckpt_interval=1000000 > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; return 1; }
+  $(train_cmd "$1") > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; return 1; }
   touch "$MARKS/${run//\//_}.trained"
   echo "$run: $(( $(date +%s) - start )) s wall (JOBS=$JOBS)"
   python scripts/metrics_summary.py "out/$run" > "$OUT/$run.json" && cat "$OUT/$run.json"

@@ -175,6 +175,20 @@ def test_lookup_config_sets_kernel_config():
                    "lookup_config")
 
 
+def test_lookup_config_block_restores_kernel_config():
+    """bench.py's sweeps set kernels.CONFIG entries for a block; the entries come back after it, also on error."""
+    import bench as b
+    import kernels
+    keep = dict(kernels.CONFIG)
+    with b._lookup_config(bwd_value_tile=True, bwd_rows=16):
+        assert kernels.CONFIG["bwd_value_tile"] is True and kernels.CONFIG["bwd_rows"] == 16
+    assert kernels.CONFIG == keep
+    with pytest.raises(RuntimeError):
+        with b._lookup_config(cols_inner=True):
+            raise RuntimeError("a failed launch")
+    assert kernels.CONFIG == keep
+
+
 def test_bad_model_config_is_one_line():
     one_line_error(bench("config/ultramem_small.py", "--n_layer=2", "--device=cpu", check=False), "bad model config")
 

@@ -257,6 +257,23 @@ def test_gpu_results_pairs_split_the_set_over_two_gpus(tmp_path):
     assert [len(g) for g in p6] == [4, 4] and all(x.startswith("ablation_init/") for g in p6 for x in g)
 
 
+def test_metrics_summary_times_the_evaluations(tmp_path):
+    """metrics_summary.py: span_s from the first to the last record, eval_s the evaluations' share (each from the
+    training record before it); a run's folder or its metrics file."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from metrics_summary import summary
+    recs = [{"step": 10, "loss": 5.0, "tokens_per_sec": 1.0, "mfu": 0.1, "time": 100.0},
+            {"step": 20, "loss": 4.0, "tokens_per_sec": 2.0, "mfu": 0.2, "time": 110.0},
+            {"step": 20, "val_loss": 4.5, "time": 113.5},
+            {"step": 30, "loss": 3.0, "tokens_per_sec": 3.0, "mfu": 0.3, "time": 120.0},
+            {"step": 30, "val_loss": 3.5, "time": 121.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for arg in (str(tmp_path), str(tmp_path / "metrics.jsonl")):
+        got = summary(arg, skip=0)
+        assert (got["span_s"], got["eval_s"], got["steps"]) == (21.0, 4.5, 30)
+        assert got["val_loss"] == [(20, 4.5), (30, 3.5)]
+
+
 def test_capacity_script_equal_passes_scales_the_steps():
     """gpu_capacity.sh PASSES=1: each size trains for the config's steps x people / 1000 (equal passes), and
     scores at most all of its 6 x N facts; without PASSES every size gets the config's steps."""
