@@ -453,6 +453,12 @@ def main(argv: list[str]) -> None:
             checkpoint()
     bar.close()
     if ddp:
+        # a barrier first: with gloo, destroy_process_group joins the gloo work thread while holding the GIL, and
+        # that thread may still be releasing the last all_gather_object's work, which needs the GIL to free its
+        # tensors: both ranks then hang at exit (seen in CI, 2026-11-30, in gdb: ~ProcessGroupGloo in
+        # thread::join, the pt_gloo_runloop thread in take_gil from ~AsyncAllgatherWork). The main thread waits
+        # in the barrier without the GIL, and by then the work thread has freed the earlier work
+        dist.barrier()
         dist.destroy_process_group()
 
 

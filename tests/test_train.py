@@ -159,14 +159,20 @@ def test_ddp_matches_single_process(data_dir, tmp_path):
            os.path.join(ROOT, "train.py"), f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'ddp'}",
            *TINY, *args, "--grad_accum=1", "--overwrite=True"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    # the run takes ~15 s; once in many runs here the gloo rendezvous hung (not reproduced since), so a
-    # timed-out attempt is retried once: a deadlock in train.py would time out twice
+    # the run takes ~15 s. Runs here have hung at exit: gloo's teardown deadlocked (train.py now passes a barrier
+    # before destroy_process_group, see there); a timed-out attempt is retried once. torchrun is stopped with
+    # SIGTERM, which it passes on to the ranks (they run in sessions of their own: the SIGKILL of subprocess.run's
+    # timeout stopped torchrun alone and left them running)
     for attempt in range(2):
         shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
-            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=150)
+            out, err = proc.communicate(timeout=150)
+            p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
             break
         except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.communicate(timeout=60)
             if attempt == 1:
                 raise
     assert p.returncode == 0, p.stderr[-3000:]
