@@ -55,8 +55,11 @@ progress = True  # tqdm progress bar
 device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 dtype = "auto"  # "auto" (bfloat16 autocast on CUDA, float32 on CPU) | "float32" | "bfloat16"
 compile = None  # torch.compile the model; None means on for CUDA, off for CPU
-eval_compile = True  # with compile on, evaluate through the compiled model too (one more compilation, for eval
-# mode without grad; until session 7 the evaluation ran eager, 10-13% of a small run's time on the H200)
+eval_compile = False  # with compile on, evaluate through the compiled model too (one more compilation, for eval
+# mode without grad). Off: on the H200 (torch 2.11) the compiled no-grad graph of a TDQKR memory layer picked
+# wrong rows for mem_knum 568 / 803 / 998 / 1,607 (1,136 was right): validation losses 0.2-0.4 too high
+# (docs/RESULTS.md, session 8; scripts/diag_compiled_eval.py reproduces it). Eager evaluation is correct and
+# costs 10-13% of a small run's time there
 peak_tflops = 672.0  # for MFU: the H200's measured dense bf16 matmul rate (platform_notes.md)
 # model: a small GPT for the facts dataset (every GPTConfig field is a key; these override its defaults)
 n_layer = 4

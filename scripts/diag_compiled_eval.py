@@ -1,0 +1,97 @@
+"""Diagnose the compiled memory layer against eager: one MemoryLayer of each config, random inputs, its
+output and its retrieval (which rows and columns win) compiled and eager, in the three graphs that run: training
+(train mode, gradient on), evaluation (eval mode, no gradient: train.py's eval_compile) and cached decoding
+(setup_cache, input_pos, fullgraph, as sample.py and bench.py compile it; batch 4 x 1 token and 1 x 64 tokens).
+Written when the session-8 GPU run's compiled evaluation gave validation losses 0.2-0.4 above the eager ones for
+the TDQKR configs with mem_knum other than 1,136 (docs/RESULTS.md). An overlap near 1 (bf16 near-ties aside)
+is right; near 0 means the compiled graph picked other rows.
+
+    PYTHONPATH=. python scripts/diag_compiled_eval.py [TOKENS] CONFIG.py [CONFIG.py ...]
+
+DIAG_VARIANTS (space-separated, default "none") repeats the checks with parts of the no-gradient path replaced
+by the training path's code, to find the part that goes wrong: "bmm_off" (head_scores' per-head matmuls),
+"one_call_off" (TDQKR's pre-selection in two top-k calls), or both comma-separated.
+"""
+import inspect
+import os
+import sys
+import time
+
+import torch
+
+import memory
+from model import GPTConfig
+
+ORIGINAL = {name: getattr(memory, name) for name in ("head_scores", "tdqkr_retrieve")}
+PATCHES = {"bmm_off": ("head_scores", "if not torch.is_grad_enabled():", "if False:"),
+           "one_call_off": ("tdqkr_retrieve", "one_call = not torch.is_grad_enabled()", "one_call = False")}
+
+
+def patch(variant: str) -> None:
+    for name, fn in ORIGINAL.items():
+        setattr(memory, name, fn)
+    for part in filter(None, variant.replace("none", "").split(",")):
+        name, old, new = PATCHES[part]
+        src = inspect.getsource(ORIGINAL[name])
+        assert old in src, (name, old)
+        exec(src.replace(old, new), memory.__dict__)  # memory.retrieve looks the function up at call time
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def overlap(a, b):
+    """Mean fraction of each row's winners (integer keys, last dim) that the other also has."""
+    return (a.unsqueeze(-1) == b.unsqueeze(-2)).any(-1).float().mean().item()
+
+
+def check(path: str, T: int, dev: str) -> None:
+    cfg = {}
+    exec(open(path).read(), cfg)
+    torch.manual_seed(0)
+    layer = memory.MemoryLayer(GPTConfig.from_dict(cfg)).to(dev)
+    with torch.no_grad():  # trained-like cores (not the init's), so that the rank-1 pre-selection matters
+        if layer.cores is not None:
+            layer.cores.normal_()
+        layer.refresh()
+    D, t0 = layer.D, time.time()
+    ac = lambda: torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda")
+    h = torch.randn(max(1, T // 1024), min(T, 1024), D, device=dev)
+    key = lambda r: r[0] * 10**7 + r[1]  # a (row, col) pair as one integer
+    comp, sel = torch.compile(layer), torch.compile(layer.retrieve)
+    for train in (True, False):
+        layer.train(train)
+        with ac(), torch.set_grad_enabled(train):
+            ye, yc = layer(h)[0].detach(), comp(h)[0].detach()
+            re, rc = layer.retrieve(h.reshape(-1, D)), sel(h.reshape(-1, D))
+        print(f"  {'train+grad' if train else 'eval+no_grad'}: y rel {rel(yc, ye):.3e}, retrieval overlap "
+              f"{overlap(key(rc), key(re)):.4f}", flush=True)
+    layer.eval()
+    step = torch.compile(layer.select, fullgraph=True)
+    for B, S in ((4, 1), (1, 64)):
+        with ac(), torch.no_grad():
+            x = torch.randn(B, S, D, device=dev)
+            pos = torch.arange(S, device=dev)
+            layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
+            ae = layer.select(x, pos)[0]
+            layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
+            acmp = step(x, pos)[0]
+        print(f"  decode {B} x {S}: address overlap {overlap(acmp, ae):.4f}", flush=True)
+    print(f"  ({time.time() - t0:.0f} s)", flush=True)
+
+
+def main():
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    args = sys.argv[1:]
+    T = int(args.pop(0)) if args and args[0].isdigit() else 8192
+    for variant in os.environ.get("DIAG_VARIANTS", "none").split():
+        patch(variant)
+        torch._dynamo.reset()
+        for path in args:
+            print(f"{path} (mem_knum from the file), variant {variant}, {T} tokens on {dev}:", flush=True)
+            check(path, T, dev)
+
+
+if __name__ == "__main__":
+    main()
