@@ -11,6 +11,14 @@
 # medium_mix is prepared once before both start (two jobs preparing it at once would race; DATA=0 skips it, for
 # jobs that need none: benchmarks, knowledge capacity). Timings taken this
 # way share the host's CPUs with the other job: say so where reported.
+#
+# While the jobs run, nvidia-smi logs each GPU's utilisation every 2 s to $R/smi.csv (packed with the rest);
+# at the end a line per GPU gives its mean and the share of samples at 0%: how much of a part the GPU idled.
+# MPS=1 runs the jobs under the CUDA Multi-Process Service (a control daemon per GPU, its pipes and logs in
+# $R/mpsG): the processes of a part then share the GPU's SMs at once instead of taking turns in time
+# slices. A probe checks that a CUDA context opens under it and that the daemon then runs a server; if not,
+# the script stops with an error (CUDA itself would run without MPS, silently). The daemons are stopped at
+# exit; device settings (compute mode) are not touched.
 set -uo pipefail
 NAME=${1:?usage: bash scripts/gpu_pair.sh NAME CMD0 CMD1}
 [[ $NAME =~ ^[A-Za-z0-9._-]+$ ]] || { echo "gpu_pair.sh: NAME must be letters, digits, '.', '_' or '-', got '$NAME'" >&2; exit 2; }
@@ -22,15 +30,47 @@ fi
 mkdir -p "$OUT" "$R"
 [ -n "${DRY:-}" ] || nvidia-smi -L
 [ -n "${DRY:-}" ] || [ "${DATA:-1}" = 0 ] || bash scripts/gpu_data.sh
+mps_ctl() {  # GPU, then nvidia-cuda-mps-control's arguments: that GPU's daemon (its own pipe folder)
+  local g=$1; shift
+  CUDA_MPS_PIPE_DIRECTORY=$R/mps$g/pipe CUDA_MPS_LOG_DIRECTORY=$R/mps$g/log ${DRY:+echo} nvidia-cuda-mps-control "$@"
+}
+if [ "${MPS:-0}" = 1 ]; then  # one daemon per GPU, started with only that GPU visible; its clients must not set
+  # CUDA_VISIBLE_DEVICES (NVIDIA's MPS guide): they find their GPU through the daemon's pipe folder
+  trap 'for g in 0 1; do echo quit | mps_ctl $g; done' EXIT
+  for g in 0 1; do
+    mkdir -p "$R/mps$g/pipe" "$R/mps$g/log"
+    CUDA_VISIBLE_DEVICES=$g mps_ctl $g -d || { echo "gpu_pair.sh: MPS=1 but the daemon for GPU $g did not start" >&2; exit 2; }
+    [ -n "${DRY:-}" ] && continue
+    # CUDA falls back to running without MPS when it cannot reach the daemon, silently: so check that a
+    # context opens and that the daemon then has a server
+    CUDA_MPS_PIPE_DIRECTORY=$R/mps$g/pipe timeout 120 python -c "import torch; torch.ones(1, device='cuda')" \
+      && [ -n "$(echo get_server_list | mps_ctl $g)" ] \
+      || { echo "gpu_pair.sh: MPS=1 but no MPS server serves GPU $g (logs in $R/mps$g/log)" >&2; cat "$R/mps$g/log"/*.log >&2; exit 2; }
+    echo "MPS: GPU $g served by server $(echo get_server_list | mps_ctl $g)"
+  done
+fi
+smi=
+if [ -z "${DRY:-}" ]; then
+  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits -l 2 > "$R/smi.csv" &
+  smi=$!
+fi
+pids=()
 for g in 0 1; do
   cmd=${*:g+2:1}
   [ -n "$cmd" ] || continue
   mkdir -p "$R/g$g"  # the job's OUT exists before it starts (a job may write there without creating it)
   ( start=$(date +%s)
     echo "GPU $g: $cmd"
-    CUDA_VISIBLE_DEVICES=$g OUT=$R/g$g timeout "$TIME_LIMIT" bash -c "$cmd"
+    if [ "${MPS:-0}" = 1 ]; then
+      env -u CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY="$R/mps$g/pipe" OUT="$R/g$g" timeout "$TIME_LIMIT" bash -c "$cmd"
+    else
+      CUDA_VISIBLE_DEVICES=$g OUT=$R/g$g timeout "$TIME_LIMIT" bash -c "$cmd"
+    fi
     echo "GPU $g: rc=$? after $(( $(date +%s) - start )) s" ) > "$R/g$g.txt" 2>&1 &
+  pids+=($!)
 done
-wait
+wait "${pids[@]}"
+[ -z "$smi" ] || kill "$smi" 2>/dev/null
 cat "$R"/g*.txt
-tar czf "$OUT/$NAME.tgz" -C "$R" .
+[ -z "$smi" ] || python scripts/smi_summary.py "$R/smi.csv"
+tar czf "$OUT/$NAME.tgz" -C "$R" --exclude="./mps?/pipe" .  # not the MPS daemons' sockets

@@ -422,3 +422,33 @@ def test_check_memory_init_script_runs(tmp_path):
     short = subprocess.run([sys.executable, "scripts/check_memory_init.py", f"--text={text}", "--tokens=100000"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert short.returncode != 0 and "fewer than --tokens" in short.stderr
+
+
+def test_gpu_pair_mps_serves_each_job_its_gpu(tmp_path):
+    """gpu_pair.sh MPS=1: a daemon per GPU (started with that GPU visible), each job reaches its GPU through its
+    daemon's pipe folder, without CUDA_VISIBLE_DEVICES (NVIDIA's MPS guide), and the daemons are told to quit at
+    the end; without MPS each job sees its GPU through CUDA_VISIBLE_DEVICES."""
+    def pair(**env):
+        return subprocess.run(["bash", "scripts/gpu_pair.sh", "t", "echo v=${CUDA_VISIBLE_DEVICES:-unset} p=${CUDA_MPS_PIPE_DIRECTORY:-unset}",
+                               "echo v=${CUDA_VISIBLE_DEVICES:-unset} p=${CUDA_MPS_PIPE_DIRECTORY:-unset}"], cwd=ROOT, capture_output=True,
+                              text=True, check=True, env={**os.environ, "DRY": "1", "OUT": str(tmp_path), "R": str(tmp_path / "r"), **env}).stdout
+    out = pair(MPS="1")
+    assert out.count("nvidia-cuda-mps-control -d") == 2 and out.count("nvidia-cuda-mps-control\n") == 2, out
+    for g in (0, 1):
+        assert f"v=unset p={tmp_path / 'r'}/mps{g}/pipe" in out, out
+    out = pair()
+    assert "mps" not in out and "v=0 p=unset" in out and "v=1 p=unset" in out, out
+
+
+def test_smi_summary_reports_idle_share(tmp_path):
+    """smi_summary.py: per GPU the samples, their span, the mean utilisation and the share at 0% (a cut last line
+    is skipped)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from smi_summary import summary
+    rows = ["2026/11/30 01:00:00.000, 0, 100, 1000", "2026/11/30 01:00:00.000, 1, 0, 10",
+            "2026/11/30 01:00:02.000, 0, 50, 3000", "2026/11/30 01:00:02.000, 1, 0, 10",
+            "2026/11/30 01:00:04.000, 0, 0, 2000", "2026/11/30 01:00:0"]
+    (tmp_path / "smi.csv").write_text("\n".join(rows) + "\n")
+    got = summary(str(tmp_path / "smi.csv"))
+    assert got[0] == {"samples": 3, "span_s": 4.0, "mean_util": 50.0, "idle_share": 0.333, "peak_mem_mib": 3000.0}
+    assert got[1]["idle_share"] == 1.0 and got[1]["samples"] == 2
