@@ -20,18 +20,23 @@
 # The whole set on one GPU (issue 7: Table 1 with two seeds, the ladder, Figure 6b, knowledge capacity) is
 # the four parts set1-set4, each under the device tool's 10 minutes per call, four trainings at a time, the
 # longest first (a run may name its seed, CONFIG@SEED, so one part mixes seeds):
-#   set1  Table 1 seed 1 + sparsity_x24 (Figure 6b seed 1)     set2  Table 1 seed 2 + sparsity_x12
+#   set1  Table 1 seed 1 + sparsity_x3 (Figure 6b seed 1)      set2  Table 1 seed 2 + sparsity_x12
 #   set3  ladder rows 06-11, with knowledge capacity (gpu_capacity.sh, five at a time) beside them
-#   set4  ladder rows 00-05 + sparsity_x6, x3
+#   set4  sparsity_x24 + ladder rows 00-05 + sparsity_x6
 #   (session 7 ran x3 in set1 and x6 in set2, which then took 575 s, cut at the limit, and 563 s, against set4's
-#   366 s: moved for headroom under the device's 10-minute calls)
+#   366 s: x3 and x6 moved to set4. Session 8 then had x24 in set1, cut at the limit again while scoring it, with
+#   set4 at 469 s: x24, the heaviest of the sweep, and x3 swapped)
 #   JOBS=4 bash scripts/gpu_results.sh set1     (the seed argument is ignored by the set parts)
 #   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
 #                                               # 10-minute limit applies
-#   bash scripts/gpu_results.sh pair_sets       # set1 | set2 on a two-GPU machine; pair_sets2: set3 | set4
+#   bash scripts/gpu_results.sh pair_sets       # set1 | set3 on a two-GPU machine; then pair_sets2: set2 | set4,
+#                                               # so that Table 1's seed 2 finds seed 1's compiled graphs in
+#                                               # Inductor's cache if the machine is the same (until session 8
+#                                               # pair_sets was set1 | set2 and pair_sets2 set3 | set4)
 #   bash scripts/gpu_results.sh smoke           # first, after a change: Table 1's models for 20 steps each
 # Measured 2026-11-29 (session 7, one part per GPU of nvidia-h200-x2 machines): set1 575 s (cut at its limit during
-# the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below (untimed);
+# the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below; session
+# 8 (staggered starts, compiled evaluation, x24 in set1): 575 s (cut), 504, 463, 469 s: 33.5 minutes;
 # docs/RESULTS.md, "The whole set's GPU time".
 #
 # Earlier parts, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
@@ -65,12 +70,12 @@ JOBS=${JOBS:-1}
 
 part() {  # the runs of a part: config names under config/small/ (without .py), each CONFIG or CONFIG@SEED
   case $1 in
-    set1) echo dense_4x@1 ultramem@1 pkm@1 moe@1 sparsity_x24@1 dense@1 ;;  # longest first
+    set1) echo dense_4x@1 ultramem@1 pkm@1 moe@1 sparsity_x3@1 dense@1 ;;  # longest first
     set2) echo dense_4x@2 ultramem@2 pkm@2 moe@2 sparsity_x12@1 dense@2 ;;
     set3) echo ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
                ablation/09_improved_init@1 ablation/06_ive@1 ;;
-    set4) echo ablation/04_split_skip@1 ablation/05_qk_norm@1 ablation/00_pkm@1 ablation/01_rm_softmax@1 \
-               sparsity_x6@1 sparsity_x3@1 ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
+    set4) echo sparsity_x24@1 ablation/04_split_skip@1 ablation/05_qk_norm@1 ablation/00_pkm@1 \
+               ablation/01_rm_softmax@1 sparsity_x6@1 ablation/02_half_vdim_proj@1 ablation/03_share_query@1 ;;
     set) echo dense_4x@1 dense_4x@2 ultramem@1 ultramem@2 pkm@1 pkm@2 moe@1 moe@2 sparsity_x24@1 sparsity_x12@1 \
               ablation/07_tdqkr@1 ablation/08_mcs@1 ablation/11_query_conv@1 ablation/10_value_lr@1 \
               ablation/09_improved_init@1 ablation/06_ive@1 ablation/04_split_skip@1 ablation/05_qk_norm@1 \
@@ -101,8 +106,8 @@ case $PART in
   pair5) exec bash scripts/gpu_pair.sh pair5 "JOBS=3 $me table2a 2" "JOBS=3 $me table2b 2" ;;
   pair6) exec bash scripts/gpu_pair.sh pair6 "JOBS=4 $me table2_init 1" "JOBS=4 $me table2_init 2" ;;
   pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
-  pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set2" ;;
-  pair_sets2) exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set3" "JOBS=4 $me set4" ;;
+  pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set3" ;;
+  pair_sets2) exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set2" "JOBS=4 $me set4" ;;
   smoke)  # 20 steps of Table 1's memory and MoE models and Dense, side by side, with two (compiled) evaluations
     # each: a failure shows in a minute or two, before a set part's ten (out/smoke/X, $OUT/smoke_X.log; the
     # checkpoints, 0.6-8.6 GB each, are deleted)
