@@ -1013,7 +1013,9 @@ def bench_train(run: dict, models: list[tuple[str, dict]]) -> dict:
            "torch": torch.__version__, "rows": []}
     for name, cfg in models:
         torch.manual_seed(cfg["seed"])
-        res["rows"].append(bench_train_model(name, cfg, run, dev))
+        # the model's lookup_config: its config file's, or the command line's, which overrides it
+        with _lookup_config(**lookup_overrides(cfg["lookup_config"])):
+            res["rows"].append(bench_train_model(name, cfg, run, dev))
         _free(dev)
     with open(run["out"], "w") as f:
         json.dump(res, f, indent=1)
@@ -1057,9 +1059,8 @@ BENCH_KEYS = {
     "max_baseline_tokens": 32768,      # embedding_bag and the reference are timed up to this many tokens
     "check_compile": True,
     "sweep": True,                     # time a few launch configurations at 32,768 tokens
-    # every mode
-    "lookup_config": "",               # kernels.CONFIG overrides, "key=int,key=int" (e.g. bwd_value_tile=1): the
-                                       # lookup's launch parameters for a whole run (train: the step's lookups)
+    # every mode: train.py's lookup_config (kernels.CONFIG overrides, "key=int,..."), from the command line for
+    # the whole run; in train mode a config file's own lookup_config applies to its model
 }
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
@@ -1067,27 +1068,24 @@ RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", 
             "profile", "compile_scope", "coordinate_descent", "max_autotune", "lookup_config")
 
 
-def apply_lookup_config(spec: str) -> dict:
-    """"key=int,key=int" -> those kernels.CONFIG entries set (ints; a bool entry takes 0 or 1); returns them.
-    Raises BenchError for an unknown key or a value that is not an integer."""
+def lookup_overrides(spec: str) -> dict:
+    """"key=int,key=int" -> those kernels.CONFIG entries, checked by kernels.parse_config. Raises BenchError for
+    an unknown key or a value that is not an integer."""
     import kernels
-    got = {}
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        key, eq, val = item.partition("=")
-        if not eq or key not in kernels.CONFIG:
-            raise BenchError(f"lookup_config: {item!r} is not key=value with a key of kernels.CONFIG "
-                             f"({', '.join(kernels.CONFIG)})")
-        try:
-            v = int(val)
-        except ValueError:
-            raise BenchError(f"lookup_config: {key}={val!r} is not an integer") from None
-        if isinstance(kernels.CONFIG[key], bool):
-            if v not in (0, 1):
-                raise BenchError(f"lookup_config: {key} takes 0 or 1, got {v}")
-            v = bool(v)
-        got[key] = v
+    try:
+        return kernels.parse_config(spec)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+
+
+def apply_lookup_config(spec: str) -> dict:
+    """lookup_overrides(spec), set in kernels.CONFIG; returns them."""
+    import kernels
+    got = lookup_overrides(spec)
     kernels.CONFIG.update(got)
     return got
+
+
 LIST = (str, int, tuple, list)
 
 

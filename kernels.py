@@ -106,6 +106,27 @@ CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1
           "atomic_warps": 4}
 
 
+def parse_config(spec: str) -> dict:
+    """"key=int,key=int" (train.py's and bench.py's lookup_config) -> those CONFIG entries, checked: known keys,
+    integer values, 0 or 1 for the switches. Raises ValueError, naming the bad item. Set them with
+    CONFIG.update(...)."""
+    got = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or key not in CONFIG:
+            raise ValueError(f"lookup_config: {item!r} is not key=value with a key of kernels.CONFIG ({', '.join(CONFIG)})")
+        try:
+            v = int(val)
+        except ValueError:
+            raise ValueError(f"lookup_config: {key}={val!r} is not an integer") from None
+        if isinstance(CONFIG[key], bool):
+            if v not in (0, 1):
+                raise ValueError(f"lookup_config: {key} takes 0 or 1, got {v}")
+            v = bool(v)
+        got[key] = v
+    return got
+
+
 def set_impl(impl: str) -> None:
     if impl not in ("auto", "triton", "reference"):
         raise ValueError(f"impl must be auto, triton or reference, got {impl!r}")

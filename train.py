@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import kernels
 from model import GPT, GPTConfig
 
 # ----------------------------------------------------------------------------------------------------
@@ -60,6 +61,8 @@ eval_compile = False  # with compile on, evaluate through the compiled model too
 # wrong rows for mem_knum 568 / 803 / 998 / 1,607 (1,136 was right): validation losses 0.2-0.4 too high
 # (docs/RESULTS.md, session 8; scripts/diag_compiled_eval.py reproduces it). Eager evaluation is correct and
 # costs 10-13% of a small run's time there
+lookup_config = ""  # kernels.CONFIG overrides for the memory lookup, "key=int,key=int" (kernels.parse_config), e.g.
+# "bwd_value_tile=1": the UltraMem-151M step 3.5% faster on the H200 (docs/BENCHMARKS.md, session 8)
 peak_tflops = 672.0  # for MFU: the H200's measured dense bf16 matmul rate (platform_notes.md)
 # model: a small GPT for the facts dataset (every GPTConfig field is a key; these override its defaults)
 n_layer = 4
@@ -265,6 +268,11 @@ def main(argv: list[str]) -> None:
     for key in ("batch_size", "grad_accum", "max_iters", "eval_iters", "log_interval", "eval_interval"):
         if cfg[key] <= 0:
             raise Fatal(f"{key} must be positive, got {cfg[key]}")
+    try:
+        lookup = kernels.parse_config(cfg["lookup_config"])
+    except ValueError as e:
+        raise Fatal(str(e))
+    kernels.CONFIG.update(lookup)  # before the model compiles: the kernels read it when they launch
 
     # --- data ---------------------------------------------------------------------------------------
     data_dir = cfg["data_dir"] or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg["dataset"])

@@ -24,3 +24,7 @@ mem_knum = 1100
 mem_kdim = 192
 mem_heads = 2
 mem_topm = 80
+# the lookup backward reading each value tile once (kernels.CONFIG["bwd_value_tile"]): this model's step 201.4 ms
+# against 208.7 ms without, on the H200 (session 8, docs/BENCHMARKS.md); off by default elsewhere (slower on
+# uniform random indices, no gain for the small models)
+lookup_config = "bwd_value_tile=1"

@@ -175,6 +175,17 @@ def test_lookup_config_sets_kernel_config():
                    "lookup_config")
 
 
+def test_lookup_config_of_a_config_file_is_its_models():
+    """A config file's lookup_config (config/ultramem_151m.py: the value tile) is its model's in train mode; the
+    command line's overrides it."""
+    import bench as b
+    _, models = b.parse(["config/ultramem_151m.py", "config/dense_151m.py"])
+    assert [m["lookup_config"] for _, m in models] == ["bwd_value_tile=1", ""]
+    run, models = b.parse(["config/ultramem_151m.py", "--lookup_config=cols_inner=1"])
+    assert run["lookup_config"] == models[0][1]["lookup_config"] == "cols_inner=1"
+    assert b.lookup_overrides(models[0][1]["lookup_config"]) == {"cols_inner": True}
+
+
 def test_lookup_config_block_restores_kernel_config():
     """bench.py's sweeps set kernels.CONFIG entries for a block; the entries come back after it, also on error."""
     import bench as b

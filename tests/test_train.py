@@ -76,6 +76,16 @@ def test_compiled_run_evaluates_compiled_like_eager(data_dir, tmp_path):
     assert len(got) == len(want) == 2 and all(abs(a - b) < 1e-3 for a, b in zip(got, want)), (got, want)
 
 
+def test_lookup_config_is_checked(data_dir, tmp_path):
+    """--lookup_config: kernels.CONFIG overrides, checked before anything is written; a bad key or value is a
+    one-line error (exit 1) that names it."""
+    for bad, word in (("nope=1", "nope"), ("bwd_value_tile=2", "0 or 1"), ("bwd_rows=x", "integer")):
+        one_line_error(train(data_dir, tmp_path / "bad", "--max_iters=1", f"--lookup_config={bad}", check=False), 1, word)
+        assert not (tmp_path / "bad" / "ckpt.pt").exists()
+    p = train(data_dir, tmp_path / "ok", "--max_iters=2", "--eval_interval=2", "--lookup_config=bwd_value_tile=1,cols_inner=1")
+    assert "lookup_config" in p.stdout and (tmp_path / "ok" / "ckpt.pt").exists()
+
+
 def test_resume_is_exact(data_dir, tmp_path):
     common = ["--max_iters=12", "--log_interval=1", "--eval_interval=4", "--dropout=0.1", "--learning_rate=3e-3"]
     straight, paused = tmp_path / "straight", tmp_path / "paused"
