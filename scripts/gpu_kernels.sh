@@ -5,7 +5,7 @@
 #            kernel against torch.topk with its sweep (python bench.py --mode=kernels, decode and training sizes)
 #   topk     the top-k timing alone (--shapes=, no lookup)
 #   profile  the UltraMem-151M training step profiled with each top-k (mem_topk=torch, then triton; TOPKS picks)
-#            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default 0). Each run takes
+#            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default: the config's). Each run takes
 #            up to PROFILE_LIMIT (240 s): with VTILES="0 1" pick one top-k (TOPKS=auto) to stay within a 10-minute call
 #   vtile    the small PKM and UltraMem training steps with each lookup backward (bwd_value_tile 0, 1)
 #   moe      the MoE layer at 1-512 tokens on moe_impl=gather and triton, with the gather kernel's sweep
@@ -28,9 +28,11 @@ for part in $PARTS; do
             | quiet | tee "$OUT/topk.log" ;;
     profile)
       for topk in ${TOPKS:-torch triton}; do  # TOPKS=torch: the default top-k's profile alone
-        for vt in ${VTILES:-0}; do  # VTILES="0 1": also with the value-tile lookup backward (kernels.CONFIG)
+        for vt in ${VTILES:-config}; do  # VTILES="0 1": each lookup backward (kernels.CONFIG); default: the
+          # config file's own (config/ultramem_151m.py: the value tile, since session 8)
+          lc=(); [ "$vt" = config ] || lc=(--lookup_config=bwd_value_tile=$vt)
           timeout "${PROFILE_LIMIT:-240}" python bench.py --mode=train config/ultramem_151m.py --mem_topk=$topk \
-            --lookup_config=bwd_value_tile=$vt --warmup=10 --iters=20 --profile=3 \
+            "${lc[@]}" --warmup=10 --iters=20 --profile=3 \
             --out="$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.json" 2>&1 | quiet \
             | tee "$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.log"
         done

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Does CUDA MPS make a set part's concurrent trainings faster (issue 7, docs/RESULTS.md "The whole set's GPU time")?
+# COPIES (default 4) copies of one small model's training step (python bench.py --mode=train CONFIG) run at once
+# on this job's GPU, first as plain processes (they take turns in time slices), then under an MPS daemon started
+# for this GPU (their kernels may overlap). Each copy reports its median step time; the summary line gives the
+# copies' summed tokens/s in each mode (the copies compile alike, so their timed steps mostly overlap; the
+# logs show when each started timing). No data needed (bench.py's train mode uses random tokens).
+#   CUDA_VISIBLE_DEVICES=1 OUT=out/gpu bash scripts/gpu_mps_ab.sh [CONFIG]     (default config/small/ultramem.py)
+# DRY=1 prints the commands. The daemon is stopped at exit; device settings are not touched.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+CONFIG=${1:-config/small/ultramem.py}; COPIES=${COPIES:-4}; OUT=${OUT:-out/gpu}; LIMIT=${MPS_AB_LIMIT:-150}
+name=$(basename "$CONFIG" .py)
+mkdir -p "$OUT"
+pipe=$(mktemp -d)/mps
+ctl() { CUDA_MPS_PIPE_DIRECTORY=$pipe CUDA_MPS_LOG_DIRECTORY=$pipe ${DRY:+echo} nvidia-cuda-mps-control "$@"; }
+for mode in plain mps; do
+  if [ $mode = mps ]; then
+    mkdir -p "$pipe"
+    ctl -d || { echo "gpu_mps_ab.sh: the MPS daemon did not start" >&2; exit 2; }
+    trap 'echo quit | ctl' EXIT
+  fi
+  pids=()
+  for i in $(seq "$COPIES"); do
+    cmd=(python bench.py --mode=train "$CONFIG" --warmup=15 --iters=40 --out="$OUT/mps_ab_${name}_${mode}_$i.json")
+    if [ -n "${DRY:-}" ]; then echo "$mode: ${cmd[*]}"; continue; fi
+    if [ $mode = mps ]; then  # MPS clients find the GPU through the daemon (NVIDIA: no CUDA_VISIBLE_DEVICES)
+      env -u CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY="$pipe" timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
+    else
+      timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
+    fi
+    pids+=($!)
+  done
+  [ -n "${DRY:-}" ] || wait "${pids[@]}"
+  if [ $mode = mps ] && [ -z "${DRY:-}" ] && [ -z "$(echo get_server_list | ctl)" ]; then
+    echo "gpu_mps_ab.sh: no MPS server ran: the mps copies ran without MPS (CUDA falls back silently)" >&2; exit 2
+  fi
+done
+[ -n "${DRY:-}" ] || python - "$OUT" "$name" "$COPIES" <<'PY'
+import glob, json, sys
+out, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for mode in ("plain", "mps"):
+    rows = []
+    for p in sorted(glob.glob(f"{out}/mps_ab_{name}_{mode}_*.json")):
+        rows += [r for r in json.load(open(p))["rows"] if "step_ms" in r]
+    if len(rows) < n:
+        print(f"{name} {mode}: {len(rows)} of {n} copies finished"); continue
+    step = [r["step_ms"] for r in rows]
+    tok = sum(r["tokens_per_s"] for r in rows)
+    print(f"{name} x{n} {mode}: step ms {', '.join(f'{s:.1f}' for s in step)}; together {tok:,.0f} tokens/s")
+PY
