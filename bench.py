@@ -895,8 +895,12 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         opt = torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), fused=cuda)
         autocast = torch.autocast("cuda" if cuda else "cpu", dtype=dt) if dt != torch.float32 else nullcontext()
         use_compile = cfg["compile"] if cfg["compile"] is not None else cuda
-        info["compiled"] = bool(use_compile)
-        fwd = torch.compile(model) if use_compile else model
+        info["compiled"] = ("blocks" if cfg["compile_blocks"] else "model") if use_compile else False
+        fwd = model
+        if use_compile and cfg["compile_blocks"]:  # train.py's regional compilation (GPT.compile_blocks)
+            model.compile_blocks()
+        elif use_compile:
+            fwd = torch.compile(model)
         g = torch.Generator(device=dev).manual_seed(0)
         x = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)
         y = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)
@@ -914,8 +918,13 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
             opt.zero_grad(set_to_none=True)
             return loss
 
-        for _ in range(run["warmup"]):
+        t0 = time.perf_counter()
+        for i in range(run["warmup"]):
             train_step()
+            if i == 0:  # the first step compiles (forward and backward): its time is the compile's cost
+                if cuda:
+                    torch.cuda.synchronize()
+                info["first_step_s"] = time.perf_counter() - t0
         times = []
         for _ in range(run["iters"]):
             if cuda:
@@ -933,6 +942,8 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         info["loss"] = loss.item()
         if cuda:
             info["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+        if "first_step_s" in info:
+            print(f"{name}: first step (compiling: {info['compiled'] or 'no'}) {info['first_step_s']:.1f} s", flush=True)
         print(f"{name}: step {info['step_ms']:.1f} ms, {info['tokens_per_s']:,.0f} tok/s, MFU {100 * info['mfu']:.1f}% "
               f"(at {cfg['peak_tflops']} TFLOPS)" + (f", peak {info['peak_mem_GB']:.1f} GB" if cuda else ""), flush=True)
     except torch.cuda.OutOfMemoryError:

@@ -435,12 +435,26 @@ class GPT(nn.Module):
                     pending[dst] = pending[dst] + y if dst in pending else y
             if i in pending:
                 x = x + pending.pop(i)
+        logits, loss = self.logits_loss(x, targets)
+        return logits, loss, aux
+
+    def logits_loss(self, x: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The final norm, the output projection and (with targets) the cross-entropy."""
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
             # no explicit .float(): autocast runs cross_entropy in fp32 without a full fp32 copy of the logits
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss, aux
+        return logits, loss
+
+    def compile_blocks(self, **kwargs) -> None:
+        """Regional compilation: each block, each memory layer and the output/loss compiled on their own
+        (torch.compile kwargs), the loop between them eager. Blocks of one shape share one compiled graph (their
+        weights are graph inputs), so a model compiles in a fraction of the whole-model compile's time, and
+        Inductor's cache serves every model with the same block shape. In place; the state_dict is unchanged."""
+        for m in list(self.blocks) + list(self.memories):
+            m.compile(**kwargs)
+        self.logits_loss = torch.compile(self.logits_loss, **kwargs)  # the instance's, over the method
 
     @torch.no_grad()
     def refresh(self) -> None:

@@ -56,6 +56,8 @@ progress = True  # tqdm progress bar
 device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 dtype = "auto"  # "auto" (bfloat16 autocast on CUDA, float32 on CPU) | "float32" | "bfloat16"
 compile = None  # torch.compile the model; None means on for CUDA, off for CPU
+compile_blocks = False  # with compile on, compile each block, memory layer and the loss on its own (regional
+# compilation: model.GPT.compile_blocks; far shorter compiles, the loop between blocks eager) instead of the whole model
 eval_compile = False  # with compile on, evaluate through the compiled model too (one more compilation, for eval
 # mode without grad). Off: on the H200 (torch 2.11) the compiled no-grad graph of a TDQKR memory layer picked
 # wrong rows for mem_knum 568 / 803 / 998 / 1,607 (1,136 was right): validation losses 0.2-0.4 too high
@@ -75,7 +77,7 @@ dropout = 0.0
 
 TRAIN_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 TYPES = {"compile": (bool, type(None))}
-NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile", "eval_compile"}  # a resume's own controls
+NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile", "compile_blocks", "eval_compile"}  # a resume's own controls
 
 
 def default_config() -> dict:
@@ -348,11 +350,16 @@ def main(argv: list[str]) -> None:
               f"{model.flops_per_token() / 1e9:.3f} GFLOPs/token forward (paper's count); "
               f"{tokens_per_step:,} tokens per step on {world} x {dev} in {dtype}")
     raw_model = model
-    if use_compile:
+    if use_compile and cfg["compile_blocks"]:
+        raw_model.compile_blocks()  # in place: raw_model's blocks, memory layers and loss are compiled
+    elif use_compile:
         model = torch.compile(model)
     eval_model = model if use_compile and cfg["eval_compile"] else raw_model  # not through DDP: no gradients to sync
+    # compiled blocks are part of raw_model: an eager evaluation must tell torch.compile to stand aside
+    eval_stance = "force_eager" if use_compile and not cfg["eval_compile"] and cfg["compile_blocks"] else "default"
     if use_compile and master:
-        print("compiled: training" + (" and evaluation" if eval_model is model else " (evaluation eager)"))
+        print("compiled: " + ("blocks" if cfg["compile_blocks"] else "model") + ", training"
+              + (" and evaluation" if cfg["eval_compile"] else " (evaluation eager)"))
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -371,7 +378,7 @@ def main(argv: list[str]) -> None:
         total = torch.zeros(2, device=dev)
         for b in eval_batches[rank::world]:
             x, y = val_loader.windows(b)
-            with autocast:
+            with autocast, torch.compiler.set_stance(eval_stance):
                 _, loss, _ = eval_model(x.to(dev), y.to(dev))
             total += torch.stack([loss.float() * len(b), torch.tensor(float(len(b)), device=dev)])
         if ddp:

@@ -130,9 +130,10 @@ NAMES=$(part "$PART")
 
 seed_of() { [[ $1 == *@* ]] && echo "${1##*@}" || echo "$SEED"; }  # X or X@S -> S (default $SEED)
 run_of() { echo "small/${1%@*}_s$(seed_of "$1")"; }  # X or X@S -> small/X_sS, the run's folder under out/ and $OUT
-train_cmd() {  # X or X@S -> the run's train.py command (its words have no spaces)
+train_cmd() {  # X or X@S -> the run's train.py command (its words have no spaces), with TRAIN_ARGS appended
+  # (e.g. TRAIN_ARGS=--compile_blocks=True: regional compilation, shorter compiles; untimed in a set so far)
   echo python train.py "config/small/${1%@*}.py" --seed="$(seed_of "$1")" --progress=False --overwrite=True \
-    --out_dir="out/$(run_of "$1")" --ckpt_interval=1000000
+    --out_dir="out/$(run_of "$1")" --ckpt_interval=1000000 ${TRAIN_ARGS:-}
 }
 
 if [ -n "${DRY:-}" ]; then

@@ -131,6 +131,17 @@ def test_train_mode(tmp_path):
     assert "profile (1 steps" in p.stdout
 
 
+def test_train_mode_compile_blocks_times_the_first_step(tmp_path):
+    """--compile=True --compile_blocks=True: train.py's regional compilation, recorded as compiled "blocks", with
+    the first (compiling) step's time."""
+    out = tmp_path / "t.json"
+    p = bench("--mode=train", *TINY, "--batch_size=2", "--block_size=16", f"--out={out}", *FAST, "--compile=True",
+              "--compile_blocks=True")
+    (r,) = json.load(open(out))["rows"]
+    assert r["compiled"] == "blocks" and r["first_step_s"] > 0 and r["step_ms"] > 0
+    assert "first step (compiling: blocks)" in p.stdout
+
+
 def test_missing_config_file():
     one_line_error(bench("--device=cpu", "config/does_not_exist.py", check=False), "config file not found")
 

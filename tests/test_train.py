@@ -66,7 +66,7 @@ def test_compiled_run_evaluates_compiled_like_eager(data_dir, tmp_path):
     an eager run's (CPU, float32)."""
     args = ("--max_iters=4", "--eval_interval=2", "--log_interval=2")
     p = train(data_dir, tmp_path / "compiled", *args, "--compile=True", "--eval_compile=True")
-    assert "compiled: training and evaluation" in p.stdout
+    assert "compiled: model, training and evaluation" in p.stdout
     train(data_dir, tmp_path / "eager", *args)  # TINY: --compile=False
 
     def val(d):
@@ -74,6 +74,25 @@ def test_compiled_run_evaluates_compiled_like_eager(data_dir, tmp_path):
             return [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r]
     got, want = val(tmp_path / "compiled"), val(tmp_path / "eager")
     assert len(got) == len(want) == 2 and all(abs(a - b) < 1e-3 for a, b in zip(got, want)), (got, want)
+
+
+def test_compile_blocks_trains_like_eager(data_dir, tmp_path):
+    """--compile_blocks=True (regional compilation: each block, memory layer and the loss compiled on its own),
+    with an UltraMem layer: training and validation losses match an eager run's (CPU, float32); evaluation
+    stays eager (eval_compile off) although the blocks are compiled in place."""
+    args = ("--max_iters=4", "--eval_interval=2", "--log_interval=1", "--memory=ultramem", "--mem_layers=0:1",
+            "--mem_knum=16", "--mem_kdim=16", "--mem_topm=4")
+    p = train(data_dir, tmp_path / "blocks", *args, "--compile=True", "--compile_blocks=True")
+    assert "compiled: blocks, training (evaluation eager)" in p.stdout
+    train(data_dir, tmp_path / "eager", *args)
+
+    def curve(d):
+        with open(d / "metrics.jsonl") as f:
+            recs = [json.loads(line) for line in f]
+        return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r]
+    (got_t, got_v), (want_t, want_v) = curve(tmp_path / "blocks"), curve(tmp_path / "eager")
+    assert len(got_t) == len(want_t) == 4 and len(got_v) == len(want_v) == 2
+    assert all(abs(a - b) < 1e-3 for a, b in zip(got_t + got_v, want_t + want_v)), (got_t, got_v, want_t, want_v)
 
 
 def test_lookup_config_is_checked(data_dir, tmp_path):
