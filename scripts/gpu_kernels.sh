@@ -8,6 +8,7 @@
 #            and lookup backward (VTILES="0 1": gathered value rows, then the value tile; default: the config's). Each run takes
 #            up to PROFILE_LIMIT (240 s): with VTILES="0 1" pick one top-k (TOPKS=auto) to stay within a 10-minute call
 #   vtile    the small PKM and UltraMem training steps with each lookup backward (bwd_value_tile 0, 1)
+#   regional the same two steps compiled whole and by blocks (train.py's compile_blocks): compile and step time
 #   moe      the MoE layer at 1-512 tokens on moe_impl=gather and triton, with the gather kernel's sweep
 #   bash scripts/gpu_kernels.sh [all|kernels|topk|profile|moe ...]   # OUT (default out/gpu) collects the logs
 # Measured 2026-11-29 (docs/BENCHMARKS.md): kernels needs more than 210 s (the sweep alone takes about 200),
@@ -36,6 +37,13 @@ for part in $PARTS; do
             --out="$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.json" 2>&1 | quiet \
             | tee "$OUT/train_ultramem_151m_topk_${topk}_vtile$vt.log"
         done
+      done ;;
+    regional)  # the small UltraMem and PKM training steps compiled whole (compile_blocks=False) and by blocks
+      # (True): the first step's time (the compile, with Inductor's and Triton's caches cold) and the step time
+      for cb in False True; do
+        TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 TRITON_CACHE_DIR=$(mktemp -d) timeout "${REGIONAL_LIMIT:-240}" \
+          python bench.py --mode=train config/small/ultramem.py config/small/pkm.py --compile_blocks=$cb \
+          --warmup=10 --iters=20 --out="$OUT/train_small_blocks_$cb.json" 2>&1 | quiet | tee "$OUT/train_small_blocks_$cb.log"
       done ;;
     vtile)  # the small PKM and UltraMem training steps with each lookup backward (gathered value rows, value tile)
       for vt in 0 1; do
