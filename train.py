@@ -57,7 +57,8 @@ device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 dtype = "auto"  # "auto" (bfloat16 autocast on CUDA, float32 on CPU) | "float32" | "bfloat16"
 compile = None  # torch.compile the model; None means on for CUDA, off for CPU
 compile_blocks = False  # with compile on, compile each block, memory layer and the loss on its own (regional
-# compilation: model.GPT.compile_blocks; far shorter compiles, the loop between blocks eager) instead of the whole model
+# compilation: model.GPT.compile_blocks; meant for shorter compiles, not yet timed on the GPU; the loop between
+# blocks eager) instead of the whole model
 eval_compile = False  # with compile on, evaluate through the compiled model too (one more compilation, for eval
 # mode without grad). Off: on the H200 (torch 2.11) the compiled no-grad graph of a TDQKR memory layer picked
 # wrong rows for mem_knum 568 / 803 / 998 / 1,607 (1,136 was right): validation losses 0.2-0.4 too high
