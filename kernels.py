@@ -91,11 +91,14 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # without slots write nothing, instead of every program writing its rows (zeros included). bwd_value_tile: the
 # sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
 # instead of gathering a value row per slot: for tables whose rows are selected several times per step
-# (the UltraMem-151M step: 4.3 slots per row); off until timed (session 7: interpreter-tested). cols_inner: the
+# (the UltraMem-151M step: 4.3 slots per row, 201.4 against 208.7 ms per step on the H200, session 8: on in
+# config/ultramem_151m.py's lookup_config); off by default (1.5-1.8x slower on uniform random indices, no
+# faster for the small models; docs/BENCHMARKS.md). cols_inner: the
 # forward's and the sorted backward's column tiles of one token / row tile are consecutive programs of a 1-D grid,
 # so that they run at about the same time: a selected value row is then read whole (1 KB at 512 bf16 columns)
 # within a short time instead of a quarter at a time in four passes over the tokens; the token's indices are
-# read four times close together (L1/L2) rather than far apart. Off until timed (session 7: interpreter-tested).
+# read four times close together (L1/L2) rather than far apart. Off: timed in session 8, the forward 6% faster on
+# shape (a), 3% slower on (b), the backward within noise at its best tiles (docs/KERNELS.md).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
 # second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in

@@ -53,7 +53,7 @@ for part in $PARTS; do
       done ;;
     moe) PYTHONPATH=. timeout "${MOE_LIMIT:-240}" python scripts/bench_moe.py --compile --impls=gather,triton --tune \
            2>&1 | quiet | tee "$OUT/bench_moe_gather.log" ;;
-    *) echo "unknown part: $part (kernels, topk, profile, vtile, moe or all)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (kernels, topk, profile, vtile, regional, moe or all)" >&2; exit 2 ;;
   esac
 done
 exit 0

@@ -12,29 +12,25 @@ export PYTHONUNBUFFERED=1
 CONFIG=${1:-config/small/ultramem.py}; COPIES=${COPIES:-4}; OUT=${OUT:-out/gpu}; LIMIT=${MPS_AB_LIMIT:-150}
 name=$(basename "$CONFIG" .py)
 mkdir -p "$OUT"
-pipe=$(mktemp -d)/mps
-ctl() { CUDA_MPS_PIPE_DIRECTORY=$pipe CUDA_MPS_LOG_DIRECTORY=$pipe ${DRY:+echo} nvidia-cuda-mps-control "$@"; }
+mps=$(mktemp -d)/mps
+source scripts/mps.sh
 for mode in plain mps; do
   if [ $mode = mps ]; then
-    mkdir -p "$pipe"
-    ctl -d || { echo "gpu_mps_ab.sh: the MPS daemon did not start" >&2; exit 2; }
-    trap 'echo quit | ctl' EXIT
+    trap 'mps_quit "$mps"' EXIT
+    mps_start "$mps" "${CUDA_VISIBLE_DEVICES:-0}" || { echo "gpu_mps_ab.sh: no working MPS daemon" >&2; exit 2; }
   fi
   pids=()
   for i in $(seq "$COPIES"); do
     cmd=(python bench.py --mode=train "$CONFIG" --warmup=15 --iters=40 --out="$OUT/mps_ab_${name}_${mode}_$i.json")
     if [ -n "${DRY:-}" ]; then echo "$mode: ${cmd[*]}"; continue; fi
     if [ $mode = mps ]; then  # MPS clients find the GPU through the daemon (NVIDIA: no CUDA_VISIBLE_DEVICES)
-      env -u CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY="$pipe" timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
+      env -u CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY="$mps/pipe" timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
     else
       timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
     fi
     pids+=($!)
   done
   [ -n "${DRY:-}" ] || wait "${pids[@]}"
-  if [ $mode = mps ] && [ -z "${DRY:-}" ] && [ -z "$(echo get_server_list | ctl)" ]; then
-    echo "gpu_mps_ab.sh: no MPS server ran: the mps copies ran without MPS (CUDA falls back silently)" >&2; exit 2
-  fi
 done
 [ -n "${DRY:-}" ] || python - "$OUT" "$name" "$COPIES" <<'PY'
 import glob, json, sys

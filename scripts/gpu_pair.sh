@@ -30,23 +30,11 @@ fi
 mkdir -p "$OUT" "$R"
 [ -n "${DRY:-}" ] || nvidia-smi -L
 [ -n "${DRY:-}" ] || [ "${DATA:-1}" = 0 ] || bash scripts/gpu_data.sh
-mps_ctl() {  # GPU, then nvidia-cuda-mps-control's arguments: that GPU's daemon (its own pipe folder)
-  local g=$1; shift
-  CUDA_MPS_PIPE_DIRECTORY=$R/mps$g/pipe CUDA_MPS_LOG_DIRECTORY=$R/mps$g/log ${DRY:+echo} nvidia-cuda-mps-control "$@"
-}
-if [ "${MPS:-0}" = 1 ]; then  # one daemon per GPU, started with only that GPU visible; its clients must not set
-  # CUDA_VISIBLE_DEVICES (NVIDIA's MPS guide): they find their GPU through the daemon's pipe folder
-  trap 'for g in 0 1; do echo quit | mps_ctl $g; done' EXIT
+if [ "${MPS:-0}" = 1 ]; then  # a daemon per GPU (scripts/mps.sh), checked to serve
+  source scripts/mps.sh
+  trap 'for g in 0 1; do mps_quit "$R/mps$g"; done' EXIT
   for g in 0 1; do
-    mkdir -p "$R/mps$g/pipe" "$R/mps$g/log"
-    CUDA_VISIBLE_DEVICES=$g mps_ctl $g -d || { echo "gpu_pair.sh: MPS=1 but the daemon for GPU $g did not start" >&2; exit 2; }
-    [ -n "${DRY:-}" ] && continue
-    # CUDA falls back to running without MPS when it cannot reach the daemon, silently: so check that a
-    # context opens and that the daemon then has a server
-    CUDA_MPS_PIPE_DIRECTORY=$R/mps$g/pipe timeout 120 python -c "import torch; torch.ones(1, device='cuda')" \
-      && [ -n "$(echo get_server_list | mps_ctl $g)" ] \
-      || { echo "gpu_pair.sh: MPS=1 but no MPS server serves GPU $g (logs in $R/mps$g/log)" >&2; cat "$R/mps$g/log"/*.log >&2; exit 2; }
-    echo "MPS: GPU $g served by server $(echo get_server_list | mps_ctl $g)"
+    mps_start "$R/mps$g" $g || { echo "gpu_pair.sh: MPS=1 but GPU $g has no working MPS daemon" >&2; exit 2; }
   done
 fi
 smi=

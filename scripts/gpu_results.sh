@@ -108,12 +108,12 @@ case $PART in
   pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
   pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set3" ;;
   pair_sets2) exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set2" "JOBS=4 $me set4" ;;
-  smoke)  # 20 steps of Table 1's memory and MoE models and Dense, side by side, with two (compiled) evaluations
-    # each: a failure shows in a minute or two, before a set part's ten (out/smoke/X, $OUT/smoke_X.log; the
-    # checkpoints, 0.6-8.6 GB each, are deleted)
+  smoke)  # 20 steps of Table 1's memory and MoE models and Dense, side by side, with two evaluations each
+    # (TRAIN_ARGS as for the runs, e.g. --eval_compile=True): a failure shows in a minute or two, before a set
+    # part's ten (out/smoke/X, $OUT/smoke_X.log; the checkpoints, 0.6-8.6 GB each, are deleted)
     models=(ultramem moe pkm dense); bad=0; pids=()
     smoke_cmd() { echo python train.py "config/small/$1.py" --max_iters=20 --eval_interval=10 --eval_iters=2 \
-      --log_interval=10 --progress=False --overwrite=True --out_dir="out/smoke/$1" --ckpt_interval=1000000; }
+      --log_interval=10 --progress=False --overwrite=True --out_dir="out/smoke/$1" --ckpt_interval=1000000 ${TRAIN_ARGS:-}; }
     if [ -n "${DRY:-}" ]; then for X in "${models[@]}"; do smoke_cmd "$X"; done; exit 0; fi
     mkdir -p "$OUT"; bash scripts/gpu_data.sh
     for X in "${models[@]}"; do $(smoke_cmd "$X") > "$OUT/smoke_$X.log" 2>&1 & pids+=($!); done
