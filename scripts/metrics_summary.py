@@ -1,6 +1,7 @@
 """Summarise a run's metrics.jsonl: median tokens/s and MFU after the warm-up records, last losses, and where
 the time went between the first and the last record (span_s; eval_s of it in evaluations, each timed from the
-training record before it).
+training record before it), and when those records were written (t_first, t_last: Unix times, to line up runs
+that ran side by side).
 
     python scripts/metrics_summary.py out/dense_151m [--skip=3]         # a run's folder
     python scripts/metrics_summary.py docs/runs/.../ultramem_s1.metrics.jsonl  # or a copy of its metrics file
@@ -32,6 +33,7 @@ def summary(out_dir: str, skip: int = 3) -> dict:
         "val_loss": [(r["step"], round(r["val_loss"], 4)) for r in evals],
         "peak_mem_gb": max((r.get("peak_mem_gb", 0) for r in evals), default=None),
         "span_s": round(recs[-1]["time"] - recs[0]["time"], 1),
+        "t_first": round(recs[0]["time"], 1), "t_last": round(recs[-1]["time"], 1),  # Unix times: runs side by side
         "eval_s": round(eval_s, 1),
     }
 

@@ -271,6 +271,7 @@ def test_metrics_summary_times_the_evaluations(tmp_path):
     for arg in (str(tmp_path), str(tmp_path / "metrics.jsonl")):
         got = summary(arg, skip=0)
         assert (got["span_s"], got["eval_s"], got["steps"]) == (21.0, 4.5, 30)
+        assert (got["t_first"], got["t_last"]) == (100.0, 121.0)
         assert got["val_loss"] == [(20, 4.5), (30, 3.5)]
 
 
