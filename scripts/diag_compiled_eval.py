@@ -46,6 +46,28 @@ def overlap(a, b):
     return (a.unsqueeze(-1) == b.unsqueeze(-2)).any(-1).float().mean().item()
 
 
+def parts(layer, x, ac) -> None:
+    """The no-gradient retrieval's parts compiled one at a time on the same eager inputs: head_scores (its
+    scores), tdqkr_retrieve (its winners) and the stacked pre-selection's top-k (its indices)."""
+    with ac(), torch.no_grad():
+        T = x.shape[0]
+        q = layer._norm(layer.query_proj(x).view(T, layer.Hq, 2, layer.Dk), layer.query_norm).expand(T, layer.H, 2, layer.Dk)
+        keys = layer._norm(layer.keys, layer.key_norm).to(q.dtype)
+        se, sc = memory.head_scores(q, keys), torch.compile(memory.head_scores)(q, keys)
+        print(f"    part head_scores: s_row rel {rel(sc[0], se[0]):.3e}, s_col rel {rel(sc[1], se[1]):.3e}", flush=True)
+        args = (*se, layer.cores, layer.u, layer.t, layer.m, layer.topk)
+        re, rc = memory.tdqkr_retrieve(*args), torch.compile(memory.tdqkr_retrieve)(*args)
+        key = lambda r: r[0] * 10**7 + r[1]
+        print(f"    part tdqkr_retrieve: winners overlap {overlap(key(rc), key(re)):.4f}", flush=True)
+        pre = torch.stack([memory._rdot(se[0], layer.u.to(se[0].dtype)[None, :, None, :]),
+                           memory._rdot(se[1], layer.t.to(se[1].dtype)[None, :, None, :])], 2)
+        top = lambda p: memory.kernels.topk_indices(p, layer.m, False, layer.topk)
+        impl = memory.kernels.topk_auto_impl(tuple(pre.shape), pre.dtype, pre.is_cuda) if layer.topk == "auto" else layer.topk
+        print(f"    part top-k of the stacked pre-selection {tuple(pre.shape)} {pre.dtype} ({impl}): overlap "
+              f"{overlap(torch.compile(top)(pre), top(pre)):.4f}, against torch.topk {overlap(top(pre), pre.topk(layer.m).indices):.4f}",
+              flush=True)
+
+
 def check(path: str, T: int, dev: str) -> None:
     cfg = {}
     exec(open(path).read(), cfg)
@@ -68,6 +90,8 @@ def check(path: str, T: int, dev: str) -> None:
         print(f"  {'train+grad' if train else 'eval+no_grad'}: y rel {rel(yc, ye):.3e}, retrieval overlap "
               f"{overlap(key(rc), key(re)):.4f}", flush=True)
     layer.eval()
+    if layer.tdqkr:
+        parts(layer, h.reshape(-1, D), ac)
     step = torch.compile(layer.select, fullgraph=True)
     for B, S in ((4, 1), (1, 64)):
         with ac(), torch.no_grad():
