@@ -136,17 +136,16 @@ def build_memory_layers(config) -> list[MemoryUnit]:
 
 def head_scores(q: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     """q (T, H, 2, D_k), keys (H, 2, n, r, D_k) -> the row and the column scores s_row, s_col (T, H, n, r):
-    each head's row and column queries against its row and column keys. With gradient: one plain GEMM per
-    head and side (H is small) rather than a batched matmul, so that the keys' gradient, a reduction over all
-    T tokens, gets cuBLAS's split-K kernels; the two sides stay separate tensors (one stacked tensor costs the
-    backward a copy of its gradient: 2.3 ms of the UltraMem-151M step, measured 2026-11-29). Without
-    gradient (decoding): one batched matmul, one kernel where the GEMMs would be 2H small ones."""
+    each head's row and column queries against its row and column keys. One plain GEMM per head and side (H
+    is small) rather than a batched matmul, so that the keys' gradient, a reduction over all T tokens, gets
+    cuBLAS's split-K kernels; the two sides stay separate tensors (one stacked tensor costs the backward a
+    copy of its gradient: 2.3 ms of the UltraMem-151M step, measured 2026-11-29). The same code runs with
+    and without gradient: until session 9 decoding took one batched matmul here and returned strided views
+    of its output, and with TDQKR's single pre-selection top-k (also gone) Inductor (torch 2.11, H200)
+    compiled the no-gradient graph wrong for mem_knum 568, 803, 998 and 1,607 (other rows won; eager and
+    the CPU were right; scripts/diag_compiled_eval.py, docs/RESULTS.md)."""
     T, H = q.shape[:2]
     n, r, Dk = keys.shape[2:]
-    if not torch.is_grad_enabled():
-        s = torch.bmm(q.permute(1, 2, 0, 3).reshape(2 * H, T, Dk), keys.reshape(2 * H, n * r, Dk).transpose(1, 2))
-        s = s.view(H, 2, T, n, r).permute(2, 0, 1, 3, 4)  # (T, H, 2, n, r)
-        return s[:, :, 0], s[:, :, 1]
     return tuple(torch.stack([q[:, a, b] @ keys[a, b].reshape(n * r, Dk).t() for a in range(H)], dim=1).view(T, H, n, r)
                  for b in range(2))
 
@@ -167,10 +166,12 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
                    topk: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
     singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
-    t^T S_col (one top-m call for both when decoding); the m x m candidates get their exact per-core scores
+    t^T S_col; the m x m candidates get their exact per-core scores
     S_row^T C^(c) S_col; the final top-m is taken on the sum over cores. Returns row, col (T, H, m) and
     per-core scores (T, H, m, h), in no particular order (nothing downstream reads it: no sort kernel).
-    topk: kernels.topk_indices' implementation for the top-m ("auto", "torch" or "triton").
+    topk: kernels.topk_indices' implementation for the top-m ("auto", "torch" or "triton"). Rows and columns
+    are pre-selected in two top-m calls, with or without gradient (see head_scores for the stacked call's
+    miscompilation).
 
     The rank r is small (2-4), so every contraction over it is a broadcast multiply and a sum, which
     Inductor fuses, not a matmul: cuBLAS runs matmuls with an inner size of 2 far from the bandwidth limit
@@ -180,14 +181,10 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     are recomputed from gathered rows, so the backward never touches an (m x m x h) tensor."""
     T, H, n, r = s_row.shape
     h = cores.shape[1]
-    one_call = not torch.is_grad_enabled()
     with torch.no_grad():  # the pre-selection yields indices only, in any order
         pre_r = _rdot(s_row, u.to(s_row.dtype)[None, :, None, :])  # (T, H, n) rank-1 scores
         pre_c = _rdot(s_col, t.to(s_col.dtype)[None, :, None, :])
-        if one_call:  # decoding: rows and columns in one top-m call, one launch fewer per layer
-            sel_r, sel_c = kernels.topk_indices(torch.stack([pre_r, pre_c], 2), m, False, topk).unbind(2)
-        else:  # training: two calls, as measured in the 151M step (the stacked call there is untimed alone)
-            sel_r, sel_c = kernels.topk_indices(pre_r, m, False, topk), kernels.topk_indices(pre_c, m, False, topk)
+        sel_r, sel_c = kernels.topk_indices(pre_r, m, False, topk), kernels.topk_indices(pre_c, m, False, topk)
     sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r)
     sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
     # A[t, a, c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core

@@ -8,12 +8,12 @@ is right; near 0 means the compiled graph picked other rows.
 
     PYTHONPATH=. python scripts/diag_compiled_eval.py [TOKENS] CONFIG.py [CONFIG.py ...]
 
-DIAG_VARIANTS (space-separated, default "none") repeats the checks with parts of the no-gradient path replaced
-by the training path's code, to find the part that goes wrong: "bmm_off" (head_scores' per-head matmuls),
-"one_call_off" (TDQKR's pre-selection in two top-k calls), or both comma-separated.
+Session 9's run (docs/runs/2026-11-30_s9_diag_compiled_eval.txt) found the part: the no-gradient path then
+scored rows and columns in one batched matmul (head_scores returned strided views of its output) and pre-selected
+both in one stacked top-k call; replacing either with the training path's code made the compiled graph right,
+and memory.py now has one path for both (a DIAG_VARIANTS switch that swapped them is gone with them). The
+"part" lines compile head_scores, tdqkr_retrieve and the pre-selection's top-k one at a time on eager inputs.
 """
-import inspect
-import os
 import sys
 import time
 
@@ -21,20 +21,6 @@ import torch
 
 import memory
 from model import GPTConfig
-
-ORIGINAL = {name: getattr(memory, name) for name in ("head_scores", "tdqkr_retrieve")}
-PATCHES = {"bmm_off": ("head_scores", "if not torch.is_grad_enabled():", "if False:"),
-           "one_call_off": ("tdqkr_retrieve", "one_call = not torch.is_grad_enabled()", "one_call = False")}
-
-
-def patch(variant: str) -> None:
-    for name, fn in ORIGINAL.items():
-        setattr(memory, name, fn)
-    for part in filter(None, variant.replace("none", "").split(",")):
-        name, old, new = PATCHES[part]
-        src = inspect.getsource(ORIGINAL[name])
-        assert old in src, (name, old)
-        exec(src.replace(old, new), memory.__dict__)  # memory.retrieve looks the function up at call time
 
 
 def rel(a, b):
@@ -48,7 +34,7 @@ def overlap(a, b):
 
 def parts(layer, x, ac) -> None:
     """The no-gradient retrieval's parts compiled one at a time on the same eager inputs: head_scores (its
-    scores), tdqkr_retrieve (its winners) and the stacked pre-selection's top-k (its indices)."""
+    scores), tdqkr_retrieve (its winners) and the rows' pre-selection top-k (its indices)."""
     with ac(), torch.no_grad():
         T = x.shape[0]
         q = layer._norm(layer.query_proj(x).view(T, layer.Hq, 2, layer.Dk), layer.query_norm).expand(T, layer.H, 2, layer.Dk)
@@ -59,11 +45,10 @@ def parts(layer, x, ac) -> None:
         re, rc = memory.tdqkr_retrieve(*args), torch.compile(memory.tdqkr_retrieve)(*args)
         key = lambda r: r[0] * 10**7 + r[1]
         print(f"    part tdqkr_retrieve: winners overlap {overlap(key(rc), key(re)):.4f}", flush=True)
-        pre = torch.stack([memory._rdot(se[0], layer.u.to(se[0].dtype)[None, :, None, :]),
-                           memory._rdot(se[1], layer.t.to(se[1].dtype)[None, :, None, :])], 2)
+        pre = memory._rdot(se[0], layer.u.to(se[0].dtype)[None, :, None, :])  # the rows' rank-1 scores
         top = lambda p: memory.kernels.topk_indices(p, layer.m, False, layer.topk)
         impl = memory.kernels.topk_auto_impl(tuple(pre.shape), pre.dtype, pre.is_cuda) if layer.topk == "auto" else layer.topk
-        print(f"    part top-k of the stacked pre-selection {tuple(pre.shape)} {pre.dtype} ({impl}): overlap "
+        print(f"    part top-k of the rows' pre-selection {tuple(pre.shape)} {pre.dtype} ({impl}): overlap "
               f"{overlap(torch.compile(top)(pre), top(pre)):.4f}, against torch.topk {overlap(top(pre), pre.topk(layer.m).indices):.4f}",
               flush=True)
 
@@ -109,12 +94,9 @@ def main():
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     args = sys.argv[1:]
     T = int(args.pop(0)) if args and args[0].isdigit() else 8192
-    for variant in os.environ.get("DIAG_VARIANTS", "none").split():
-        patch(variant)
-        torch._dynamo.reset()
-        for path in args:
-            print(f"{path} (mem_knum from the file), variant {variant}, {T} tokens on {dev}:", flush=True)
-            check(path, T, dev)
+    for path in args:
+        print(f"{path} (mem_knum from the file), {T} tokens on {dev}:", flush=True)
+        check(path, T, dev)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ for mode in plain mps; do
   for i in $(seq "$COPIES"); do
     cmd=(python bench.py --mode=train "$CONFIG" --warmup=15 --iters=40 --out="$OUT/mps_ab_${name}_${mode}_$i.json")
     if [ -n "${DRY:-}" ]; then echo "$mode: ${cmd[*]}"; continue; fi
-    if [ $mode = mps ]; then  # MPS clients find the GPU through the daemon (NVIDIA: no CUDA_VISIBLE_DEVICES)
-      env -u CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY="$mps/pipe" timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
+    if [ $mode = mps ]; then  # MPS clients see the daemon's one GPU as device 0 (scripts/mps.sh)
+      CUDA_VISIBLE_DEVICES=0 CUDA_MPS_PIPE_DIRECTORY="$mps/pipe" timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
     else
       timeout "$LIMIT" "${cmd[@]}" > "$OUT/mps_ab_${name}_${mode}_$i.log" 2>&1 &
     fi

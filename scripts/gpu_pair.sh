@@ -50,7 +50,7 @@ for g in 0 1; do
   ( start=$(date +%s)
     echo "GPU $g: $cmd"
     if [ "${MPS:-0}" = 1 ]; then
-      env -u CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY="$R/mps$g/pipe" OUT="$R/g$g" timeout "$TIME_LIMIT" bash -c "$cmd"
+      CUDA_VISIBLE_DEVICES=0 CUDA_MPS_PIPE_DIRECTORY="$R/mps$g/pipe" OUT="$R/g$g" timeout "$TIME_LIMIT" bash -c "$cmd"
     else
       CUDA_VISIBLE_DEVICES=$g OUT=$R/g$g timeout "$TIME_LIMIT" bash -c "$cmd"
     fi

@@ -110,15 +110,15 @@ def test_tdqkr_equals_the_einsum_grid_with_gradients(r, h):
     g_ref = torch.autograd.grad((ref[2] * w).sum(), (s_row, s_col, cores))
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b)
-    with torch.no_grad():  # decoding's path: the row and column pre-selections in one top-m call
+    with torch.no_grad():  # decoding: the same selection and scores without gradient
         dec = by_slot(*tdqkr_retrieve(s_row, s_col, cores, u, t, m), n)
     assert torch.equal(dec[0], got[0]) and torch.equal(dec[1], got[1])
     torch.testing.assert_close(dec[2], got[2].detach())
 
 
 def test_head_scores_equal_the_batched_einsum_with_and_without_grad():
-    """The per-GEMM path (gradient on) and the batched matmul (decoding) against one einsum, and the
-    gradients through the per-GEMM path."""
+    """The per-GEMM scores with gradient and without (decoding: the same code since session 9) against one
+    einsum, and the gradients."""
     torch.manual_seed(4)
     q = torch.randn(7, 3, 2, 8, dtype=torch.float64, requires_grad=True)
     keys = torch.randn(3, 2, 5, 2, 8, dtype=torch.float64, requires_grad=True)
