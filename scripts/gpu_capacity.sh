@@ -44,9 +44,16 @@ mkdir -p "$OUT"
 for N in $SIZES; do
   [ -f "data/facts_$N/train.bin" ] || ${DRY:+echo} python data/facts/prepare.py --n_people="$N" --out_dir="data/facts_$N"
 done
+launch_order() {  # the models, the slowest first (UltraMem's runs took 280-364 s beside ladder rows, MoE's 123-154 s,
+  # Dense's 91-109 s: docs/RESULTS.md), so that the last runs of a part are short ones; others after them, as given
+  local M
+  for M in ultramem moe dense; do [[ " $MODELS " == *" $M "* ]] && echo "$M"; done
+  for M in $MODELS; do [[ " ultramem moe dense " == *" $M "* ]] || echo "$M"; done
+}
 running=0
-for N in $SIZES; do
-  for M in $MODELS; do
+for M in $(launch_order); do
+  for N in $SIZES; do
+    if [ -n "${DRY:-}" ]; then one "$M" "$N"; continue; fi  # in launch order
     one "$M" "$N" &
     running=$((running + 1))
     if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi

@@ -36,8 +36,10 @@
 #   bash scripts/gpu_results.sh smoke           # first, after a change: Table 1's models for 20 steps each
 # Measured 2026-11-29 (session 7, one part per GPU of nvidia-h200-x2 machines): set1 575 s (cut at its limit during
 # the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below; session
-# 8 (staggered starts, compiled evaluation, x24 in set1): 575 s (cut), 504, 463, 469 s: 33.5 minutes;
-# docs/RESULTS.md, "The whole set's GPU time".
+# 8 (staggered starts, compiled evaluation, x24 in set1): 575 s (cut), 504, 463, 469 s: 33.5 minutes; session 9
+# (eager evaluation, compile_blocks, the pairing below): set1 480 s, set2 490, set4 375; set3 cut at its limit (it
+# started after a 149 s diagnosis in the same call; its last runs ended about 455 s after it started, an estimate
+# from its files): about 1,800 s = 30 minutes; docs/RESULTS.md, "The whole set's GPU time".
 #
 # Earlier parts, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
 #   table1    dense_4x ultramem pkm moe dense      JOBS=3: 462 s (seed 1, with preparing medium_mix) and 435 s
@@ -65,7 +67,11 @@ PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set4|set|smoke|table
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
-case $PART in set*) JOBS=${JOBS:-4} ;; esac  # the set parts: four at a time unless told
+case $PART in set*)  # the set parts: four at a time, each block compiled on its own (train.py's compile_blocks:
+  # the first compile about half as long, the step as fast; session 9 measured set1, set2 and set4 at 480, 490 and 375 s
+  # against session 8's 575 (cut), 504 and 469 s), unless told (TRAIN_ARGS= compiles whole models)
+  JOBS=${JOBS:-4}; TRAIN_ARGS=${TRAIN_ARGS---compile_blocks=True} ;;
+esac
 JOBS=${JOBS:-1}
 
 part() {  # the runs of a part: config names under config/small/ (without .py), each CONFIG or CONFIG@SEED
@@ -131,7 +137,7 @@ NAMES=$(part "$PART")
 seed_of() { [[ $1 == *@* ]] && echo "${1##*@}" || echo "$SEED"; }  # X or X@S -> S (default $SEED)
 run_of() { echo "small/${1%@*}_s$(seed_of "$1")"; }  # X or X@S -> small/X_sS, the run's folder under out/ and $OUT
 train_cmd() {  # X or X@S -> the run's train.py command (its words have no spaces), with TRAIN_ARGS appended
-  # (e.g. TRAIN_ARGS=--compile_blocks=True: regional compilation, shorter compiles; untimed in a set so far)
+  # (the set parts' default: --compile_blocks=True, above)
   echo python train.py "config/small/${1%@*}.py" --seed="$(seed_of "$1")" --progress=False --overwrite=True \
     --out_dir="out/$(run_of "$1")" --ckpt_interval=1000000 ${TRAIN_ARGS:-}
 }

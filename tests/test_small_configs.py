@@ -151,7 +151,7 @@ def test_gpu_results_parts_cover_every_config():
 def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
     """set1-set4 (one GPU each, four trainings at a time): Table 1 with seeds 1 and 2, the ladder and Figure 6b
     with seed 1, each run once, longest first within a part; knowledge capacity beside the ladder in set3; "set" is
-    the same runs in one queue, with capacity."""
+    the same runs in one queue, with capacity. The set parts compile by blocks unless TRAIN_ARGS says otherwise."""
     def runs(part):
         out = subprocess.run(["bash", "scripts/gpu_results.sh", part, "7"], cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "DRY": "1"}, check=True).stdout
@@ -166,6 +166,11 @@ def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
     assert sorted(everything) == sorted(want) and len(everything) == len(want)
     assert s1[0] == "dense_4x=1" and s2[0] == "dense_4x=2" and everything[0] == "dense_4x=1"
     assert all(x.startswith("ablation/") for x in s3) and len(s3) == 6
+    dry = lambda part, **env: subprocess.run(["bash", "scripts/gpu_results.sh", part], cwd=ROOT, capture_output=True, text=True,
+                                             env={**os.environ, "DRY": "1", **env}, check=True).stdout
+    trains = lambda out: [line for line in out.splitlines() if line.startswith("python train.py config/small/")]
+    assert all(line.endswith(" --compile_blocks=True") for line in trains(dry("set2")))  # the set parts' default
+    assert not any("compile_blocks" in line for line in trains(dry("set2", TRAIN_ARGS="")) + trains(dry("table1")))
     assert sorted(x for x in s4 if x.startswith("ablation/")) == sorted(n + "=1" for n in NAMES if n.startswith("ablation/")
                                                                      and n + "=1" not in s3)
 
@@ -277,7 +282,8 @@ def test_metrics_summary_times_the_evaluations(tmp_path):
 
 def test_capacity_script_equal_passes_scales_the_steps():
     """gpu_capacity.sh PASSES=1: each size trains for the config's steps x people / 1000 (equal passes), and
-    scores at most all of its 6 x N facts; without PASSES every size gets the config's steps."""
+    scores at most all of its 6 x N facts; without PASSES every size gets the config's steps. Runs start the
+    slowest model first."""
     def dry(**env):
         return subprocess.run(["bash", "scripts/gpu_capacity.sh"], cwd=ROOT, capture_output=True, text=True, check=True,
                               env={**os.environ, "DRY": "1", "MODELS": "dense ultramem", **env}).stdout
@@ -285,6 +291,9 @@ def test_capacity_script_equal_passes_scales_the_steps():
     assert out.count("--max_iters=750") == 2 and out.count("--max_iters=6000") == 2
     assert "--out_dir=out/capacity/ultramem_250 --limit=1500" in out and "ultramem_2000 --limit=6000" in out
     assert "--max_iters" not in dry(SIZES="1000")
+    order = [line.split("--out_dir=out/capacity/")[1].split()[0] for line in dry(SIZES="1000 4000", MODELS="dense moe x ultramem").splitlines()
+             if line.startswith("python train.py")]  # launched the slowest first, an unknown model last
+    assert order == ["ultramem_1000", "ultramem_4000", "moe_1000", "moe_4000", "dense_1000", "dense_4000", "x_1000", "x_4000"]
 
 
 def test_ablation_init_rows_are_their_ladder_rows_with_the_paper_init():
@@ -427,8 +436,9 @@ def test_check_memory_init_script_runs(tmp_path):
 
 def test_gpu_pair_mps_serves_each_job_its_gpu(tmp_path):
     """gpu_pair.sh MPS=1: a daemon per GPU (started with that GPU visible), each job reaches its GPU through its
-    daemon's pipe folder, without CUDA_VISIBLE_DEVICES (NVIDIA's MPS guide), and the daemons are told to quit at
-    the end; without MPS each job sees its GPU through CUDA_VISIBLE_DEVICES."""
+    daemon's pipe folder as device 0, the daemon's one device (CUDA_VISIBLE_DEVICES=0: left unset, torch's device
+    count check against NVML failed on the H200 host in session 9), and the daemons are told to quit at the end;
+    without MPS each job sees its GPU through CUDA_VISIBLE_DEVICES."""
     def pair(**env):
         return subprocess.run(["bash", "scripts/gpu_pair.sh", "t", "echo v=${CUDA_VISIBLE_DEVICES:-unset} p=${CUDA_MPS_PIPE_DIRECTORY:-unset}",
                                "echo v=${CUDA_VISIBLE_DEVICES:-unset} p=${CUDA_MPS_PIPE_DIRECTORY:-unset}"], cwd=ROOT, capture_output=True,
@@ -436,7 +446,7 @@ def test_gpu_pair_mps_serves_each_job_its_gpu(tmp_path):
     out = pair(MPS="1")
     assert out.count("nvidia-cuda-mps-control -d") == 2 and out.count("nvidia-cuda-mps-control\n") == 2, out
     for g in (0, 1):
-        assert f"v=unset p={tmp_path / 'r'}/mps{g}/pipe" in out, out
+        assert f"v=0 p={tmp_path / 'r'}/mps{g}/pipe" in out, out
     out = pair()
     assert "mps" not in out and "v=0 p=unset" in out and "v=1 p=unset" in out, out
 
