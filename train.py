@@ -57,13 +57,13 @@ device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 dtype = "auto"  # "auto" (bfloat16 autocast on CUDA, float32 on CPU) | "float32" | "bfloat16"
 compile = None  # torch.compile the model; None means on for CUDA, off for CPU
 compile_blocks = False  # with compile on, compile each block, memory layer and the loss on its own (regional
-# compilation: model.GPT.compile_blocks; meant for shorter compiles, not yet timed on the GPU; the loop between
-# blocks eager) instead of the whole model
+# compilation: model.GPT.compile_blocks; the loop between blocks eager) instead of the whole model. On the H200
+# (session 9, cold caches) the small UltraMem's first step took 21.7 s against 42.3 s whole, its step 66.8 against
+# 67.0 ms; scripts/gpu_results.sh's set parts use it
 eval_compile = False  # with compile on, evaluate through the compiled model too (one more compilation, for eval
-# mode without grad). Off: on the H200 (torch 2.11) the compiled no-grad graph of a TDQKR memory layer picked
-# wrong rows for mem_knum 568 / 803 / 998 / 1,607 (1,136 was right): validation losses 0.2-0.4 too high
-# (docs/RESULTS.md, session 8; scripts/diag_compiled_eval.py reproduces it). Eager evaluation is correct and
-# costs 10-13% of a small run's time there
+# mode without grad). Off: eager evaluation costs 10-13% of a small run's time, the eval graph's compile about 12 s
+# of a 550-step run's. (Session 8 found this graph wrong on the H200 for TDQKR layers; fixed in session 9, memory.py's
+# head_scores, and checked by scripts/diag_compiled_eval.py; docs/RESULTS.md)
 lookup_config = ""  # kernels.CONFIG overrides for the memory lookup, "key=int,key=int" (kernels.parse_config), e.g.
 # "bwd_value_tile=1": the UltraMem-151M step 3.5% faster on the H200 (docs/BENCHMARKS.md, session 8)
 peak_tflops = 672.0  # for MFU: the H200's measured dense bf16 matmul rate (platform_notes.md)
