@@ -8,12 +8,16 @@ is right; near 0 means the compiled graph picked other rows.
 
     PYTHONPATH=. python scripts/diag_compiled_eval.py [TOKENS] CONFIG.py [CONFIG.py ...]
 
+It exits 1, after a line naming each one, when any overlap is below DIAG_MIN_OVERLAP (default 0.9: right graphs
+measured 0.984-0.996 on the H200 in session 9, wrong ones 0.0004-0.25), so it can gate a GPU run.
+
 Session 9's run (docs/runs/2026-11-30_s9_diag_compiled_eval.txt) found the part: the no-gradient path then
 scored rows and columns in one batched matmul (head_scores returned strided views of its output) and pre-selected
 both in one stacked top-k call; replacing either with the training path's code made the compiled graph right,
 and memory.py now has one path for both (a DIAG_VARIANTS switch that swapped them is gone with them). The
 "part" lines compile head_scores, tdqkr_retrieve and the pre-selection's top-k one at a time on eager inputs.
 """
+import os
 import sys
 import time
 
@@ -32,7 +36,17 @@ def overlap(a, b):
     return (a.unsqueeze(-1) == b.unsqueeze(-2)).any(-1).float().mean().item()
 
 
-def parts(layer, x, ac) -> None:
+MIN_OVERLAP = float(os.environ.get("DIAG_MIN_OVERLAP", "0.9"))
+FAILED = []  # (config, what, overlap) below MIN_OVERLAP
+
+
+def report(path: str, what: str, value: float) -> float:
+    if value < MIN_OVERLAP:
+        FAILED.append((path, what, value))
+    return value
+
+
+def parts(layer, x, ac, path: str) -> None:
     """The no-gradient retrieval's parts compiled one at a time on the same eager inputs: head_scores (its
     scores), tdqkr_retrieve (its winners) and the rows' pre-selection top-k (its indices)."""
     with ac(), torch.no_grad():
@@ -44,12 +58,13 @@ def parts(layer, x, ac) -> None:
         args = (*se, layer.cores, layer.u, layer.t, layer.m, layer.topk)
         re, rc = memory.tdqkr_retrieve(*args), torch.compile(memory.tdqkr_retrieve)(*args)
         key = lambda r: r[0] * 10**7 + r[1]
-        print(f"    part tdqkr_retrieve: winners overlap {overlap(key(rc), key(re)):.4f}", flush=True)
+        print(f"    part tdqkr_retrieve: winners overlap {report(path, 'part tdqkr_retrieve', overlap(key(rc), key(re))):.4f}", flush=True)
         pre = memory._rdot(se[0], layer.u.to(se[0].dtype)[None, :, None, :])  # the rows' rank-1 scores
         top = lambda p: memory.kernels.topk_indices(p, layer.m, False, layer.topk)
         impl = memory.kernels.topk_auto_impl(tuple(pre.shape), pre.dtype, pre.is_cuda) if layer.topk == "auto" else layer.topk
         print(f"    part top-k of the rows' pre-selection {tuple(pre.shape)} {pre.dtype} ({impl}): overlap "
-              f"{overlap(torch.compile(top)(pre), top(pre)):.4f}, against torch.topk {overlap(top(pre), pre.topk(layer.m).indices):.4f}",
+              f"{report(path, 'part top-k', overlap(torch.compile(top)(pre), top(pre))):.4f}, against torch.topk "
+              f"{overlap(top(pre), pre.topk(layer.m).indices):.4f}",
               flush=True)
 
 
@@ -72,11 +87,11 @@ def check(path: str, T: int, dev: str) -> None:
         with ac(), torch.set_grad_enabled(train):
             ye, yc = layer(h)[0].detach(), comp(h)[0].detach()
             re, rc = layer.retrieve(h.reshape(-1, D)), sel(h.reshape(-1, D))
-        print(f"  {'train+grad' if train else 'eval+no_grad'}: y rel {rel(yc, ye):.3e}, retrieval overlap "
-              f"{overlap(key(rc), key(re)):.4f}", flush=True)
+        what = 'train+grad' if train else 'eval+no_grad'
+        print(f"  {what}: y rel {rel(yc, ye):.3e}, retrieval overlap {report(path, what, overlap(key(rc), key(re))):.4f}", flush=True)
     layer.eval()
     if layer.tdqkr:
-        parts(layer, h.reshape(-1, D), ac)
+        parts(layer, h.reshape(-1, D), ac, path)
     step = torch.compile(layer.select, fullgraph=True)
     for B, S in ((4, 1), (1, 64)):
         with ac(), torch.no_grad():
@@ -86,7 +101,7 @@ def check(path: str, T: int, dev: str) -> None:
             ae = layer.select(x, pos)[0]
             layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
             acmp = step(x, pos)[0]
-        print(f"  decode {B} x {S}: address overlap {overlap(acmp, ae):.4f}", flush=True)
+        print(f"  decode {B} x {S}: address overlap {report(path, f'decode {B} x {S}', overlap(acmp, ae)):.4f}", flush=True)
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
@@ -97,6 +112,10 @@ def main():
     for path in args:
         print(f"{path} (mem_knum from the file), {T} tokens on {dev}:", flush=True)
         check(path, T, dev)
+    for path, what, value in FAILED:
+        print(f"WRONG: {path} {what}: overlap {value:.4f} < {MIN_OVERLAP}", flush=True)
+    print(f"{len(FAILED)} check(s) below an overlap of {MIN_OVERLAP}" if FAILED else "every compiled graph agrees with eager")
+    sys.exit(1 if FAILED else 0)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@
 #                                               # Inductor's cache if the machine is the same (until session 8
 #                                               # pair_sets was set1 | set2 and pair_sets2 set3 | set4)
 #   bash scripts/gpu_results.sh smoke           # first, after a change: Table 1's models for 20 steps each
+#   bash scripts/gpu_results.sh diag            # after a change to the retrieval: compiled against eager for every
+#                                               # TDQKR table size of the set (diag_paper: the paper's sizes); exits 1 if wrong
 # Measured 2026-11-29 (session 7, one part per GPU of nvidia-h200-x2 machines): set1 575 s (cut at its limit during
 # the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below; session
 # 8 (staggered starts, compiled evaluation, x24 in set1): 575 s (cut), 504, 463, 469 s: 33.5 minutes; session 9
@@ -63,7 +65,7 @@
 # all = table1 + table2a + table2b + fig6b + checks + table2_init (more than one call's 10 minutes: use the parts).
 # A config name (dense, ablation/04_split_skip, ...) is also a part: that run alone.
 set -euo pipefail
-PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set4|set|smoke|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|pair_sets2|CONFIG [SEED]}
+PART=${1:?usage: bash scripts/gpu_results.sh set1|set2|set3|set4|set|smoke|diag|diag_paper|table1|table2a|table2b|table2|table2_init|fig6b|checks|all|capacity|pair1-7|pair_sets|pair_sets2|CONFIG [SEED]}
 SEED=${2:-1}
 export PYTHONUNBUFFERED=1 TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}
@@ -105,6 +107,14 @@ part() {  # the runs of a part: config names under config/small/ (without .py), 
 me="bash scripts/gpu_results.sh"
 case $PART in
   capacity) exec bash scripts/gpu_capacity.sh ;;
+  diag|diag_paper)  # the compiled memory layer against eager (scripts/diag_compiled_eval.py; exits 1 if a graph picks
+    # other rows): every TDQKR table size of the set (diag, about 4 minutes) or of the paper's sizes (diag_paper)
+    if [ "$PART" = diag ]; then
+      cfgs="sparsity_x3 sparsity_x6 ablation/07_tdqkr ablation/08_mcs ultramem sparsity_x24"; dir=config/small
+    else cfgs="ultramem_151m ultramem_680m ultramem_1p6b"; dir=config; fi
+    cmd=(python scripts/diag_compiled_eval.py 8192); for c in $cfgs; do cmd+=("$dir/$c.py"); done
+    if [ -n "${DRY:-}" ]; then echo "${cmd[*]}"; exit 0; fi
+    mkdir -p "$OUT"; PYTHONPATH=. "${cmd[@]}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/$PART.txt"; exit "${PIPESTATUS[0]}" ;;
   pair1) exec bash scripts/gpu_pair.sh pair1 "JOBS=3 $me table1 1" "JOBS=3 $me table1 2" ;;
   pair2) exec bash scripts/gpu_pair.sh pair2 "JOBS=3 $me table2a 1" "JOBS=3 $me table2b 1" ;;
   pair3) exec bash scripts/gpu_pair.sh pair3 "JOBS=4 $me fig6b 1 && JOBS=1 $me checks 1" "JOBS=3 $me capacity" ;;
