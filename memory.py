@@ -57,6 +57,10 @@ class MemoryConfig:
     # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (e.g. the small PKM's
     # 1,100 and every 32 x 32 grid) and for at most 4,096 rows (decoding), torch.topk otherwise (training rows
     # of 2,200-6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
+    mem_decode: str = "plain"  # TDQKR's retrieval without gradient (decoding, evaluation): "plain" runs the training
+    # path's code; "fused" (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous
+    # buffers: fewer launches per layer and step. The old fused path was compiled wrong on the H200 (session 9,
+    # docs/BENCHMARKS.md) and this one is not yet checked there (scripts/diag_compiled_eval.py --mem_decode=fused)
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):
@@ -78,6 +82,7 @@ class MemoryConfig:
             (self.mem_topm <= n, f"mem_topm={self.mem_topm} is larger than the number of row keys sqrt(mem_expand)*mem_knum={n}"),
             (self.mem_qk_norm in ("layer", "rms", "none"), f"mem_qk_norm must be 'layer', 'rms' or 'none', got {self.mem_qk_norm!r}"),
             (self.mem_topk in ("auto", "torch", "triton"), f"mem_topk must be 'auto', 'torch' or 'triton', got {self.mem_topk!r}"),
+            (self.mem_decode in ("plain", "fused"), f"mem_decode must be 'plain' or 'fused', got {self.mem_decode!r}"),
             (self.mem_init in ("paper", "code", "pkm"), f"mem_init must be 'paper', 'code' or 'pkm', got {self.mem_init!r}"),
             (self.mem_init != "paper" or self.mem_qk_norm != "none", "mem_init='paper' tunes the query/key norm weights: needs mem_qk_norm"),
             (self.mem_tdqkr or self.mem_cores == 1, "mem_cores > 1 (MCS) needs mem_tdqkr=True"),
@@ -201,6 +206,33 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     return sel_r.gather(2, i), sel_c.gather(2, j), scores
 
 
+def tdqkr_retrieve_fused(q: Tensor, keys: Tensor, cores: Tensor, u: Tensor, t: Tensor, m: int,
+                         topk: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """head_scores + tdqkr_retrieve without gradient (mem_decode="fused"): the same selection and scores (tests
+    compare them), from q (T, H, 2, D_k) and keys (H, 2, n, r, D_k), with one batched matmul for every head's row
+    and column scores and one top-m call for both pre-selections. Every tensor stays in the matmul's (H, side, T)
+    order, so no strided view of its output is stacked (the old fused path did both and Inductor compiled it
+    wrong on the H200 for some n: head_scores)."""
+    T, H = q.shape[:2]
+    n, r, Dk = keys.shape[2:]
+    h = cores.shape[1]
+    s = torch.bmm(q.permute(1, 2, 0, 3).reshape(2 * H, T, Dk), keys.reshape(2 * H, n * r, Dk).transpose(1, 2))
+    s = s.view(H, 2, T, n, r)  # contiguous: [h, side, t] rows
+    pre = _rdot(s, torch.stack([u, t], 1).to(s.dtype)[:, :, None, None, :])  # (H, 2, T, n) rank-1 scores
+    sel = kernels.topk_indices(pre, m, False, topk)  # (H, 2, T, m) rows' and columns' candidates, one call
+    g = s.gather(3, sel.unsqueeze(-1).expand(H, 2, T, m, r))  # (H, 2, T, m, r) their scores
+    sr, sc = g[:, 0], g[:, 1]  # (H, T, m, r)
+    a = _rdot(sr[:, :, None, :, None, :], cores.to(s.dtype).transpose(-1, -2)[:, None, :, None])  # (H, T, h, m, r)
+    grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :]).to(s.dtype)  # (H, T, m, m) summed Tucker scores
+    top = kernels.topk_indices(grid.flatten(2), m, False, topk)  # (H, T, m)
+    i, j = top // m, top % m
+    ai = a.gather(3, i[:, :, None, :, None].expand(H, T, h, m, r))  # (H, T, h, m, r)
+    sj = sc.gather(2, j.unsqueeze(-1).expand(H, T, m, r))  # (H, T, m, r)
+    scores = _rdot(ai, sj[:, :, None]).transpose(2, 3)  # (H, T, m, h)
+    rows, cols = sel[:, 0].gather(2, i), sel[:, 1].gather(2, j)  # (H, T, m)
+    return rows.transpose(0, 1), cols.transpose(0, 1), scores.transpose(0, 1)
+
+
 def _rdot(x: Tensor, y: Tensor) -> Tensor:
     """sum_l x[..., l] * y[..., l] with broadcasting, for a small last (rank) dimension: one product per l
     (eager holds one output-sized temporary, not the broadcast product; Inductor fuses the whole sum)."""
@@ -231,7 +263,7 @@ class MemoryLayer(nn.Module):
         self.Dv = c.mem_vdim or (D // 2 if c.mem_value_proj else D)
         self.tdqkr, self.softmax, self.qk_norm, self.init = c.mem_tdqkr, c.mem_softmax, c.mem_qk_norm, c.mem_init
         self.value_lr_mult, self.alpha, self.tau = c.mem_value_lr_mult, c.mem_tucker_alpha, c.mem_tucker_tau
-        self.n_layer, self.kconv, self.topk = c.n_layer, c.mem_qconv, c.mem_topk
+        self.n_layer, self.kconv, self.topk, self.decode = c.n_layer, c.mem_qconv, c.mem_topk, c.mem_decode
         if self.Dv % self.h:
             raise ValueError(f"value dim {self.Dv} must be divisible by mem_cores={self.h} (MCS slices)")
         if not c.mem_value_proj and self.Dv != D:
@@ -348,6 +380,8 @@ class MemoryLayer(nn.Module):
         q = self._norm(self.query_proj(x).view(T, self.Hq, 2, self.Dk), self.query_norm)
         q = q.expand(T, self.H, 2, self.Dk)  # (T, H, 2, D_k): shared query -> every head reads the same
         keys = self.keys_cache if cached else self._norm(self.keys, self.key_norm)  # (H, 2, n, r, D_k)
+        if self.tdqkr and self.decode == "fused" and not torch.is_grad_enabled():
+            return tdqkr_retrieve_fused(q, keys.to(q.dtype), self.cores, self.u, self.t, self.m, self.topk)
         s_row, s_col = head_scores(q, keys.to(q.dtype))  # (T, H, n, r) each
         if self.tdqkr:
             return tdqkr_retrieve(s_row, s_col, self.cores, self.u, self.t, self.m, self.topk)

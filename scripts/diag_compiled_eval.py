@@ -6,7 +6,10 @@ Written when the session-8 GPU run's compiled evaluation gave validation losses 
 the TDQKR configs with mem_knum other than 1,136 (docs/RESULTS.md). An overlap near 1 (bf16 near-ties aside)
 is right; near 0 means the compiled graph picked other rows.
 
-    PYTHONPATH=. python scripts/diag_compiled_eval.py [TOKENS] CONFIG.py [CONFIG.py ...]
+    PYTHONPATH=. python scripts/diag_compiled_eval.py [TOKENS] CONFIG.py [CONFIG.py ...] [--key=value ...]
+
+--key=value overrides a config setting in every file, e.g. --mem_decode=fused (memory.py's fused no-gradient
+retrieval).
 
 It exits 1, after a line naming each one, when any overlap is below DIAG_MIN_OVERLAP (default 0.9: right graphs
 measured 0.984-0.996 on the H200 in session 9, wrong ones 0.0004-0.25), so it can gate a GPU run.
@@ -17,6 +20,7 @@ both in one stacked top-k call; replacing either with the training path's code m
 and memory.py now has one path for both (a DIAG_VARIANTS switch that swapped them is gone with them). The
 "part" lines compile head_scores, tdqkr_retrieve and the pre-selection's top-k one at a time on eager inputs.
 """
+import ast
 import os
 import sys
 import time
@@ -68,9 +72,10 @@ def parts(layer, x, ac, path: str) -> None:
               flush=True)
 
 
-def check(path: str, T: int, dev: str) -> None:
+def check(path: str, T: int, dev: str, overrides: dict) -> None:
     cfg = {}
     exec(open(path).read(), cfg)
+    cfg.update(overrides)
     torch.manual_seed(0)
     layer = memory.MemoryLayer(GPTConfig.from_dict(cfg)).to(dev)
     with torch.no_grad():  # trained-like cores (not the init's), so that the rank-1 pre-selection matters
@@ -107,11 +112,19 @@ def check(path: str, T: int, dev: str) -> None:
 
 def main():
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    args = sys.argv[1:]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    overrides = {}
+    for a in sys.argv[1:]:
+        if a.startswith("--"):
+            k, _, v = a[2:].partition("=")
+            try:
+                overrides[k] = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                overrides[k] = v  # a bare string
     T = int(args.pop(0)) if args and args[0].isdigit() else 8192
     for path in args:
-        print(f"{path} (mem_knum from the file), {T} tokens on {dev}:", flush=True)
-        check(path, T, dev)
+        print(f"{path} (mem_knum from the file{''.join(f', {k}={v!r}' for k, v in overrides.items())}), {T} tokens on {dev}:", flush=True)
+        check(path, T, dev, overrides)
     for path, what, value in FAILED:
         print(f"WRONG: {path} {what}: overlap {value:.4f} < {MIN_OVERLAP}", flush=True)
     print(f"{len(FAILED)} check(s) below an overlap of {MIN_OVERLAP}" if FAILED else "every compiled graph agrees with eager")

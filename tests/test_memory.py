@@ -6,7 +6,7 @@ import torch
 
 import memory
 import train
-from memory import MemoryLayer, head_scores, pkm_retrieve, tdqkr_retrieve, tucker_aux_loss
+from memory import MemoryLayer, head_scores, pkm_retrieve, tdqkr_retrieve, tdqkr_retrieve_fused, tucker_aux_loss
 from configurator import read_config_file
 from model import GPT, GPTConfig
 
@@ -132,6 +132,54 @@ def test_head_scores_equal_the_batched_einsum_with_and_without_grad():
         torch.testing.assert_close(head_scores(q, keys), ref)
         shared = q[:, :1].expand(7, 3, 2, 8)  # mem_share_query: one query read by every head (a broadcast view)
         torch.testing.assert_close(head_scores(shared, keys), torch.einsum("tabd,abnrd->tabnr", shared, keys).unbind(2))
+
+
+@pytest.mark.parametrize("T,H,n,r,h,m,dtype", [(7, 2, 9, 2, 2, 4, torch.float64), (33, 3, 20, 3, 1, 5, torch.float32),
+                                                (5, 1, 7, 1, 2, 7, torch.float64), (1, 2, 11, 2, 2, 3, torch.float32)])
+def test_fused_decode_retrieval_equals_the_plain_path(T, H, n, r, h, m, dtype):
+    """mem_decode="fused" (one score matmul, one pre-selection top-m) selects the same (row, column) slots as
+    head_scores + tdqkr_retrieve, with the same per-core scores (sums in another order: rounding apart), for a
+    query per head and for one shared query (a broadcast view, mem_share_query)."""
+    torch.manual_seed(T)
+    Dk = 6
+    keys, cores = torch.randn(H, 2, n, r, Dk, dtype=dtype), torch.randn(H, h, r, r, dtype=dtype)
+    u, t = torch.randn(H, r, dtype=dtype), torch.randn(H, r, dtype=dtype)
+    for q in (torch.randn(T, H, 2, Dk, dtype=dtype), torch.randn(T, 1, 2, Dk, dtype=dtype).expand(T, H, 2, Dk)):
+        with torch.no_grad():
+            plain = by_slot(*tdqkr_retrieve(*head_scores(q, keys), cores, u, t, m), n)
+            fused = tdqkr_retrieve_fused(q, keys, cores, u, t, m)
+        assert fused[0].shape == (T, H, m) and fused[2].shape == (T, H, m, h)
+        fused = by_slot(*fused, n)
+        assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+        torch.testing.assert_close(fused[2], plain[2])
+
+
+def test_fused_decode_layer_equals_plain_eager_and_compiled():
+    """A GPT with mem_decode="fused" decodes (cached steps) and evaluates like the same weights with "plain";
+    training (gradient on) takes the plain path either way; compiled (Inductor on this CPU) equals eager."""
+    torch.manual_seed(0)
+    plain = GPT(cfg()).eval()
+    fused = GPT(cfg(mem_decode="fused")).eval()
+    fused.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for m in plain.memories:  # trained-like cores, so that the pre-selection matters
+            m.cores.normal_()
+        plain.refresh()
+        fused.load_state_dict(plain.state_dict())
+        idx = torch.randint(0, 61, (3, 10))
+        torch.testing.assert_close(fused(idx)[0], plain(idx)[0], rtol=1e-5, atol=1e-5)
+        outs = []
+        for model, step in ((plain, plain), (fused, fused), (fused, torch.compile(fused, fullgraph=True))):
+            model.setup_caches(3, 10)  # the prefill eager, the one-token steps through `step`
+            steps = [model(idx[:, :4], input_pos=torch.arange(4))[0]]
+            steps += [step(idx[:, i:i + 1], input_pos=torch.tensor([i]))[0] for i in range(4, 10)]
+            outs.append(torch.cat(steps, 1))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[2], outs[1], rtol=1e-4, atol=1e-5)
+    fused.train()
+    _, loss, _ = fused(idx, idx)
+    loss.backward()  # the plain path: gradients reach the keys
+    assert all(m.keys.grad is not None and m.keys.grad.abs().sum() > 0 for m in fused.memories)
 
 
 def test_pkm_retrieve_is_exact_and_softmax_rows_sum_to_one():
@@ -321,6 +369,7 @@ def test_full_and_replace_ffn_placement():
     (dict(mem_value_proj=False, mem_expand=1), "mem_vdim must be n_embd"),
     (dict(memory="pkm", mem_expand=9, mem_qconv=0, mem_vdim=0), "memory='pkm' fixes mem_expand"),
     (dict(mem_qk_norm="bn"), "mem_qk_norm"),
+    (dict(mem_decode="fast"), "mem_decode must be 'plain' or 'fused'"),
 ])
 def test_bad_settings_fail_at_construction(kw, msg):
     with pytest.raises(ValueError, match=msg):

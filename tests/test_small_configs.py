@@ -468,17 +468,20 @@ def test_smi_summary_reports_idle_share(tmp_path):
 def test_diag_compiled_eval_exits_non_zero_below_the_overlap(monkeypatch, capsys):
     """scripts/diag_compiled_eval.py gates a GPU run: every overlap under DIAG_MIN_OVERLAP is named on a WRONG line
     and the script exits 1; when all agree it says so and exits 0 (the checks replaced by fixed overlaps here; the
-    real checks compile for a minute on this CPU)."""
+    real checks compile for a minute on this CPU); --key=value settings reach every config."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import diag_compiled_eval as diag
     monkeypatch.setattr(diag, "FAILED", [])
-    monkeypatch.setattr(sys, "argv", ["diag", "64", "a.py", "b.py"])
+    monkeypatch.setattr(sys, "argv", ["diag", "64", "a.py", "--mem_decode=fused", "b.py", "--mem_topm=4"])
     values = {"a.py": [0.99, 0.985], "b.py": [0.98, 0.0009]}  # b.py's second check: a wrong graph
-    monkeypatch.setattr(diag, "check", lambda path, T, dev: [diag.report(path, f"check {i}", v) for i, v in enumerate(values[path])])
+    calls = []
+    monkeypatch.setattr(diag, "check", lambda path, T, dev, overrides: calls.append((path, T, overrides)) or
+                        [diag.report(path, f"check {i}", v) for i, v in enumerate(values[path])])
     with pytest.raises(SystemExit) as e:
         diag.main()
     out = capsys.readouterr().out
     assert e.value.code == 1 and "WRONG: b.py check 1: overlap 0.0009 < 0.9" in out and out.count("WRONG") == 1
+    assert calls == [(p, 64, {"mem_decode": "fused", "mem_topm": 4}) for p in ("a.py", "b.py")]  # --key=value: every file
     monkeypatch.setattr(diag, "FAILED", [])
     values["b.py"][1] = 0.99
     with pytest.raises(SystemExit) as e:
