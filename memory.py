@@ -57,8 +57,8 @@ class MemoryConfig:
     # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (e.g. the small PKM's
     # 1,100 and every 32 x 32 grid) and for at most 4,096 rows (decoding), torch.topk otherwise (training rows
     # of 2,200-6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
-    mem_decode: str = "plain"  # TDQKR's retrieval without gradient (decoding, evaluation): "plain" runs the training
-    # path's code; "fused" (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous
+    mem_decode: str = "plain"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "plain" runs
+    # the training path's code (as does the init's calibration, so the weights do not depend on this); "fused" (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous
     # buffers: fewer launches per layer and step. The old fused path was compiled wrong on the H200 (session 9,
     # docs/BENCHMARKS.md) and this one is not yet checked there (scripts/diag_compiled_eval.py --mem_decode=fused)
 
@@ -144,11 +144,10 @@ def head_scores(q: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     each head's row and column queries against its row and column keys. One plain GEMM per head and side (H
     is small) rather than a batched matmul, so that the keys' gradient, a reduction over all T tokens, gets
     cuBLAS's split-K kernels; the two sides stay separate tensors (one stacked tensor costs the backward a
-    copy of its gradient: 2.3 ms of the UltraMem-151M step, measured 2026-11-29). The same code runs with
-    and without gradient: until session 9 decoding took one batched matmul here and returned strided views
-    of its output, and with TDQKR's single pre-selection top-k (also gone) Inductor (torch 2.11, H200)
-    compiled the no-gradient graph wrong for mem_knum 568, 803, 998 and 1,607 (other rows won; eager and
-    the CPU were right; scripts/diag_compiled_eval.py, docs/RESULTS.md)."""
+    copy of its gradient: 2.3 ms of the UltraMem-151M step, measured 2026-11-29). The same code with and
+    without gradient: a no-gradient variant that returned strided views of one batched matmul, followed by
+    one stacked pre-selection top-k, was compiled wrong on the H200 (session 9, docs/RESULTS.md);
+    tdqkr_retrieve_fused is the decode path with one matmul."""
     T, H = q.shape[:2]
     n, r, Dk = keys.shape[2:]
     return tuple(torch.stack([q[:, a, b] @ keys[a, b].reshape(n * r, Dk).t() for a in range(H)], dim=1).view(T, H, n, r)
@@ -208,18 +207,20 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
 
 def tdqkr_retrieve_fused(q: Tensor, keys: Tensor, cores: Tensor, u: Tensor, t: Tensor, m: int,
                          topk: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
-    """head_scores + tdqkr_retrieve without gradient (mem_decode="fused"): the same selection and scores (tests
-    compare them), from q (T, H, 2, D_k) and keys (H, 2, n, r, D_k), with one batched matmul for every head's row
-    and column scores and one top-m call for both pre-selections. Every tensor stays in the matmul's (H, side, T)
-    order, so no strided view of its output is stacked (the old fused path did both and Inductor compiled it
-    wrong on the H200 for some n: head_scores)."""
+    """head_scores + tdqkr_retrieve without gradient (mem_decode="fused"), from q (T, H, 2, D_k) and keys
+    (H, 2, n, r, D_k), with one batched matmul for every head's row and column scores and one top-m call for both
+    pre-selections: the same selection and scores up to the rounding of the matmul's sums (bf16 near-ties may pick
+    other slots; tests compare them in fp32/fp64). Every tensor stays in the matmul's (head, side, token) order, so
+    no strided view of its output is stacked (the variant that did was compiled wrong on the H200: head_scores)."""
     T, H = q.shape[:2]
     n, r, Dk = keys.shape[2:]
     h = cores.shape[1]
     s = torch.bmm(q.permute(1, 2, 0, 3).reshape(2 * H, T, Dk), keys.reshape(2 * H, n * r, Dk).transpose(1, 2))
-    s = s.view(H, 2, T, n, r)  # contiguous: [h, side, t] rows
+    s = s.view(H, 2, T, n, r)  # contiguous: [head, side, token] rows
     pre = _rdot(s, torch.stack([u, t], 1).to(s.dtype)[:, :, None, None, :])  # (H, 2, T, n) rank-1 scores
-    sel = kernels.topk_indices(pre, m, False, topk)  # (H, 2, T, m) rows' and columns' candidates, one call
+    # the implementation the plain path's two calls get ("auto" decides on the rows per side, not the stacked 2x)
+    pre_impl = kernels.topk_auto_impl((H, T, n), pre.dtype, pre.is_cuda) if topk == "auto" else topk
+    sel = kernels.topk_indices(pre, m, False, pre_impl)  # (H, 2, T, m) rows' and columns' candidates, one call
     g = s.gather(3, sel.unsqueeze(-1).expand(H, 2, T, m, r))  # (H, 2, T, m, r) their scores
     sr, sc = g[:, 0], g[:, 1]  # (H, T, m, r)
     a = _rdot(sr[:, :, None, :, None, :], cores.to(s.dtype).transpose(-1, -2)[:, None, :, None])  # (H, T, h, m, r)
@@ -380,7 +381,7 @@ class MemoryLayer(nn.Module):
         q = self._norm(self.query_proj(x).view(T, self.Hq, 2, self.Dk), self.query_norm)
         q = q.expand(T, self.H, 2, self.Dk)  # (T, H, 2, D_k): shared query -> every head reads the same
         keys = self.keys_cache if cached else self._norm(self.keys, self.key_norm)  # (H, 2, n, r, D_k)
-        if self.tdqkr and self.decode == "fused" and not torch.is_grad_enabled():
+        if self.tdqkr and self.decode == "fused" and not self.training and not torch.is_grad_enabled():
             return tdqkr_retrieve_fused(q, keys.to(q.dtype), self.cores, self.u, self.t, self.m, self.topk)
         s_row, s_col = head_scores(q, keys.to(q.dtype))  # (T, H, n, r) each
         if self.tdqkr:

@@ -79,6 +79,7 @@ dropout = 0.0
 TRAIN_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 TYPES = {"compile": (bool, type(None))}
 NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile", "compile_blocks", "eval_compile"}  # a resume's own controls
+RUNTIME_MODEL_KEYS = {"dropout", "mem_decode"}  # model settings a resume may change: no parameter depends on them
 
 
 def default_config() -> dict:
@@ -290,11 +291,11 @@ def main(argv: list[str]) -> None:
     # --- checkpoint and model -----------------------------------------------------------------------
     if ckpt is not None:
         model_args = dict(ckpt["model_args"])
-        changed = [k for k in touched if k in model_args and k != "dropout" and cfg[k] != model_args[k]]
+        changed = [k for k in touched if k in model_args and k not in RUNTIME_MODEL_KEYS and cfg[k] != model_args[k]]
         if changed:  # the architecture of a checkpoint cannot change
             raise Fatal(f"cannot resume with other model settings ({', '.join(f'{k}={cfg[k]!r}' for k in sorted(changed))}); "
                         f"the checkpoint has {', '.join(f'{k}={model_args[k]!r}' for k in sorted(changed))}")
-        model_args["dropout"] = cfg["dropout"]
+        model_args.update({k: cfg[k] for k in RUNTIME_MODEL_KEYS})
     elif cfg["init_from"] == "scratch":
         if os.path.exists(ckpt_path) and not cfg["overwrite"]:
             raise Fatal(f"{ckpt_path} exists: continue it with --init_from=resume, or pass --overwrite=True or another out_dir")

@@ -24,6 +24,7 @@ import ast
 import os
 import sys
 import time
+from dataclasses import fields
 
 import torch
 
@@ -33,6 +34,11 @@ from model import GPTConfig
 
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def key(r):
+    """A retrieval's (row, col) pairs as one integer each."""
+    return r[0] * 10**7 + r[1]
 
 
 def overlap(a, b):
@@ -61,7 +67,6 @@ def parts(layer, x, ac, path: str) -> None:
         print(f"    part head_scores: s_row rel {rel(sc[0], se[0]):.3e}, s_col rel {rel(sc[1], se[1]):.3e}", flush=True)
         args = (*se, layer.cores, layer.u, layer.t, layer.m, layer.topk)
         re, rc = memory.tdqkr_retrieve(*args), torch.compile(memory.tdqkr_retrieve)(*args)
-        key = lambda r: r[0] * 10**7 + r[1]
         print(f"    part tdqkr_retrieve: winners overlap {report(path, 'part tdqkr_retrieve', overlap(key(rc), key(re))):.4f}", flush=True)
         pre = memory._rdot(se[0], layer.u.to(se[0].dtype)[None, :, None, :])  # the rows' rank-1 scores
         top = lambda p: memory.kernels.topk_indices(p, layer.m, False, layer.topk)
@@ -85,7 +90,6 @@ def check(path: str, T: int, dev: str, overrides: dict) -> None:
     D, t0 = layer.D, time.time()
     ac = lambda: torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda")
     h = torch.randn(max(1, T // 1024), min(T, 1024), D, device=dev)
-    key = lambda r: r[0] * 10**7 + r[1]  # a (row, col) pair as one integer
     comp, sel = torch.compile(layer), torch.compile(layer.retrieve)
     for train in (True, False):
         layer.train(train)
@@ -97,6 +101,13 @@ def check(path: str, T: int, dev: str, overrides: dict) -> None:
     layer.eval()
     if layer.tdqkr:
         parts(layer, h.reshape(-1, D), ac, path)
+    if layer.decode == "fused":  # the fused path against the plain one, both eager (bf16 near-ties apart)
+        with ac(), torch.no_grad():
+            rf = layer.retrieve(h.reshape(-1, D))
+            layer.decode = "plain"
+            rp = layer.retrieve(h.reshape(-1, D))
+            layer.decode = "fused"
+        print(f"  eval fused vs plain, eager: retrieval overlap {report(path, 'fused vs plain', overlap(key(rf), key(rp))):.4f}", flush=True)
     step = torch.compile(layer.select, fullgraph=True)
     for B, S in ((4, 1), (1, 64)):
         with ac(), torch.no_grad():
@@ -113,10 +124,12 @@ def check(path: str, T: int, dev: str, overrides: dict) -> None:
 def main():
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    overrides = {}
+    overrides, known = {}, {f.name for f in fields(GPTConfig)}
     for a in sys.argv[1:]:
         if a.startswith("--"):
-            k, _, v = a[2:].partition("=")
+            k, eq, v = a[2:].partition("=")
+            if not eq or k not in known:  # GPTConfig.from_dict would drop an unknown key: a typo would check nothing
+                sys.exit(f"diag_compiled_eval.py: {a!r} is not --key=value with a model setting (GPTConfig field)")
             try:
                 overrides[k] = ast.literal_eval(v)
             except (ValueError, SyntaxError):

@@ -46,9 +46,13 @@ for N in $SIZES; do
 done
 launch_order() {  # the models, the slowest first (UltraMem's runs took 280-364 s beside ladder rows, MoE's 123-154 s,
   # Dense's 91-109 s: docs/RESULTS.md), so that the last runs of a part are short ones; others after them, as given
-  local M
-  for M in ultramem moe dense; do [[ " $MODELS " == *" $M "* ]] && echo "$M"; done
-  for M in $MODELS; do [[ " ultramem moe dense " == *" $M "* ]] || echo "$M"; done
+  local K M
+  for K in ultramem moe dense; do
+    for M in $MODELS; do [ "$M" = "$K" ] && echo "$M"; done
+  done
+  for M in $MODELS; do
+    case $M in ultramem|moe|dense) ;; *) echo "$M" ;; esac
+  done
 }
 running=0
 for M in $(launch_order); do

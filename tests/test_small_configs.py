@@ -487,3 +487,8 @@ def test_diag_compiled_eval_exits_non_zero_below_the_overlap(monkeypatch, capsys
     with pytest.raises(SystemExit) as e:
         diag.main()
     assert e.value.code == 0 and "every compiled graph agrees with eager" in capsys.readouterr().out
+    for bad in ("--mem_decod=fused", "--mem_decode"):  # a typo, a missing value: refused before any check runs
+        monkeypatch.setattr(sys, "argv", ["diag", "a.py", bad])
+        with pytest.raises(SystemExit) as e:
+            diag.main()
+        assert "is not --key=value with a model setting" in str(e.value.code)

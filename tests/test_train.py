@@ -118,6 +118,10 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert losses(paused) == losses(straight)  # bit for bit: weights, optimizer, RNG and data position restored
     one_line_error(run("train.py", f"--out_dir={paused}", "--init_from=resume", "--n_embd=32", check=False), 1,
                    "cannot resume with other model settings")
+    # a setting no parameter depends on (train.RUNTIME_MODEL_KEYS) may change: it reaches the resumed model
+    run("train.py", f"--out_dir={paused}", "--init_from=resume", "--mem_decode=fused", "--max_iters=13",
+            "--progress=False", "--device=cpu")
+    assert len(losses(paused)) == 13 and torch.load(paused / "ckpt.pt", weights_only=False)["model_args"]["mem_decode"] == "fused"
 
 
 def test_checkpoint_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
