@@ -157,7 +157,7 @@ train_cmd() {  # X or X@S -> the run's train.py command (its words have no space
 
 if [ -n "${DRY:-}" ]; then
   for X in $NAMES; do train_cmd "$X"; done
-  if [ "$PART" = set3 ] || [ "$PART" = set ]; then DRY=1 bash scripts/gpu_capacity.sh; fi
+  if [ "$PART" = set3 ] || [ "$PART" = set ]; then DRY=1 ARGS="${ARGS:-} ${TRAIN_ARGS:-}" bash scripts/gpu_capacity.sh; fi
   exit 0
 fi
 
@@ -200,7 +200,8 @@ one() {  # train config/small/X.py (the argument: X or X@S) with seed S (default
 part_start=$(date +%s)
 cap=""
 if [ "$PART" = set3 ] || [ "$PART" = set ]; then  # knowledge capacity beside the ladder: its tiny models leave the GPU mostly idle
-  JOBS=5 OUT=$OUT bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
+  # (with the runs' TRAIN_ARGS: in a set part, compiled by blocks too; untimed for these models)
+  JOBS=5 OUT=$OUT ARGS="${ARGS:-} ${TRAIN_ARGS:-}" bash scripts/gpu_capacity.sh > "$OUT/capacity.txt" 2>&1 & cap=$!
 fi
 pids=(); runs=()
 n_training() {  # launched runs still training

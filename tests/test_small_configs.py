@@ -170,6 +170,8 @@ def test_gpu_results_sets_are_the_whole_set_once(tmp_path):
                                              env={**os.environ, "DRY": "1", **env}, check=True).stdout
     trains = lambda out: [line for line in out.splitlines() if line.startswith("python train.py config/small/")]
     assert all(line.endswith(" --compile_blocks=True") for line in trains(dry("set2")))  # the set parts' default
+    capacity = [line for line in dry("set3").splitlines() if line.startswith("python train.py config/capacity/")]
+    assert len(capacity) == 9 and all(line.endswith(" --compile_blocks=True") for line in capacity)  # beside the ladder
     assert not any("compile_blocks" in line for line in trains(dry("set2", TRAIN_ARGS="")) + trains(dry("table1")))
     assert sorted(x for x in s4 if x.startswith("ablation/")) == sorted(n + "=1" for n in NAMES if n.startswith("ablation/")
                                                                      and n + "=1" not in s3)
