@@ -58,9 +58,10 @@ class MemoryConfig:
     # 1,100 and every 32 x 32 grid) and for at most 4,096 rows (decoding), torch.topk otherwise (training rows
     # of 2,200-6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
     mem_decode: str = "plain"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "plain" runs
-    # the training path's code (as does the init's calibration, so the weights do not depend on this); "fused" (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous
-    # buffers: fewer launches per layer and step. The old fused path was compiled wrong on the H200 (session 9,
-    # docs/BENCHMARKS.md) and this one is not yet checked there (scripts/diag_compiled_eval.py --mem_decode=fused)
+    # the training path's code (as does the init's calibration, so the weights do not depend on this); "fused"
+    # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
+    # per layer and step. The old fused path was compiled wrong on the H200 (session 9, docs/BENCHMARKS.md) and
+    # this one is not yet checked there (scripts/diag_compiled_eval.py --mem_decode=fused)
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):
@@ -170,8 +171,8 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
                    topk: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """TDQKR with MCS (spec 4.2, 6): s_row, s_col (T, H, n, r); cores (H, h, r, r); u, t (H, r) the leading
     singular vectors of the summed core. Rows/columns are pre-selected by the rank-1 scores u^T S_row,
-    t^T S_col; the m x m candidates get their exact per-core scores
-    S_row^T C^(c) S_col; the final top-m is taken on the sum over cores. Returns row, col (T, H, m) and
+    t^T S_col; the m x m candidates get their exact per-core scores S_row^T C^(c) S_col; the final top-m is
+    taken on the sum over cores. Returns row, col (T, H, m) and
     per-core scores (T, H, m, h), in no particular order (nothing downstream reads it: no sort kernel).
     topk: kernels.topk_indices' implementation for the top-m ("auto", "torch" or "triton"). Rows and columns
     are pre-selected in two top-m calls, with or without gradient (see head_scores for the stacked call's
