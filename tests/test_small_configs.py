@@ -465,6 +465,8 @@ def test_smi_summary_reports_idle_share(tmp_path):
     got = summary(str(tmp_path / "smi.csv"))
     assert got[0] == {"samples": 3, "span_s": 4.0, "mean_util": 50.0, "idle_share": 0.333, "peak_mem_mib": 3000.0}
     assert got[1]["idle_share"] == 1.0 and got[1]["samples"] == 2
+    early = summary(str(tmp_path / "smi.csv"), seconds=2)  # the samples of the first 2 s only
+    assert early[0] == {"samples": 2, "span_s": 2.0, "mean_util": 75.0, "idle_share": 0.0, "peak_mem_mib": 3000.0}
 
 
 def test_diag_compiled_eval_exits_non_zero_below_the_overlap(monkeypatch, capsys):
