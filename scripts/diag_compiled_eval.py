@@ -81,8 +81,12 @@ def check(path: str, T: int, dev: str, overrides: dict) -> None:
     cfg = {}
     exec(open(path).read(), cfg)
     cfg.update(overrides)
+    torch._dynamo.reset()  # each config compiles afresh: the functions below are the same code objects for every
+    # config, and their graphs from earlier configs would count against Dynamo's recompile limit (8; the session-10
+    # run failed on the fifth config's fullgraph decode step)
     torch.manual_seed(0)
-    layer = memory.MemoryLayer(GPTConfig.from_dict(cfg)).to(dev)
+    with torch.device(dev):  # built on the device: a paper-size table (1.6B: 3.3G values per layer) is slow on the CPU
+        layer = memory.MemoryLayer(GPTConfig.from_dict(cfg))
     with torch.no_grad():  # trained-like cores (not the init's), so that the rank-1 pre-selection matters
         if layer.cores is not None:
             layer.cores.normal_()
