@@ -31,7 +31,7 @@ case ${1:?usage: bash scripts/gpu_bench_decode.sh mha|gqa|fig6c|du|diag [bench.p
     for kv in 2 16; do
       [ $kv = 2 ] && batches=${GQA_BATCHES:-1,2,4,8,16,32,64,128,256} || batches=${MHA_BATCHES:-1,2,4,8,16,32,64,128}
       timeout "${DU_LIMIT:-250}" python bench.py config/dense_1p6b.py config/ultramem_1p6b.py --n_kv_head=$kv \
-        --batches=$batches --out="$OUT/decode_du_kv$kv.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/decode_du_kv$kv.log" \
+        --batches=$batches --out="$OUT/decode_du_kv$kv.json" "${@:2}" 2>&1 | grep --line-buffered -v "^W[0-9]" | tee "$OUT/decode_du_kv$kv.log" \
         || echo "du kv$kv: rc=$? (a timeout is 124); going on"  # one half cut short must not skip the other
     done
     exit 0 ;;
@@ -42,9 +42,9 @@ case ${1:?usage: bash scripts/gpu_bench_decode.sh mha|gqa|fig6c|du|diag [bench.p
     [ "$tag" = dense_1p6b ] && tag=diag || tag=diag_$tag
     for attn in ${ATTNS:-sdpa matmul flex triton}; do for kv in ${KVS:-16 2}; do
       python bench.py "$cfg" --n_layer=8 --n_kv_head=$kv --attn_decode=$attn --batches=1,64 \
-        --profile=2 --out="$OUT/${tag}_${attn}_kv$kv.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/${tag}_${attn}_kv$kv.log"
+        --profile=2 --out="$OUT/${tag}_${attn}_kv$kv.json" "${@:2}" 2>&1 | grep --line-buffered -v "^W[0-9]" | tee "$OUT/${tag}_${attn}_kv$kv.log"
     done; done
     exit 0 ;;
   *) echo "unknown part: $1" >&2; exit 2 ;;
 esac
-python bench.py $args --out="$OUT/decode_$1.json" "${@:2}" 2>&1 | grep -v "^W[0-9]" | tee "$OUT/decode_$1.log"
+python bench.py $args --out="$OUT/decode_$1.json" "${@:2}" 2>&1 | grep --line-buffered -v "^W[0-9]" | tee "$OUT/decode_$1.log"

@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
 PARTS=${*:-all}
 [ "$PARTS" = all ] && PARTS="kernels profile moe"
-quiet() { grep -v "^W[0-9]"; }  # Inductor's autotuning warnings
+quiet() { grep --line-buffered -v "^W[0-9]"; }  # Inductor's autotuning warnings
 for part in $PARTS; do
   case $part in
     kernels) timeout "${KERNELS_LIMIT:-330}" python bench.py --mode=kernels --tokens=1,64,512,4096,32768 \

@@ -10,5 +10,5 @@ CONFIGS=${*:-config/gpt2_small.py config/ultramem_151m.py}
 for c in $CONFIGS; do
   n=$(basename "$c" .py)
   python bench.py --mode=train "$c" --warmup=10 --iters=20 --profile=3 --out="$OUT/train_$n.json" 2>&1 \
-    | grep -v "^W[0-9]" | tee "$OUT/train_$n.log"
+    | grep --line-buffered -v "^W[0-9]" | tee "$OUT/train_$n.log"
 done

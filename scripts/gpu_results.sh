@@ -117,7 +117,7 @@ case $PART in
     cmd+=(${DIAG_ARGS:-})  # e.g. DIAG_ARGS=--mem_decode=fused
     if [ -n "${DRY:-}" ]; then echo "${cmd[*]}"; exit 0; fi
     mkdir -p "$OUT"  # pipefail and set -e: a failed check ends the script with the diag's status
-    PYTHONPATH=. "${cmd[@]}" 2>&1 | { grep -v "^W[0-9]" || true; } | tee "$OUT/$PART.txt"; exit 0 ;;
+    PYTHONPATH=. "${cmd[@]}" 2>&1 | { grep --line-buffered -v "^W[0-9]" || true; } | tee "$OUT/$PART.txt"; exit 0 ;;
   pair1) exec bash scripts/gpu_pair.sh pair1 "JOBS=3 $me table1 1" "JOBS=3 $me table1 2" ;;
   pair2) exec bash scripts/gpu_pair.sh pair2 "JOBS=3 $me table2a 1" "JOBS=3 $me table2b 1" ;;
   pair3) exec bash scripts/gpu_pair.sh pair3 "JOBS=4 $me fig6b 1 && JOBS=1 $me checks 1" "JOBS=3 $me capacity" ;;
