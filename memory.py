@@ -57,11 +57,13 @@ class MemoryConfig:
     # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (e.g. the small PKM's
     # 1,100 and every 32 x 32 grid) and for at most 4,096 rows (decoding), torch.topk otherwise (training rows
     # of 2,200-6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
-    mem_decode: str = "plain"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "plain" runs
-    # the training path's code (as does the init's calibration, so the weights do not depend on this); "fused"
+    mem_decode: str = "fused"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "fused"
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
-    # per layer and step. The old fused path was compiled wrong on the H200 (session 9, docs/BENCHMARKS.md) and
-    # this one is not yet checked there (scripts/diag_compiled_eval.py --mem_decode=fused)
+    # per layer and step; "plain" runs the training path's code (as does the init's calibration, so the weights
+    # do not depend on this). Fused is the default since session 10: on the H200 its compiled graphs agree with
+    # eager for every TDQKR table size of config/small/ and for the paper's three sizes (scripts/diag_compiled_eval.py
+    # --mem_decode=fused; an older fused path was compiled wrong there, session 9), and it decodes UltraMem-1.6B
+    # 0.06-0.10 ms per step faster at batch 1-64 (docs/BENCHMARKS.md, "Session 10")
 
     def __post_init__(self):
         if self.memory not in ("none", "pkm", "ultramem"):

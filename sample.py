@@ -12,8 +12,8 @@ from contextlib import nullcontext
 
 import torch
 
-from model import GPT, GPTConfig, decode_one_token
-from train import Fatal, load_checkpoint, run_or_exit
+from model import decode_one_token
+from train import Fatal, load_checkpoint, model_from_checkpoint, run_or_exit
 
 DEFAULTS = dict(
     out_dir="out/facts",  # folder holding ckpt.pt
@@ -26,6 +26,7 @@ DEFAULTS = dict(
     device="auto",
     dtype="auto",  # "auto" (bfloat16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
     compile=None,  # compile the decode step (fullgraph, CUDA graphs on GPU); None means on for CUDA
+    mem_decode="",  # TDQKR's no-gradient retrieval: "" = the checkpoint's setting, "plain" | "fused" (memory.py)
 )
 
 
@@ -46,9 +47,8 @@ def main(argv: list[str]) -> None:
         raise Fatal("num_samples and max_new_tokens must be positive")
 
     ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval().to(device=dev, dtype=dtype)
+    model = model_from_checkpoint(ckpt, cfg["mem_decode"])
+    model.to(device=dev, dtype=dtype)
     tok = get_tokenizer(ckpt["meta"])
 
     start = cfg["start"]

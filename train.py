@@ -191,6 +191,19 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+def model_from_checkpoint(ckpt: dict, mem_decode: str = "") -> GPT:
+    """The checkpoint's model with its weights, in eval mode on the CPU (sample.py, scripts/eval_text.py,
+    data/facts/recall.py). mem_decode "" keeps the checkpoint's setting; "plain" or "fused" replaces it (a
+    RUNTIME_MODEL_KEYS setting: no weight depends on it)."""
+    args = dict(ckpt["model_args"], **({"mem_decode": mem_decode} if mem_decode else {}))
+    try:
+        model = GPT(GPTConfig(**args))
+    except ValueError as e:
+        raise Fatal(f"bad model config: {e}")
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
 def truncate_metrics(path: str, step: int) -> None:
     """A resumed run repeats the steps after its checkpoint: drop their records from a killed run's log."""
     if not os.path.exists(path):

@@ -28,11 +28,11 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.common import get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from train import Fatal, load_checkpoint, run_or_exit  # noqa: E402
+from model import GPT  # noqa: E402
+from train import Fatal, load_checkpoint, model_from_checkpoint, run_or_exit  # noqa: E402
 
 DEFAULTS = dict(out_dir="", text="", max_tokens=0, batch_size=8, block_size=0, device="auto", dtype="auto", out="",
-                progress=True)
+                progress=True, mem_decode="")  # mem_decode: "" = the checkpoint's, "plain" | "fused" (memory.py)
 
 
 def encode_text(path: str, tok, max_tokens: int) -> torch.Tensor:
@@ -94,9 +94,8 @@ def main(argv: list[str]) -> None:
         raise Fatal(f"checkpoint in {cfg['out_dir']} names no tokenizer (no meta): not written by train.py")
     tok = get_tokenizer(ckpt["meta"])
     ids = encode_text(cfg["text"], tok, cfg["max_tokens"])
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval().to(device)
+    model = model_from_checkpoint(ckpt, cfg["mem_decode"])
+    model.to(device)
     model.refresh()
     block = cfg["block_size"] or model.config.block_size
     if block > model.config.block_size:

@@ -30,6 +30,7 @@
 #   bash scripts/gpu_results.sh set             # everything in one queue (one start, one tail), where no
 #                                               # 10-minute limit applies
 #   bash scripts/gpu_results.sh pair_sets       # set1 | set3 on a two-GPU machine; then pair_sets2: set2 | set4,
+#                                               # each part's four processes under CUDA MPS (MPS=0: without),
 #                                               # so that Table 1's seed 2 finds seed 1's compiled graphs in
 #                                               # Inductor's cache if the machine is the same (until session 8
 #                                               # pair_sets was set1 | set2 and pair_sets2 set3 | set4)
@@ -42,7 +43,9 @@
 # 8 (staggered starts, compiled evaluation, x24 in set1): 575 s (cut), 504, 463, 469 s: 33.5 minutes; session 9
 # (eager evaluation, compile_blocks, the pairing below): set1 480 s, set2 490, set4 375; set3 cut at its limit (it
 # started after a 149 s diagnosis in the same call; its last runs ended about 455 s after it started, an estimate
-# from its files): about 1,800 s = 30 minutes; docs/RESULTS.md, "The whole set's GPU time".
+# from its files): about 1,800 s = 30 minutes; session 10 (as session 9, each part's processes under CUDA MPS, the
+# pairs' default now): set1 423 s, set2 442, set3 411, set4 396: 1,672 s = 27.9 minutes; docs/RESULTS.md, "The
+# whole set's GPU time".
 #
 # Earlier parts, measured 2026-11-29 on H200s (torch 2.11), one call of at most 10 minutes per part:
 #   table1    dense_4x ultramem pkm moe dense      JOBS=3: 462 s (seed 1, with preparing medium_mix) and 435 s
@@ -125,8 +128,8 @@ case $PART in
   pair5) exec bash scripts/gpu_pair.sh pair5 "JOBS=3 $me table2a 2" "JOBS=3 $me table2b 2" ;;
   pair6) exec bash scripts/gpu_pair.sh pair6 "JOBS=4 $me table2_init 1" "JOBS=4 $me table2_init 2" ;;
   pair7) exec bash scripts/gpu_pair.sh pair7 "SIZES='250 500 1000' PASSES=1 $me capacity" "SIZES=2000 PASSES=1 $me capacity" ;;
-  pair_sets) exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set3" ;;
-  pair_sets2) exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set2" "JOBS=4 $me set4" ;;
+  pair_sets) MPS=${MPS:-1} exec bash scripts/gpu_pair.sh pair_sets "JOBS=4 $me set1" "JOBS=4 $me set3" ;;
+  pair_sets2) MPS=${MPS:-1} exec bash scripts/gpu_pair.sh pair_sets2 "JOBS=4 $me set2" "JOBS=4 $me set4" ;;
   smoke)  # 20 steps of Table 1's memory and MoE models and Dense, side by side, with two evaluations each
     # (TRAIN_ARGS as for the runs, e.g. --eval_compile=True): a failure shows in a minute or two, before a set
     # part's ten (out/smoke/X, $OUT/smoke_X.log; the checkpoints, 0.6-8.6 GB each, are deleted)

@@ -82,3 +82,28 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case):
     assert r.returncode == 1, (case, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), (case, r.stderr)
+
+
+def test_mem_decode_is_the_checkpoints_unless_given(tmp_path):
+    """--mem_decode: "" keeps the checkpoint's setting, "plain" or "fused" replaces it (train.model_from_checkpoint,
+    shared with sample.py and data/facts/recall.py); both give the same loss; a bad value is a one-line error."""
+    from train import load_checkpoint, model_from_checkpoint
+
+    model = _checkpoint(tmp_path / "run", mem_decode="plain")
+    ckpt = load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert model.memories[0].tdqkr  # the setting matters only with TDQKR
+    assert model_from_checkpoint(ckpt).config.mem_decode == "plain"
+    loaded = model_from_checkpoint(ckpt, "fused")
+    assert loaded.config.mem_decode == "fused" and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    (tmp_path / "t.txt").write_text(TEXT)
+    losses = []
+    for setting in ("", "fused"):
+        r = _run(f"--out_dir={tmp_path / 'run'}", f"--text={tmp_path / 't.txt'}", f"--mem_decode={setting}",
+                 f"--out={tmp_path / 'r.json'}")
+        assert r.returncode == 0, r.stderr
+        losses.append(json.loads((tmp_path / "r.json").read_text())["loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    r = _run(f"--out_dir={tmp_path / 'run'}", f"--text={tmp_path / 't.txt'}", "--mem_decode=fast")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: bad model config: mem_decode must be 'plain' or 'fused', got 'fast'"], r.stderr

@@ -162,9 +162,10 @@ def test_fused_decode_layer_equals_plain_eager_and_compiled(monkeypatch):
     fused_fn = memory.tdqkr_retrieve_fused
     monkeypatch.setattr(memory, "tdqkr_retrieve_fused", lambda *a: calls.append(torch.is_grad_enabled()) or fused_fn(*a))
     torch.manual_seed(0)
-    plain = GPT(cfg()).eval()
+    plain = GPT(cfg(mem_decode="plain")).eval()
     torch.manual_seed(0)
-    fused = GPT(cfg(mem_decode="fused")).eval()
+    fused = GPT(cfg()).eval()  # the default
+    assert fused.config.mem_decode == "fused"
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), fused.state_dict().values()))
     with torch.no_grad():
         for m in plain.memories:  # trained-like cores, so that the pre-selection matters

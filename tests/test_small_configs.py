@@ -451,6 +451,14 @@ def test_gpu_pair_mps_serves_each_job_its_gpu(tmp_path):
         assert f"v=0 p={tmp_path / 'r'}/mps{g}/pipe" in out, out
     out = pair()
     assert "mps" not in out and "v=0 p=unset" in out and "v=1 p=unset" in out, out
+    for part in ("pair_sets", "pair_sets2"):  # the set's pairs run under MPS unless MPS=0 (measured so, session 10)
+        for mps, daemons in ((None, 2), ("0", 0)):
+            env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "R": str(tmp_path / part)}
+            env.pop("MPS", None)
+            env.update({"MPS": mps} if mps else {})
+            out = subprocess.run(["bash", "scripts/gpu_results.sh", part], cwd=ROOT, capture_output=True, text=True,
+                                 check=True, env=env).stdout
+            assert out.count("nvidia-cuda-mps-control -d") == daemons and "GPU 1: JOBS=4" in out, (part, mps, out[-2000:])
 
 
 def test_smi_summary_reports_idle_share(tmp_path):

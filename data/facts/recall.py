@@ -17,10 +17,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 
 from data.common import get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from train import Fatal, load_checkpoint, run_or_exit  # noqa: E402
+from model import GPT  # noqa: E402
+from train import Fatal, load_checkpoint, model_from_checkpoint, run_or_exit  # noqa: E402
 
-DEFAULTS = dict(out_dir="out/facts", facts="", limit=0, batch_size=256, device="auto")
+DEFAULTS = dict(out_dir="out/facts", facts="", limit=0, batch_size=256, device="auto",
+                mem_decode="")  # mem_decode: "" = the checkpoint's, "plain" | "fused" (memory.py)
 
 
 def recall(model: GPT, tok, facts: list[dict], batch_size: int, device: str) -> tuple[int, dict[str, list[int]]]:
@@ -56,9 +57,8 @@ def main(argv: list[str]) -> None:
         facts = [json.loads(line) for line in f]
     if cfg["limit"] > 0:
         facts = facts[: cfg["limit"]]
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval().to(device)
+    model = model_from_checkpoint(ckpt, cfg["mem_decode"])
+    model.to(device)
     tok = get_tokenizer(ckpt["meta"])
     try:
         hits, by_attr = recall(model, tok, facts, cfg["batch_size"], device)
