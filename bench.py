@@ -644,7 +644,7 @@ def bench_decode_model(name: str, cfg: dict, run: dict, dev: str, dtype: torch.d
     batches = _int_list(run["batches"]) or [1 << i for i in range(run["max_batch"].bit_length()) if 1 << i <= run["max_batch"]]
     info = {"name": name, "kind": model_kind(config), "params": meta.num_params(),
             "activated_params": meta.num_params(activated=True), "block_size": config.block_size,
-            "rows": [], "skipped": []}
+            "mem_decode": config.mem_decode if config.memory != "none" else None, "rows": [], "skipped": []}
     fit = list(batches)
     if dev.startswith("cuda"):
         free = torch.cuda.mem_get_info(torch.device(dev))[0]

@@ -194,7 +194,10 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 def model_from_checkpoint(ckpt: dict, mem_decode: str = "") -> GPT:
     """The checkpoint's model with its weights, in eval mode on the CPU (sample.py, scripts/eval_text.py,
     data/facts/recall.py). mem_decode "" keeps the checkpoint's setting; "plain" or "fused" replaces it (a
-    RUNTIME_MODEL_KEYS setting: no weight depends on it)."""
+    RUNTIME_MODEL_KEYS setting: no weight depends on it). Checked here, since a model without memory layers
+    does not check its memory settings."""
+    if mem_decode not in ("", "plain", "fused"):
+        raise Fatal(f"mem_decode must be '', 'plain' or 'fused', got {mem_decode!r}")
     args = dict(ckpt["model_args"], **({"mem_decode": mem_decode} if mem_decode else {}))
     try:
         model = GPT(GPTConfig(**args))

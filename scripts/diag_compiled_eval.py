@@ -8,8 +8,9 @@ is right; near 0 means the compiled graph picked other rows.
 
     PYTHONPATH=. python scripts/diag_compiled_eval.py [TOKENS] CONFIG.py [CONFIG.py ...] [--key=value ...]
 
---key=value overrides a config setting in every file, e.g. --mem_decode=fused (memory.py's fused no-gradient
-retrieval).
+--key=value overrides a config setting in every file, e.g. --mem_topm=16. For a TDQKR layer the evaluation and
+decoding graphs are checked with both no-gradient retrieval paths (mem_decode "fused", the default, and "plain",
+which checkpoints from before session 10 keep), and the two are compared eagerly.
 
 It exits 1, after a line naming each one, when any overlap is below DIAG_MIN_OVERLAP (default 0.9: right graphs
 measured 0.984-0.996 on the H200 in session 9, wrong ones 0.0004-0.25), so it can gate a GPU run.
@@ -95,33 +96,40 @@ def check(path: str, T: int, dev: str, overrides: dict) -> None:
     ac = lambda: torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda")
     h = torch.randn(max(1, T // 1024), min(T, 1024), D, device=dev)
     comp, sel = torch.compile(layer), torch.compile(layer.retrieve)
-    for train in (True, False):
+    x2 = h.reshape(-1, D)
+    # the no-gradient graphs for both retrieval paths of a TDQKR layer: "fused" is the default, and a checkpoint
+    # keeps the setting it was saved with (those from before session 10: "plain")
+    modes = ("fused", "plain") if layer.tdqkr else (layer.decode,)
+    for train, mode in ((True, layer.decode), *((False, m) for m in modes)):
         layer.train(train)
+        layer.decode = mode
         with ac(), torch.set_grad_enabled(train):
             ye, yc = layer(h)[0].detach(), comp(h)[0].detach()
-            re, rc = layer.retrieve(h.reshape(-1, D)), sel(h.reshape(-1, D))
-        what = 'train+grad' if train else 'eval+no_grad'
+            re, rc = layer.retrieve(x2), sel(x2)
+        what = 'train+grad' if train else 'eval+no_grad' + (f' ({mode})' if layer.tdqkr else '')
         print(f"  {what}: y rel {rel(yc, ye):.3e}, retrieval overlap {report(path, what, overlap(key(rc), key(re))):.4f}", flush=True)
     layer.eval()
     if layer.tdqkr:
-        parts(layer, h.reshape(-1, D), ac, path)
-    if layer.decode == "fused":  # the fused path against the plain one, both eager (bf16 near-ties apart)
-        with ac(), torch.no_grad():
-            rf = layer.retrieve(h.reshape(-1, D))
-            layer.decode = "plain"
-            rp = layer.retrieve(h.reshape(-1, D))
+        parts(layer, x2, ac, path)
+        with ac(), torch.no_grad():  # the fused path against the plain one, both eager (bf16 near-ties apart)
             layer.decode = "fused"
+            rf = layer.retrieve(x2)
+            layer.decode = "plain"
+            rp = layer.retrieve(x2)
         print(f"  eval fused vs plain, eager: retrieval overlap {report(path, 'fused vs plain', overlap(key(rf), key(rp))):.4f}", flush=True)
-    step = torch.compile(layer.select, fullgraph=True)
-    for B, S in ((4, 1), (1, 64)):
-        with ac(), torch.no_grad():
-            x = torch.randn(B, S, D, device=dev)
-            pos = torch.arange(S, device=dev)
-            layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
-            ae = layer.select(x, pos)[0]
-            layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
-            acmp = step(x, pos)[0]
-        print(f"  decode {B} x {S}: address overlap {report(path, f'decode {B} x {S}', overlap(acmp, ae)):.4f}", flush=True)
+    for mode in modes:
+        layer.decode = mode
+        step = torch.compile(layer.select, fullgraph=True)
+        for B, S in ((4, 1), (1, 64)):
+            with ac(), torch.no_grad():
+                x = torch.randn(B, S, D, device=dev)
+                pos = torch.arange(S, device=dev)
+                layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
+                ae = layer.select(x, pos)[0]
+                layer.setup_cache(B, 2048, torch.bfloat16 if dev == "cuda" else torch.float32, dev)
+                acmp = step(x, pos)[0]
+            what = f"decode {B} x {S}" + (f" ({mode})" if layer.tdqkr else "")
+            print(f"  {what}: address overlap {report(path, what, overlap(acmp, ae)):.4f}", flush=True)
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 

@@ -4,14 +4,15 @@ medium_mix (docs/RESULTS.md), usable on any run of train.py.
 
     python scripts/eval_text.py --out_dir=out/small/ultramem_s1 --text=../shared/data/tinyshakespeare.txt
                                 [--max_tokens=0] [--batch_size=8] [--block_size=0] [--device=auto] [--dtype=auto]
-                                [--out=FILE.json]
+                                [--out=FILE.json] [--mem_decode=plain|fused]
 
 The text is encoded with the checkpoint's own tokenizer (GPT-2 for medium_mix, the alphabet for a char
 dataset) after one end-of-text token, as a document follows one in training. The ids are cut into
 consecutive windows of block_size inputs (0: the model's), each input predicting the next id, so every id but
 the leading end-of-text is predicted exactly once, the first ones of each window with a shorter context. The
 mean cross-entropy per predicted token (nats) and its perplexity are printed, and written with the counts to
---out as JSON when given. max_tokens > 0 scores only the text's first max_tokens ids. A missing or corrupt
+--out as JSON when given. --mem_decode replaces the checkpoint's setting of TDQKR's no-gradient retrieval
+(memory.py; "" keeps it). max_tokens > 0 scores only the text's first max_tokens ids. A missing or corrupt
 checkpoint, a missing or empty text, or a character the tokenizer does not know stops with one line and
 status 1.
 """
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> None:
     total, n = text_loss(model, ids, block, cfg["batch_size"], device, ctx, cfg["progress"])
     loss = total / n
     res = {"out_dir": cfg["out_dir"], "text": cfg["text"], "step": ckpt["step"], "tokens": n, "block_size": block,
-           "dtype": dtype, "loss": loss, "perplexity": math.exp(loss)}
+           "dtype": dtype, "mem_decode": model.config.mem_decode, "loss": loss, "perplexity": math.exp(loss)}
     print(f"{cfg['text']}: loss {loss:.4f} nats/token (perplexity {math.exp(loss):.2f}) over {n:,} tokens, "
           f"{cfg['out_dir']} at step {ckpt['step']}")
     if cfg["out"]:

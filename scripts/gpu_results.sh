@@ -37,7 +37,7 @@
 #   bash scripts/gpu_results.sh smoke           # first, after a change: Table 1's models for 20 steps each
 #   bash scripts/gpu_results.sh diag            # after a change to the retrieval: compiled against eager for every
 #                                               # TDQKR table size of the set (diag_paper: the paper's sizes); exits 1 if wrong
-#                                               # (DIAG_ARGS=--mem_decode=fused: checks the fused decode path)
+#                                               # (both no-gradient paths, mem_decode fused and plain; DIAG_ARGS=--key=value: settings)
 # Measured 2026-11-29 (session 7, one part per GPU of nvidia-h200-x2 machines): set1 575 s (cut at its limit during
 # the last scoring), set2 563 s, set3 500 s, set4 366 s: 33.4 minutes, before the staggered starts below; session
 # 8 (staggered starts, compiled evaluation, x24 in set1): 575 s (cut), 504, 463, 469 s: 33.5 minutes; session 9
@@ -117,7 +117,7 @@ case $PART in
       cfgs="sparsity_x3 sparsity_x6 ablation/07_tdqkr ablation/08_mcs ultramem sparsity_x24"; dir=config/small
     else cfgs="ultramem_151m ultramem_680m ultramem_1p6b"; dir=config; fi
     cmd=(python scripts/diag_compiled_eval.py 8192); for c in $cfgs; do cmd+=("$dir/$c.py"); done
-    cmd+=(${DIAG_ARGS:-})  # e.g. DIAG_ARGS=--mem_decode=fused
+    cmd+=(${DIAG_ARGS:-})  # e.g. DIAG_ARGS=--mem_topm=16
     if [ -n "${DRY:-}" ]; then echo "${cmd[*]}"; exit 0; fi
     mkdir -p "$OUT"  # pipefail and set -e: a failed check ends the script with the diag's status
     PYTHONPATH=. "${cmd[@]}" 2>&1 | { grep --line-buffered -v "^W[0-9]" || true; } | tee "$OUT/$PART.txt"; exit 0 ;;

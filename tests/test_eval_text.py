@@ -98,12 +98,14 @@ def test_mem_decode_is_the_checkpoints_unless_given(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     (tmp_path / "t.txt").write_text(TEXT)
     losses = []
-    for setting in ("", "fused"):
+    for setting, ran in (("", "plain"), ("fused", "fused")):
         r = _run(f"--out_dir={tmp_path / 'run'}", f"--text={tmp_path / 't.txt'}", f"--mem_decode={setting}",
                  f"--out={tmp_path / 'r.json'}")
         assert r.returncode == 0, r.stderr
-        losses.append(json.loads((tmp_path / "r.json").read_text())["loss"])
+        res = json.loads((tmp_path / "r.json").read_text())
+        assert res["mem_decode"] == ran  # the setting the model ran with
+        losses.append(res["loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     r = _run(f"--out_dir={tmp_path / 'run'}", f"--text={tmp_path / 't.txt'}", "--mem_decode=fast")
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "error: bad model config: mem_decode must be 'plain' or 'fused', got 'fast'"], r.stderr
+        "error: mem_decode must be '', 'plain' or 'fused', got 'fast'"], r.stderr

@@ -477,6 +477,24 @@ def test_smi_summary_reports_idle_share(tmp_path):
     assert early[0] == {"samples": 2, "span_s": 2.0, "mean_util": 75.0, "idle_share": 0.0, "peak_mem_mib": 3000.0}
 
 
+def test_diag_compiled_eval_checks_both_retrieval_paths(monkeypatch, capsys, tmp_path):
+    """The real check on a tiny TDQKR layer (Inductor on this CPU, where compiled equals eager): training, then
+    evaluation and both decode shapes with each no-gradient path (fused, the default, and plain), the fused path
+    against the plain one eagerly; every overlap 1 and nothing reported."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import diag_compiled_eval as diag
+    monkeypatch.setattr(diag, "FAILED", [])
+    cfg = tmp_path / "tiny.py"
+    cfg.write_text('memory = "ultramem"\nn_layer = 2\nn_embd = 32\nn_head = 2\nmem_layers = "0:1"\nmem_knum = 6\n'
+                   'mem_kdim = 8\nmem_heads = 2\nmem_topm = 4\nmem_vdim = 16\n')
+    diag.check(str(cfg), 16, "cpu", {})
+    out = capsys.readouterr().out
+    for what in ("train+grad", "eval+no_grad (fused)", "eval+no_grad (plain)", "eval fused vs plain",
+                 "decode 4 x 1 (fused)", "decode 1 x 64 (fused)", "decode 4 x 1 (plain)", "decode 1 x 64 (plain)"):
+        assert f"{what}" in out and out.split(what)[1].split("\n")[0].rstrip().endswith("1.0000"), (what, out)
+    assert diag.FAILED == []
+
+
 def test_diag_compiled_eval_exits_non_zero_below_the_overlap(monkeypatch, capsys):
     """scripts/diag_compiled_eval.py gates a GPU run: every overlap under DIAG_MIN_OVERLAP is named on a WRONG line
     and the script exits 1; when all agree it says so and exits 0 (the checks replaced by fixed overlaps here; the

@@ -183,6 +183,7 @@ def test_sample_from_checkpoint(data_dir, tmp_path):
     assert p.stdout.split("-" * 60 + "\n")[1].startswith("Alia")
     one_line_error(run("sample.py", f"--out_dir={tmp_path}", "--start=FILE:/no/such/prompt", check=False), 1, "prompt file")
     one_line_error(run("sample.py", f"--out_dir={tmp_path / 'nothing'}", check=False), 1, "no checkpoint")
+    one_line_error(run("sample.py", f"--out_dir={tmp_path}", "--mem_decode=fast", check=False), 1, "mem_decode must be")
 
 
 def test_ddp_matches_single_process(data_dir, tmp_path):
@@ -222,6 +223,7 @@ def test_facts_recall_runs(data_dir, tmp_path):
     p = run("data/facts/recall.py", f"--out_dir={tmp_path}", "--limit=12", "--device=cpu")
     assert p.stdout.startswith("recalled ") and " of 12 facts exactly" in p.stdout
     one_line_error(run("data/facts/recall.py", f"--out_dir={tmp_path}", "--facts=/no/facts.jsonl", check=False), 1, "facts file")
+    one_line_error(run("data/facts/recall.py", f"--out_dir={tmp_path}", "--mem_decode=fast", check=False), 1, "mem_decode must be")
 
 
 def test_lr_schedule():
