@@ -61,8 +61,8 @@ class MemoryConfig:
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
     # per layer and step; "plain" runs the training path's code (as does the init's calibration, so the weights
     # do not depend on this). Fused is the default since session 10: on the H200 its compiled graphs agree with
-    # eager for every TDQKR table size of config/small/ and for the paper's three sizes (scripts/diag_compiled_eval.py
-    # --mem_decode=fused; an older fused path was compiled wrong there, session 9), and it decodes UltraMem-1.6B
+    # eager for every TDQKR table size of config/small/ and for the paper's three sizes (scripts/diag_compiled_eval.py,
+    # which checks both paths; an older fused path was compiled wrong there, session 9), and it decodes UltraMem-1.6B
     # 0.06-0.10 ms per step faster at batch 1-64 (docs/BENCHMARKS.md, "Session 10")
 
     def __post_init__(self):
