@@ -896,11 +896,7 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         autocast = torch.autocast("cuda" if cuda else "cpu", dtype=dt) if dt != torch.float32 else nullcontext()
         use_compile = cfg["compile"] if cfg["compile"] is not None else cuda
         info["compiled"] = ("blocks" if cfg["compile_blocks"] else "model") if use_compile else False
-        fwd = model
-        if use_compile and cfg["compile_blocks"]:  # train.py's regional compilation (GPT.compile_blocks)
-            model.compile_blocks()
-        elif use_compile:
-            fwd = torch.compile(model)
+        fwd = model.compiled(cfg["compile_blocks"]) if use_compile else model  # as train.py compiles
         g = torch.Generator(device=dev).manual_seed(0)
         x = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)
         y = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)

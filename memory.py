@@ -187,24 +187,34 @@ def tdqkr_retrieve(s_row: Tensor, s_col: Tensor, cores: Tensor, u: Tensor, t: Te
     (rank-1 scores, the summed m x m grid) is computed without gradient; the per-core scores of the m winners
     are recomputed from gathered rows, so the backward never touches an (m x m x h) tensor."""
     T, H, n, r = s_row.shape
-    h = cores.shape[1]
     with torch.no_grad():  # the pre-selection yields indices only, in any order
         pre_r = _rdot(s_row, u.to(s_row.dtype)[None, :, None, :])  # (T, H, n) rank-1 scores
         pre_c = _rdot(s_col, t.to(s_col.dtype)[None, :, None, :])
         sel_r, sel_c = kernels.topk_indices(pre_r, m, False, topk), kernels.topk_indices(pre_c, m, False, topk)
     sr = s_row.gather(2, sel_r.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r)
     sc = s_col.gather(2, sel_c.unsqueeze(-1).expand(T, H, m, r))
-    # A[t, a, c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core
-    a = _rdot(sr[:, :, None, :, None, :], cores.to(sr.dtype).transpose(-1, -2)[None, :, :, None])  # (T, H, h, m, r)
+    return _tucker_top(sel_r, sel_c, sr, sc, cores.to(sr.dtype).transpose(-1, -2)[None, :, :, None], m, topk)
+
+
+def _tucker_top(sel_r: Tensor, sel_c: Tensor, sr: Tensor, sc: Tensor, cores_t: Tensor, m: int,
+                topk: str) -> tuple[Tensor, Tensor, Tensor]:
+    """TDQKR's exact step on the pre-selected candidates, for two leading dims (B0, B1) in either order
+    (tdqkr_retrieve: token, head; tdqkr_retrieve_fused: head, token): sel_r, sel_c (B0, B1, m) the candidates'
+    rows and columns, sr, sc (B0, B1, m, r) their scores, cores_t the cores transposed, C^(c)^T, broadcastable to
+    (B0, B1, h, 1, r, r). Returns row, col (B0, B1, m) and the winners' per-core scores (B0, B1, m, h)."""
+    B0, B1, _, r = sr.shape
+    h = cores_t.shape[2]
+    # A[., ., c, i, l] = sum_k S_row[i, k] C^(c)[k, l]: the candidate rows through each core
+    a = _rdot(sr[:, :, None, :, None, :], cores_t)  # (B0, B1, h, m, r)
     with torch.no_grad():  # grid[i, j] = sum_l (sum_c A[c, i, l]) S_col[j, l]: the summed Tucker scores, in the
         # scores' dtype (CUDA autocast runs torch.sum in fp32, which made the 151M step's grid top-k read fp32 rows:
         # torch.topk's radix select then takes 4 passes, not 2; the pre-selection already selects in bf16)
-        grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :]).to(s_row.dtype)  # (T, H, m, m)
-        top = kernels.topk_indices(grid.flatten(2), m, False, topk)  # (T, H, m) into the m*m candidates
+        grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :]).to(sr.dtype)  # (B0, B1, m, m)
+        top = kernels.topk_indices(grid.flatten(2), m, False, topk)  # (B0, B1, m) into the m*m candidates
     i, j = top // m, top % m
-    ai = a.gather(3, i[:, :, None, :, None].expand(T, H, h, m, r))  # (T, H, h, m, r) the winners' rows
-    sj = sc.gather(2, j.unsqueeze(-1).expand(T, H, m, r))  # (T, H, m, r) and columns
-    scores = _rdot(ai, sj[:, :, None]).transpose(2, 3)  # (T, H, m, h)
+    ai = a.gather(3, i[:, :, None, :, None].expand(B0, B1, h, m, r))  # (B0, B1, h, m, r) the winners' rows
+    sj = sc.gather(2, j.unsqueeze(-1).expand(B0, B1, m, r))  # (B0, B1, m, r) and columns
+    scores = _rdot(ai, sj[:, :, None]).transpose(2, 3)  # (B0, B1, m, h)
     return sel_r.gather(2, i), sel_c.gather(2, j), scores
 
 
@@ -217,7 +227,6 @@ def tdqkr_retrieve_fused(q: Tensor, keys: Tensor, cores: Tensor, u: Tensor, t: T
     no strided view of its output is stacked (the variant that did was compiled wrong on the H200: head_scores)."""
     T, H = q.shape[:2]
     n, r, Dk = keys.shape[2:]
-    h = cores.shape[1]
     s = torch.bmm(q.permute(1, 2, 0, 3).reshape(2 * H, T, Dk), keys.reshape(2 * H, n * r, Dk).transpose(1, 2))
     s = s.view(H, 2, T, n, r)  # contiguous: [head, side, token] rows
     pre = _rdot(s, torch.stack([u, t], 1).to(s.dtype)[:, :, None, None, :])  # (H, 2, T, n) rank-1 scores
@@ -225,15 +234,8 @@ def tdqkr_retrieve_fused(q: Tensor, keys: Tensor, cores: Tensor, u: Tensor, t: T
     pre_impl = kernels.topk_auto_impl((H, T, n), pre.dtype, pre.is_cuda) if topk == "auto" else topk
     sel = kernels.topk_indices(pre, m, False, pre_impl)  # (H, 2, T, m) rows' and columns' candidates, one call
     g = s.gather(3, sel.unsqueeze(-1).expand(H, 2, T, m, r))  # (H, 2, T, m, r) their scores
-    sr, sc = g[:, 0], g[:, 1]  # (H, T, m, r)
-    a = _rdot(sr[:, :, None, :, None, :], cores.to(s.dtype).transpose(-1, -2)[:, None, :, None])  # (H, T, h, m, r)
-    grid = _rdot(a.sum(2)[:, :, :, None, :], sc[:, :, None, :, :]).to(s.dtype)  # (H, T, m, m) summed Tucker scores
-    top = kernels.topk_indices(grid.flatten(2), m, False, topk)  # (H, T, m)
-    i, j = top // m, top % m
-    ai = a.gather(3, i[:, :, None, :, None].expand(H, T, h, m, r))  # (H, T, h, m, r)
-    sj = sc.gather(2, j.unsqueeze(-1).expand(H, T, m, r))  # (H, T, m, r)
-    scores = _rdot(ai, sj[:, :, None]).transpose(2, 3)  # (H, T, m, h)
-    rows, cols = sel[:, 0].gather(2, i), sel[:, 1].gather(2, j)  # (H, T, m)
+    cores_t = cores.to(s.dtype).transpose(-1, -2)[:, None, :, None]  # (H, 1, h, 1, r, r)
+    rows, cols, scores = _tucker_top(sel[:, 0], sel[:, 1], g[:, 0], g[:, 1], cores_t, m, topk)  # (H, T, ...)
     return rows.transpose(0, 1), cols.transpose(0, 1), scores.transpose(0, 1)
 
 

@@ -457,6 +457,14 @@ class GPT(nn.Module):
             m.compile(**kwargs)
         self.logits_loss = torch.compile(self.logits_loss, **kwargs)  # the instance's, over the method
 
+    def compiled(self, blocks: bool, **kwargs) -> nn.Module:
+        """What to call for a compiled forward (train.py, bench.py): with blocks, this model, its parts compiled in
+        place (compile_blocks); otherwise torch.compile(self), a wrapper around the eager model."""
+        if blocks:
+            self.compile_blocks(**kwargs)
+            return self
+        return torch.compile(self, **kwargs)
+
     @torch.no_grad()
     def refresh(self) -> None:
         """Recompute derived, non-trainable state of submodules (e.g. UltraMem's rank-1 TDQKR selection

@@ -368,10 +368,8 @@ def main(argv: list[str]) -> None:
               f"{model.flops_per_token() / 1e9:.3f} GFLOPs/token forward (paper's count); "
               f"{tokens_per_step:,} tokens per step on {world} x {dev} in {dtype}")
     raw_model = model
-    if use_compile and cfg["compile_blocks"]:
-        raw_model.compile_blocks()  # in place: raw_model's blocks, memory layers and loss are compiled
-    elif use_compile:
-        model = torch.compile(model)
+    if use_compile:  # by blocks: in place, raw_model's blocks, memory layers and loss are compiled
+        model = raw_model.compiled(cfg["compile_blocks"])
     eval_model = model if use_compile and cfg["eval_compile"] else raw_model  # not through DDP: no gradients to sync
     # compiled blocks are part of raw_model: an eager evaluation must tell torch.compile to stand aside
     eval_stance = "force_eager" if use_compile and not cfg["eval_compile"] and cfg["compile_blocks"] else "default"

@@ -13,9 +13,9 @@ decoding graphs are checked with both no-gradient retrieval paths (mem_decode "f
 which checkpoints from before session 10 keep), and the two are compared eagerly.
 
 It exits 1, after a line naming each one, when any overlap is below DIAG_MIN_OVERLAP (default 0.9: right graphs
-measured 0.984-0.996 on the H200 in session 9, wrong ones 0.0004-0.25), so it can gate a GPU run.
+measured 0.973-0.996 on the H200 in sessions 9 and 10, wrong ones 0.0004-0.25), so it can gate a GPU run.
 
-Session 9's run (docs/runs/2026-11-30_s9_diag_compiled_eval.txt) found the part: the no-gradient path then
+Session 9's run (docs/runs/2026-11-30_s9_diag_compiled_eval_before_fix.txt) found the part: the no-gradient path then
 scored rows and columns in one batched matmul (head_scores returned strided views of its output) and pre-selected
 both in one stacked top-k call; replacing either with the training path's code made the compiled graph right,
 and memory.py now has one path for both (a DIAG_VARIANTS switch that swapped them is gone with them). The
