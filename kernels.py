@@ -4,11 +4,12 @@ Triton kernels, each next to its plain-PyTorch reference with the same signature
     mem_lookup(values, rows, blocks, scores, E) -> pooled (T, E, Dv)     the one function memory.py calls
     moe_grouped_mm(x, w, offs, gelu=False) -> (M, N)                     MoE decoding (model.py, moe_impl)
     moe_gather_mm(x, w, ids, x_div=1) -> (M, N) fp32                     MoE decoding of a few tokens
+    moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) fp32  the whole MoE layer, a few tokens
     topk_indices(x, k, sorted=True, impl="auto") -> (..., k) int64       the retrieval's top-k (mem_topk)
     decode_attention(q, k, v, input_pos) -> (B, H, T, D)                 split-KV decode attention (attn_decode)
 
 The first is the memory layer's lookup (spec sections 3, 5, 6: steps 7-8, the IVE decode, MCS weighting
-and pooling per virtual block); topk_indices serves the retrieval (no gradient); the other three are
+and pooling per virtual block); topk_indices serves the retrieval (no gradient); the other four are
 inference-only. Each has its own section below.
 
 The lookup is the custom op `ultramem::mem_lookup` (forward) with `ultramem::mem_lookup_bwd` as its autograd
@@ -880,6 +881,253 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
         raise RuntimeError("moe_gather_mm is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
     return torch.ops.ultramem.moe_gather_mm(x, w, ids, x_div)
+
+
+# ===================================================================================================
+# The MoE layer's decode step for a few tokens, fused into four launches
+#
+#     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) fp32     the custom op `ultramem::moe_decode`
+#
+# The whole layer for N tokens (N * top_k token-slots up to MOE_DECODE_MAX_SLOTS): x (N, D), router_w (E, D)
+# (nn.Linear's weight), w_fc (E, D, F), w_proj (E, F, D). Why: at 1-4 tokens the layer's bandwidth floor is
+# 18-68 us (two to eight experts of the MoE-1.6B shape), and the unfused path's ten or so small kernels
+# (router GEMV, softmax, top-k, renormalisation, the two gathered projections, their split-K sums, GeLU, cast,
+# weighting) cost 15-30 us on top of kernels that stream at 1.9x their floor (docs/BENCHMARKS.md, issue 5).
+#   logits,  grid (N, E):             x[t] . router_w[e] in fp32, a row per program.
+#   fc,      grid (slots, F / fc_block_n):   h = GeLU(x @ w_fc[e]) in w's dtype, the whole K per program.
+#   proj,    grid (slots, D / block_n, K splits): fp32 partials (splits, slots, D) of h @ w_proj[e].
+#   combine, grid (N, D / BLOCK_D):   y[t] = sum_j weight of slot t*k+j x (the sum of its partials), fp32.
+# There is no routing kernel: every program of fc, proj and combine loads the (N, E) logits (a few KB, from
+# L2) and runs the softmax and top-k of all the slots itself (_moe_slots; first index on ties, as torch's on
+# CPU). A program of fc or proj takes one token-slot j's expert e and, if no earlier slot chose e, all the
+# slots that chose e (one BLOCK_M tile; padding rows are masked loads, which read nothing): it streams
+# w[e]'s (K range, BLOCK_N) block once through tl.dot. So an expert is read once however many of the batch's
+# tokens chose it, with no sort and no host synchronisation; the programs of a repeated expert's later slots
+# do no K steps. fc takes no K split, so that GeLU and the rounding to the weights' dtype (the unfused path's
+# rounding of the hidden activations) happen in its epilogue: a K split there would need the hidden summed
+# before the GeLU, and the first version, which summed fc's partials and applied GeLU in proj's loop, streamed
+# proj at 0.5 TB/s (2026-11-30, docs/BENCHMARKS.md). proj's K splits are chosen from static shapes so that a
+# single token fills the GPU (programs_per_sm per SM, taking every slot's expert as distinct), with at least
+# min_k_steps BLOCK_K steps per program. Deterministic: every sum in a fixed order, no atomics. Inference only,
+# like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's routing, then
+# moe_gather_mm_reference's row products).
+
+# Launch parameters of the fc and proj kernels, for the H200 (132 SMs): fc_block_n fc's output columns per
+# program, block_n proj's; block_k, warps and stages both kernels'.
+MOE_DECODE_CONFIG = {"fc_block_n": 32, "block_n": 64, "block_k": 128, "warps": 4, "stages": 3, "programs_per_sm": 2,
+                     "sms": 132, "min_k_steps": 2}
+MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2
+
+
+def moe_decode_reference(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
+                         renorm: bool) -> Tensor:
+    """x (N, D), router_w (E, D), w_fc (E, D, F), w_proj (E, F, D) -> (N, D) float32 (float64 for float64
+    inputs): softmax(x @ router_w.T) in fp32, its top_k (renormalised to sum 1 if renorm), and the sum of the
+    chosen experts' gelu(x @ w_fc[e]) @ w_proj[e] times their weights, the hidden rounded to w_fc's dtype."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    N, k = x.shape[0], top_k
+    probs = (x.to(acc) @ router_w.to(acc).T).softmax(dim=-1)  # (N, E)
+    weights, experts = probs.topk(k, dim=-1)  # (N, k)
+    if renorm:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    ids = experts.reshape(-1)  # (N*k,) slot j of token t at t*k + j
+    h = torch.nn.functional.gelu(moe_gather_mm_reference(x, w_fc, ids, k)).to(w_fc.dtype)  # (N*k, F)
+    ys = moe_gather_mm_reference(h, w_proj, ids)  # (N*k, D)
+    return (ys.view(N, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
+
+
+def _moe_decode_splits(M: int, N: int, K: int) -> tuple[int, int]:
+    """proj's (K splits, K per split, a multiple of BLOCK_K) for M token-slots, N output columns, K inputs."""
+    cfg = MOE_DECODE_CONFIG
+    tiles = max(1, M * triton.cdiv(N, cfg["block_n"]))
+    most = max(1, triton.cdiv(K, cfg["block_k"] * cfg["min_k_steps"]))
+    want = max(1, min(triton.cdiv(cfg["programs_per_sm"] * cfg["sms"], tiles), most))
+    per = triton.cdiv(triton.cdiv(K, want), cfg["block_k"]) * cfg["block_k"]
+    return triton.cdiv(K, per), per
+
+
+if triton is not None:
+
+    @triton.jit
+    def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, E, D, sxm, sxd, swe, swd, BLOCK_D: tl.constexpr):
+        # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program
+        t = tl.program_id(0)
+        e = tl.program_id(1)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            dmask = ds < D
+            xv = tl.load(x_ptr + t.to(tl.int64) * sxm + ds * sxd, mask=dmask, other=0.0)
+            wv = tl.load(rw_ptr + e.to(tl.int64) * swe + ds * swd, mask=dmask, other=0.0)
+            acc += xv.to(tl.float32) * wv.to(tl.float32)
+        tl.store(logits_ptr + t * E + e, tl.sum(acc, axis=0))
+
+    @triton.jit
+    def _moe_slots(logits_ptr, M, E, TOP_K: tl.constexpr, RENORM: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_E: tl.constexpr):
+        # the routing of the M = N * TOP_K token-slots from the (N, E) logits: slot r = t * TOP_K + j is token t's
+        # j-th choice. Row r of a (BLOCK_M, BLOCK_E) tile holds token r // TOP_K's logits (a few KB from L2), so
+        # every row runs the top-k itself and keeps its own pick, with no exchange between rows. Softmax as
+        # torch's (exp(l - max) / sum), top-k by repeated max (the first index on ties). Returns the slots'
+        # experts (BLOCK_M,) int32, -1 on padding rows, and their weights (BLOCK_M,) fp32.
+        rows = tl.arange(0, BLOCK_M)
+        es = tl.arange(0, BLOCK_E)
+        rmask = rows < M
+        emask = (es < E)[None, :]
+        lg = tl.load(logits_ptr + (rows // TOP_K)[:, None] * E + es[None, :], mask=rmask[:, None] & emask, other=0.0)
+        lg = tl.where(emask, lg, float("-inf"))
+        p = tl.exp(lg - tl.max(lg, axis=1)[:, None])
+        p = tl.where(emask, p / tl.sum(p, axis=1)[:, None], -1.0)  # probabilities are >= 0: -1 is "taken"
+        j_r = rows % TOP_K
+        slot_e = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        slot_w = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for j in tl.static_range(TOP_K):
+            best = tl.max(p, axis=1)
+            idx = tl.min(tl.where(p == best[:, None], es[None, :], BLOCK_E), axis=1)
+            slot_e = tl.where(j_r == j, idx, slot_e)
+            slot_w = tl.where(j_r == j, best, slot_w)
+            total += best
+            p = tl.where(es[None, :] == idx[:, None], -1.0, p)
+        if RENORM:
+            slot_w = slot_w / total
+        return tl.where(rmask, slot_e, -1), slot_w
+
+    @triton.jit
+    def _moe_decode_mm_kernel(x_ptr, w_ptr, logits_ptr, out_ptr, M, N, K, E, k_per_split, sxm, sxk, swg, swk, swn,
+                              TOP_K: tl.constexpr, X_DIV: tl.constexpr, GELU_OUT: tl.constexpr,
+                              DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+        # program (token-slot j, BLOCK_N columns, K split); see the section header. x's row of slot r is r // X_DIV.
+        # GELU_OUT (fc, one split): out (M, N) in w's dtype gets GeLU of the sum; else (proj) out (splits, M, N)
+        # gets the fp32 partial sums of the program's K split
+        j = tl.program_id(0)
+        split = tl.program_id(2)
+        rows = tl.arange(0, BLOCK_M)
+        slot_e, _ = _moe_slots(logits_ptr, M, E, TOP_K, False, BLOCK_M, BLOCK_E)
+        e = tl.sum(tl.where(rows == j, slot_e, 0), axis=0)
+        first = tl.sum(((slot_e == e) & (rows < j)).to(tl.int32), axis=0) == 0  # no earlier slot chose e
+        same = slot_e == tl.where(first, e, -2)  # (BLOCK_M,): the slots this program computes (padding rows hold -1)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = cols < N
+        k_start = split * k_per_split
+        k_end = tl.where(first, tl.minimum(k_start + k_per_split, K), k_start)  # a later slot of e: no K steps
+        x_rows = x_ptr + (rows // X_DIV).to(tl.int64)[:, None] * sxm
+        w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < k_end
+            a = tl.load(x_rows + ks[None, :] * sxk, mask=same[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            if DOT_FP32:
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        omask = same[:, None] & nmask[None, :]
+        if GELU_OUT:
+            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+            tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                     mask=omask)
+        else:
+            tl.store(out_ptr + (split * M + rows).to(tl.int64)[:, None] * N + cols[None, :], acc, mask=omask)
+
+    @triton.jit
+    def _moe_combine_kernel(part_ptr, logits_ptr, out_ptr, M, D, E, N_SPLITS: tl.constexpr, TOP_K: tl.constexpr,
+                            RENORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
+        # program (token t, BLOCK_D columns): y[t] = sum_j weight of slot t*k+j x (the sum of its K-split partials)
+        t = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = cols < D
+        rows = tl.arange(0, BLOCK_M)
+        _, slot_w = _moe_slots(logits_ptr, M, E, TOP_K, RENORM, BLOCK_M, BLOCK_E)
+        y = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for j in tl.static_range(TOP_K):
+            r = t * TOP_K + j
+            ys = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            for s in tl.static_range(N_SPLITS):
+                ys += tl.load(part_ptr + (s * M + r).to(tl.int64) * D + cols, mask=dmask, other=0.0)
+            y += tl.sum(tl.where(rows == r, slot_w, 0.0), axis=0) * ys
+        tl.store(out_ptr + t.to(tl.int64) * D + cols, y, mask=dmask)
+
+
+def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int) -> None:
+    N, D = x.shape if x.dim() == 2 else (-1, -1)
+    if x.dim() != 2 or router_w.dim() != 2 or w_fc.dim() != 3 or w_proj.dim() != 3 or router_w.shape[1] != D \
+            or w_fc.shape[:2] != (router_w.shape[0], D) or w_proj.shape != (w_fc.shape[0], w_fc.shape[2], D):
+        raise ValueError(f"moe_decode: bad shapes x {tuple(x.shape)}, router_w {tuple(router_w.shape)}, w_fc "
+                         f"{tuple(w_fc.shape)}, w_proj {tuple(w_proj.shape)} (need x (N, D), router_w (E, D), "
+                         f"w_fc (E, D, F), w_proj (E, F, D))")
+    if not 1 <= top_k <= router_w.shape[0]:
+        raise ValueError(f"moe_decode: top_k={top_k} must be in 1..{router_w.shape[0]} (the experts)")
+    if N * top_k > MOE_DECODE_MAX_SLOTS:
+        raise ValueError(f"moe_decode: {N} tokens x top_{top_k} = {N * top_k} token-slots, more than "
+                         f"MOE_DECODE_MAX_SLOTS={MOE_DECODE_MAX_SLOTS} (use moe_grouped_mm for larger batches)")
+    if not (x.dtype == w_fc.dtype == w_proj.dtype) or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"moe_decode: x, w_fc and w_proj must share a dtype of bf16, fp16 or fp32, got "
+                         f"{x.dtype}, {w_fc.dtype}, {w_proj.dtype}")
+
+
+def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
+                         renorm: bool) -> tuple[Tensor, list]:
+    """The output (N, D) fp32 and the four launches that fill it, in order (logits, fc, proj, combine), as
+    callables: moe_decode runs them all; bench_moe.py times them one at a time."""
+    N, D = x.shape
+    E, _, Fh = w_fc.shape
+    M = N * top_k
+    out = _empty(N, D, dtype=torch.float32, device=x.device)
+    if N == 0:
+        return out, []
+    cfg, cuda = MOE_DECODE_CONFIG, x.is_cuda
+    logits = _empty(N, E, dtype=torch.float32, device=x.device)
+    h = _empty(M, Fh, dtype=w_fc.dtype, device=x.device)  # the slots' hidden activations, after GeLU
+    s_pj, per_pj = _moe_decode_splits(M, D, Fh)
+    ys = _empty(s_pj, M, D, dtype=torch.float32, device=x.device)
+    route = dict(TOP_K=top_k, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_E=max(16, triton.next_power_of_2(E)))
+    mm = dict(DOT_FP32=x.dtype == torch.float32 or not cuda, BLOCK_K=cfg["block_k"], num_warps=cfg["warps"],
+              num_stages=cfg["stages"], **route)
+    block_d = min(1024, triton.next_power_of_2(D))
+    # the expert weights keep their strides: a copy would read every expert
+    return out, [
+        lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, E, D, x.stride(0), x.stride(1),
+                        router_w.stride(0), router_w.stride(1), BLOCK_D=min(2048, triton.next_power_of_2(D)),
+                        num_warps=4),
+        lambda: _launch(_moe_decode_mm_kernel, (M, triton.cdiv(Fh, cfg["fc_block_n"]), 1), cuda, x, w_fc, logits, h,
+                        M, Fh, D, E, D, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2),
+                        X_DIV=top_k, GELU_OUT=True, BLOCK_N=cfg["fc_block_n"], **mm),
+        lambda: _launch(_moe_decode_mm_kernel, (M, triton.cdiv(D, cfg["block_n"]), s_pj), cuda, h, w_proj, logits,
+                        ys, M, D, Fh, E, per_pj, h.stride(0), h.stride(1), w_proj.stride(0), w_proj.stride(1),
+                        w_proj.stride(2), X_DIV=1, GELU_OUT=False, BLOCK_N=cfg["block_n"], **mm),
+        lambda: _launch(_moe_combine_kernel, (N, triton.cdiv(D, block_d)), cuda, ys, logits, out, M, D, E,
+                        N_SPLITS=s_pj, RENORM=renorm, BLOCK_D=block_d, num_warps=4, **route),
+    ]
+
+
+def _moe_decode_triton(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
+                       renorm: bool) -> Tensor:
+    out, launches = _moe_decode_launches(x, router_w, w_fc, w_proj, top_k, renorm)
+    for launch in launches:
+        launch()
+    return out
+
+
+@torch.library.triton_op("ultramem::moe_decode", mutates_args=())
+def _moe_decode_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool) -> Tensor:
+    if _use_triton(x):
+        return _moe_decode_triton(x, router_w, w_fc, w_proj, top_k, renorm)
+    return moe_decode_reference(x, router_w, w_fc, w_proj, top_k, renorm)
+
+
+def moe_decode(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool) -> Tensor:
+    """The MoE layer for a few tokens, routing included (see the section header): (N, D) float32. The custom
+    op, Triton on CUDA, the reference on the CPU. Inference only: raises RuntimeError if grad mode is on and
+    an input requires grad."""
+    _moe_decode_check(x, router_w, w_fc, w_proj, top_k)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, router_w, w_fc, w_proj)):
+        raise RuntimeError("moe_decode is inference only (no autograd formula): call it under "
+                           "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
+    return torch.ops.ultramem.moe_decode(x, router_w, w_fc, w_proj, top_k, renorm)
 
 
 # ===================================================================================================

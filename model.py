@@ -48,8 +48,9 @@ class GPTConfig(MemoryConfig):
     moe_renorm: bool = True  # renormalise the k chosen router weights to sum to 1
     moe_aux_coef: float = 0.01  # Switch/GShard load-balancing loss coefficient
     moe_z_coef: float = 0.0  # router z-loss coefficient (ST-MoE); 0 disables
-    moe_impl: str = "auto"  # "auto" (CUDA: gather for 1-2 tokens and triton up to 1024 when decoding, else
-    # grouped; CPU: loop) | "grouped" | "triton" | "loop" | "gather" (inference of a few tokens: kernels.moe_gather_mm)
+    moe_impl: str = "auto"  # "auto" (CUDA: fused for 1-MOE_FUSED_MAX_TOKENS tokens and triton up to 1024 when
+    # decoding, else grouped; CPU: loop) | "grouped" | "triton" | "loop" | inference of a few tokens: "fused" (the
+    # whole layer, routing included, in kernels.moe_decode) or "gather" (kernels.moe_gather_mm)
     # cached decoding's attention (docs/BENCHMARKS.md, decode): "sdpa" (masked scaled_dot_product_attention)
     # | "matmul" (two batched matmuls) | "flex" (FlexAttention's split-KV decoding; compile the step)
     # | "triton" (kernels.decode_attention: split-KV, inference only)
@@ -70,8 +71,8 @@ class GPTConfig(MemoryConfig):
             (self.pos_emb != "rope" or (self.n_embd // self.n_head) % 2 == 0, "rope needs an even head dimension"),
             (self.ffn in ("dense", "moe"), f"ffn must be 'dense' or 'moe', got {self.ffn!r}"),
             (0 < self.moe_top_k <= self.moe_num_experts, f"moe_top_k={self.moe_top_k} must be in 1..moe_num_experts={self.moe_num_experts}"),
-            (self.moe_impl in ("auto", "grouped", "triton", "gather", "loop"),
-             f"moe_impl must be 'auto', 'grouped', 'triton', 'gather' or 'loop', got {self.moe_impl!r}"),
+            (self.moe_impl in ("auto", "grouped", "triton", "fused", "gather", "loop"),
+             f"moe_impl must be 'auto', 'grouped', 'triton', 'fused', 'gather' or 'loop', got {self.moe_impl!r}"),
             (self.attn_decode in ("sdpa", "matmul", "flex", "triton"),
              f"attn_decode must be 'sdpa', 'matmul', 'flex' or 'triton', got {self.attn_decode!r}"),
             (self.ffn != "moe" or not self.bias, "MoE experts have no biases: use bias=False with ffn='moe'"),
@@ -265,9 +266,7 @@ def moe_experts_gather(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor,
 
 
 MOE_TRITON_MAX_TOKENS = 1024  # moe_impl="auto": tokens up to which inference takes kernels.moe_grouped_mm
-# ... and up to which it takes kernels.moe_gather_mm instead. MoE-1.6B layer on the H200 (2026-11-29,
-# docs/BENCHMARKS.md): gather / triton 63.1 / 85.6 us at 1 token, 104.7 / 106.0 at 2, 151.7 / 130.9 at 4.
-MOE_GATHER_MAX_TOKENS = 2
+MOE_FUSED_MAX_TOKENS = 16  # ... and up to which it takes kernels.moe_decode, the whole layer fused, instead
 
 
 class MoE(nn.Module):
@@ -297,16 +296,23 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         B, T, D = x.shape
         xf = x.reshape(B * T, D)  # (N, D)
-        with torch.autocast(x.device.type, enabled=False):  # routing in fp32
-            logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
-        probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
         impl = self.impl
         if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, whose two projections were
             # measured at 1.03-1.14x their floor at 8-512 tokens (the whole layer 1.19-1.42x, torch._grouped_mm's
-            # 1.7-1.8x; docs/BENCHMARKS.md), or at 1-2 tokens the gather kernel; training and prefills: grouped
+            # 1.7-1.8x; docs/BENCHMARKS.md), or for the fewest tokens the fused layer; training and prefills: grouped
             decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
-            gather = decode and B * T <= MOE_GATHER_MAX_TOKENS
-            impl = ("gather" if gather else "triton" if decode else "grouped") if x.is_cuda else "loop"
+            fused = decode and not self.training and B * T <= MOE_FUSED_MAX_TOKENS \
+                and B * T * self.top_k <= kernels.MOE_DECODE_MAX_SLOTS
+            impl = ("fused" if fused else "triton" if decode else "grouped") if x.is_cuda else "loop"
+        if impl == "fused":  # routing, both projections and the weighting in kernels.moe_decode: nothing else to do
+            if self.training:
+                raise RuntimeError("moe_impl='fused' is inference only: call model.eval() (it computes no auxiliary losses)")
+            y = kernels.moe_decode(xf.to(self.w_fc.dtype), self.router.weight, self.w_fc, self.w_proj, self.top_k,
+                                   self.renorm)
+            return y.to(x.dtype).view(B, T, D), {}
+        with torch.autocast(x.device.type, enabled=False):  # routing in fp32
+            logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
+        probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
         if impl == "loop":
             y = moe_experts_loop(xf, self.w_fc, self.w_proj, weights, experts)
         elif impl == "gather":

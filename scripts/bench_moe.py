@@ -1,5 +1,5 @@
 """GPU measurements for the MoE baseline (run from the repo root:
-python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather] [--tune]).
+python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [--tune[=fused,...]] [--decode_only]).
 
 1. Decode latency of one MoE layer of MoE-1.6B-2in34 (D 2048, 34 experts of 4864, top-2, bf16), at 1..512
    tokens, replayed as a CUDA graph, against its HBM floor (bytes of the distinct experts the batch touches,
@@ -7,8 +7,11 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather] [--tune]
    the experts between replays; the time per layer is reported. Once per moe_impl in --impls.
    --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
    with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens
-   (--gather_tune_tokens=1,2 picks others).
-   moe_impl="gather" is timed up to 16 tokens only (it reads an expert once per token-slot).
+   (--gather_tune_tokens=1,2 picks others); with fused in --impls, kernels.moe_decode (the whole layer) at
+   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its four launches are also timed one by one
+   at those token counts.
+   moe_impl="gather" and "fused" are timed up to 16 tokens only (gather reads an expert once per token-slot;
+   fused takes at most kernels.MOE_DECODE_MAX_SLOTS token-slots).
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
 import itertools
@@ -30,6 +33,12 @@ IMPLS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("-
 # --gather_tune_tokens=1,2: the gather sweep's token counts (default 1, 2, 4, 8; 108 configurations each)
 GATHER_TUNE_TOKENS = next(([int(t) for t in a.split("=", 1)[1].split(",") if t] for a in sys.argv
                            if a.startswith("--gather_tune_tokens=")), [1, 2, 4, 8])
+DECODE_ONLY = "--decode_only" in sys.argv  # skip sections 2 and 3
+# --tune sweeps the launch parameters of every impl in IMPLS that has a kernel; --tune=fused,gather of those only
+TUNE = next((set(IMPLS) if a == "--tune" else set(a.split("=", 1)[1].split(",")) for a in sys.argv
+             if a == "--tune" or a.startswith("--tune=")), set())
+FUSED_TUNE_TOKENS = next(([int(t) for t in a.split("=", 1)[1].split(",") if t] for a in sys.argv
+                          if a.startswith("--fused_tune_tokens=")), [1, 2, 4])
 torch.manual_seed(0)
 
 
@@ -80,15 +89,76 @@ print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per ex
       f"{E * expert_bytes / 1e9:.3f} GB per layer; {'compiled' if COMPILE else 'eager'} ops in a CUDA graph")
 import kernels
 
-MAX_TOKENS = {"gather": 16}  # gather reads an expert once per row: for a few tokens only
 
-for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels.moe_grouped_mm), "gather"
+def tune(label: str, config: dict, grid: dict, fn, floor: float) -> dict:
+    """Times fn under every combination of grid's values (written into config, restored after) and prints each
+    and the best against the floor; a configuration that fails (e.g. out of shared memory) is reported and skipped.
+    Returns {values: time / floor} over the configurations that ran."""
+    base, best, ratios = dict(config), None, {}
+    for values in itertools.product(*grid.values()):
+        config.update(zip(grid, values))
+        try:
+            t = time_fn(fn) / LAYERS
+        except Exception as e:
+            print(f"  {label} {config}: failed ({type(e).__name__})")
+            continue
+        ratios[values] = t / floor
+        if best is None or t < best[0]:
+            best = (t, dict(config))
+        print(f"  {label} {dict(zip(grid, values))}: {t * 1e6:7.1f} us, x{t / floor:.2f} floor")
+    config.update(base)
+    if best is not None:
+        print(f"{label}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
+    return ratios
+
+
+FUSED_GRID = {"fc_block_n": (16, 32, 64), "block_n": (32, 64, 128), "block_k": (64, 128, 256), "stages": (3, 4)}
+if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included) swept
+    # first, and the best by the sum of its ratios to the floor over FUSED_TUNE_TOKENS adopted for the table below
+    ratios = {}
+    with torch.no_grad():
+        for B in FUSED_TUNE_TOKENS:
+            xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
+            hit = sum(len(torch.unique((x.float() @ m.router.weight.float().T).topk(K, -1).indices))
+                      for m, x in zip(layers, xs)) / LAYERS
+
+            def fused(xs=xs):
+                return [kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True) for m, x in zip(layers, xs)]
+
+            for values, r in tune(f"fused B={B}", kernels.MOE_DECODE_CONFIG, FUSED_GRID, fused,
+                                  (hit * expert_bytes + router_bytes) / bw).items():
+                ratios.setdefault(values, []).append(r)
+    full = {v: sum(r) for v, r in ratios.items() if len(r) == len(FUSED_TUNE_TOKENS)}
+    if full:
+        kernels.MOE_DECODE_CONFIG.update(zip(FUSED_GRID, min(full, key=full.get)))
+        print(f"fused: adopted {kernels.MOE_DECODE_CONFIG} (the least sum of x floor over {FUSED_TUNE_TOKENS} tokens: "
+              f"{min(full.values()):.2f})")
+
+if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: each of its four launches alone
+    with torch.no_grad():
+        for B in FUSED_TUNE_TOKENS:
+            xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
+            runs = [kernels._moe_decode_launches(x, m.router.weight, m.w_fc, m.w_proj, K, True)[1]
+                    for m, x in zip(layers, xs)]
+            for launches in runs:  # every launch's inputs written once
+                for launch in launches:
+                    launch()
+            parts = [time_fn(lambda i=i: [launches[i]() for launches in runs]) / LAYERS for i in range(4)]
+            whole = time_fn(lambda: [launch() for launches in runs for launch in launches]) / LAYERS
+            print(f"fused B={B} parts, us per layer: logits {parts[0] * 1e6:.1f}, fc {parts[1] * 1e6:.1f}, "
+                  f"proj {parts[2] * 1e6:.1f}, combine {parts[3] * 1e6:.1f}; sum {sum(parts) * 1e6:.1f}, "
+                  f"all four in one graph {whole * 1e6:.1f}")
+
+MAX_TOKENS = {"gather": 16, "fused": 16}  # gather reads an expert once per row; fused takes 32 token-slots at most
+
+for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels.moe_grouped_mm), "gather", "fused"
     for m in layers:
         m.impl = impl
     if COMPILE:
         torch._dynamo.reset()
     print(f"moe_impl={impl}" + (f" {kernels.MOE_CONFIG}" if impl == "triton" else "")
-          + (f" {kernels.MOE_GATHER_CONFIG}" if impl == "gather" else ""))
+          + (f" {kernels.MOE_GATHER_CONFIG}" if impl == "gather" else "")
+          + (f" {kernels.MOE_DECODE_CONFIG}" if impl == "fused" else ""))
     print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} {'all-expert floor':>16}")
     with torch.no_grad():
         for B in [b for b in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] if b <= MAX_TOKENS.get(impl, 512)]:
@@ -101,31 +171,9 @@ for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels
             print(f"{B:6d} {hit:11.1f} {expected:7.1f} {t * 1e6:9.1f} {floor * 1e6:9.1f} {t / floor:8.2f} "
                   f"{E * expert_bytes / bw * 1e6:16.1f}")
 
-# --- 1b, 1c. a kernel alone (both projections of each layer per call) over launch configurations --------
-
-
-def tune(label: str, config: dict, grid: dict, fn, floor: float) -> None:
-    """Times fn under every combination of grid's values (written into config, restored after) and prints each
-    and the best against the floor; a configuration that fails (e.g. out of shared memory) is reported and skipped."""
-    base, best = dict(config), None
-    for values in itertools.product(*grid.values()):
-        config.update(zip(grid, values))
-        try:
-            t = time_fn(fn) / LAYERS
-        except Exception as e:
-            print(f"  {label} {config}: failed ({type(e).__name__})")
-            continue
-        if best is None or t < best[0]:
-            best = (t, dict(config))
-        print(f"  {label} {dict(zip(grid, values))}: {t * 1e6:7.1f} us, x{t / floor:.2f} floor")
-    config.update(base)
-    if best is not None:
-        print(f"{label}: best {best[1]} {best[0] * 1e6:.1f} us, x{best[0] / floor:.2f} floor ({floor * 1e6:.1f} us)")
-
-
-if "--tune" in sys.argv:
+if TUNE:
     with torch.no_grad():
-        for B in ([8, 64, 512] if "triton" in IMPLS else []):  # kernels.moe_grouped_mm on the sorted rows
+        for B in ([8, 64, 512] if "triton" in TUNE else []):  # kernels.moe_grouped_mm on the sorted rows
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             routes = []
             for m, x in zip(layers, xs):
@@ -140,7 +188,7 @@ if "--tune" in sys.argv:
 
             tune(f"B={B}", kernels.MOE_CONFIG, {"block_n": (32, 64, 128), "block_k": (64, 128, 256), "warps": (4, 8),
                                                 "stages": (3, 4)}, two, sum(r[2] for r in routes) / LAYERS * expert_bytes / bw)
-        for B in (GATHER_TUNE_TOKENS if "gather" in IMPLS else []):  # kernels.moe_gather_mm on each token-slot's expert
+        for B in (GATHER_TUNE_TOKENS if "gather" in TUNE else []):  # kernels.moe_gather_mm on each token-slot's expert
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             ids = [(x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1) for m, x in zip(layers, xs)]
 
@@ -153,47 +201,48 @@ if "--tune" in sys.argv:
                                                               "reduce_once": (False, True)},
                  two_g, sum(len(torch.unique(i)) for i in ids) / LAYERS * expert_bytes / bw)
 
-# --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------
-# 64 rows: all in group 0 (33 empty groups) vs 2 per group in 32 groups. If empty groups are skipped, the
-# first reads 1/32 of the weights of the second and should be far faster (about 32x at the HBM floor).
-w = [torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]  # one layer's w_fc each
-x = torch.randn(64, D, device=dev, dtype=torch.bfloat16)
-one = torch.full((E,), 64, device=dev, dtype=torch.int32)
-spread = torch.clamp(torch.arange(1, E + 1, device=dev) * 2, max=64).to(torch.int32)
-for name, offs in [("1 group of 64 rows", one), ("32 groups of 2 rows", spread)]:
-    t = time_fn(lambda: [torch._grouped_mm(x, wi, offs=offs) for wi in w]) / LAYERS
-    groups = int((torch.diff(offs, prepend=offs.new_zeros(1)) > 0).sum())
-    print(f"_grouped_mm {name}: {t * 1e6:.1f} us; floor if only non-empty groups are read "
-          f"{groups * D * Fh * 2 / bw * 1e6:.1f} us, if all are read {E * D * Fh * 2 / bw * 1e6:.1f} us")
+if not DECODE_ONLY:  # --decode_only: sections 1 and the sweeps only
+    # --- 2. does _grouped_mm skip empty groups? --------------------------------------------------------
+    # 64 rows: all in group 0 (33 empty groups) vs 2 per group in 32 groups. If empty groups are skipped, the
+    # first reads 1/32 of the weights of the second and should be far faster (about 32x at the HBM floor).
+    w = [torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]  # one layer's w_fc each
+    x = torch.randn(64, D, device=dev, dtype=torch.bfloat16)
+    one = torch.full((E,), 64, device=dev, dtype=torch.int32)
+    spread = torch.clamp(torch.arange(1, E + 1, device=dev) * 2, max=64).to(torch.int32)
+    for name, offs in [("1 group of 64 rows", one), ("32 groups of 2 rows", spread)]:
+        t = time_fn(lambda: [torch._grouped_mm(x, wi, offs=offs) for wi in w]) / LAYERS
+        groups = int((torch.diff(offs, prepend=offs.new_zeros(1)) > 0).sum())
+        print(f"_grouped_mm {name}: {t * 1e6:.1f} us; floor if only non-empty groups are read "
+              f"{groups * D * Fh * 2 / bw * 1e6:.1f} us, if all are read {E * D * Fh * 2 / bw * 1e6:.1f} us")
 
-# --- 3. a training step has no host synchronisation, and grouped == loop on the GPU ----------------------
-if dev == "cuda":
-    del layers, w
-    with torch.device(dev):
-        m = MoE(cfg)  # fp32 weights under bf16 autocast, as train.py runs
-    x = torch.randn(8, 512, D, device=dev, requires_grad=True)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # raises on any device-to-host synchronisation
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        y, aux = m(x)
-        loss = y.float().square().mean() + sum(aux.values())
-    loss.backward()
-    torch.cuda.set_sync_debug_mode(0)
-    print("grouped forward+backward: no host synchronisation")
-    g_grouped = m.w_fc.grad.clone()
-    m.zero_grad()
-    m.impl = "loop"
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        y_loop, aux = m(x)
-        (y_loop.float().square().mean() + sum(aux.values())).backward()
-    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
-    print(f"grouped vs loop: output rel. err {rel(y, y_loop):.2e}, w_fc grad rel. err {rel(g_grouped, m.w_fc.grad):.2e}")
-    # empty groups must get exactly zero weight gradient (not stale memory), also on a recycled allocation
-    for trial in range(3):
-        wg = torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        xg = torch.randn(64, D, device=dev, dtype=torch.bfloat16)
-        offs = torch.tensor([32] + [64] * (E - 1), device=dev, dtype=torch.int32)  # groups 0 and 1 only
-        torch._grouped_mm(xg, wg, offs=offs).backward(torch.randn(64, Fh, device=dev, dtype=torch.bfloat16))
-        print(f"trial {trial}: empty groups' grad all zero: {bool((wg.grad[2:] == 0).all())}; "
-              f"non-empty nonzero: {bool(wg.grad[:2].abs().sum() > 0)}")
-        del wg
+    # --- 3. a training step has no host synchronisation, and grouped == loop on the GPU ----------------------
+    if dev == "cuda":
+        del layers, w
+        with torch.device(dev):
+            m = MoE(cfg)  # fp32 weights under bf16 autocast, as train.py runs
+        x = torch.randn(8, 512, D, device=dev, requires_grad=True)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # raises on any device-to-host synchronisation
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, aux = m(x)
+            loss = y.float().square().mean() + sum(aux.values())
+        loss.backward()
+        torch.cuda.set_sync_debug_mode(0)
+        print("grouped forward+backward: no host synchronisation")
+        g_grouped = m.w_fc.grad.clone()
+        m.zero_grad()
+        m.impl = "loop"
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y_loop, aux = m(x)
+            (y_loop.float().square().mean() + sum(aux.values())).backward()
+        rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+        print(f"grouped vs loop: output rel. err {rel(y, y_loop):.2e}, w_fc grad rel. err {rel(g_grouped, m.w_fc.grad):.2e}")
+        # empty groups must get exactly zero weight gradient (not stale memory), also on a recycled allocation
+        for trial in range(3):
+            wg = torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16, requires_grad=True)
+            xg = torch.randn(64, D, device=dev, dtype=torch.bfloat16)
+            offs = torch.tensor([32] + [64] * (E - 1), device=dev, dtype=torch.int32)  # groups 0 and 1 only
+            torch._grouped_mm(xg, wg, offs=offs).backward(torch.randn(64, Fh, device=dev, dtype=torch.bfloat16))
+            print(f"trial {trial}: empty groups' grad all zero: {bool((wg.grad[2:] == 0).all())}; "
+                  f"non-empty nonzero: {bool(wg.grad[:2].abs().sum() > 0)}")
+            del wg

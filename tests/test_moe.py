@@ -211,24 +211,30 @@ def test_bad_moe_config(kw, msg):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("impl", ["triton", "gather"])
+@pytest.mark.parametrize("impl", ["triton", "gather", "fused"])
 def test_decode_paths_equal_loop(dtype, impl):
-    """moe_impl="triton" (kernels.moe_grouped_mm) and "gather" (kernels.moe_gather_mm), on the CPU their
-    references, in inference equal the loop; under grad mode with trainable weights they refuse (inference
-    only) instead of losing the gradient."""
+    """moe_impl="triton" (kernels.moe_grouped_mm), "gather" (kernels.moe_gather_mm) and "fused"
+    (kernels.moe_decode, routing included), on the CPU their references, in inference equal the loop; under
+    grad mode with trainable weights they refuse (inference only) instead of losing the gradient, and "fused",
+    which computes no auxiliary losses, refuses training mode too."""
     torch.manual_seed(0)
-    moe = MoE(moe_cfg()).to(dtype)
+    moe = MoE(moe_cfg()).to(dtype).eval()
     x = torch.randn(5, 1, 64, dtype=dtype)  # decoding: a token per sequence
     with torch.no_grad():
         moe.impl = "loop"
-        ref = moe(x)[0]
+        ref, aux = moe(x)
         moe.impl = impl
-        y = moe(x)[0]
+        y, aux_impl = moe(x)
+    assert aux == aux_impl == {}
     tol = 0.02 if impl == "triton" or dtype == torch.bfloat16 else 1e-5  # triton computes in bf16; gather in the weights' dtype
     assert rel_err(y, ref) < tol
     assert rel_err(y, ref[torch.randperm(5)]) > 0.5
     with pytest.raises(RuntimeError, match="inference only"):
         moe(x)
+    if impl == "fused":
+        moe.train()
+        with torch.no_grad(), pytest.raises(RuntimeError, match="model.eval"):
+            moe(x)
 
 
 def test_compiles_fullgraph_forward_backward():

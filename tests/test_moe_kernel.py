@@ -162,6 +162,64 @@ def test_gather_splits():
     assert kernels._moe_gather_splits(512, 4864, 2048)[0] == 1  # many rows fill the GPU alone
 
 
+def _decode_inputs(N, D, Fh, E, dtype, seed):
+    """x (N, D), router_w (E, D), w_fc (E, D, Fh), w_proj (E, Fh, D) at unit-scale activations."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(N, D, generator=g).to(dtype), torch.randn(E, D, generator=g).to(dtype),
+            (torch.randn(E, D, Fh, generator=g) / D ** 0.5).to(dtype),
+            (torch.randn(E, Fh, D, generator=g) / Fh ** 0.5).to(dtype))
+
+
+def test_decode_reference_is_the_layer():
+    """moe_decode_reference against an independent per-token computation in float64 (softmax, top-k by sort,
+    renormalisation, each chosen expert's MLP), with and without renormalisation and for top-1 and top-2."""
+    for k, renorm in ((2, True), (2, False), (1, True), (3, False)):
+        x, rw, wf, wp = _decode_inputs(5, 24, 40, 6, torch.float64, 12 + k)
+        ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm)
+        assert ref.dtype == torch.float64 and ref.shape == (5, 24)
+        for t in range(5):
+            p = torch.softmax(x[t] @ rw.T, dim=0)
+            order = p.argsort(descending=True)[:k]
+            w = p[order] / (p[order].sum() if renorm else 1.0)
+            want = sum(w[j] * (F.gelu(x[t] @ wf[e]) @ wp[e]) for j, e in enumerate(order.tolist()))
+            torch.testing.assert_close(ref[t], want)
+
+
+def test_decode_op_on_cpu_checks_and_refuses_grad():
+    x, rw, wf, wp = _decode_inputs(4, 32, 24, 6, torch.bfloat16, 13)
+    assert torch.equal(kernels.moe_decode(x, rw, wf, wp, 2, True), kernels.moe_decode_reference(x, rw, wf, wp, 2, True))
+    with pytest.raises(ValueError, match="bad shapes"):
+        kernels.moe_decode(x[:, :31], rw, wf, wp, 2, True)  # D mismatch
+    with pytest.raises(ValueError, match="bad shapes"):
+        kernels.moe_decode(x, rw[:5], wf, wp, 2, True)  # router and experts disagree on E
+    with pytest.raises(ValueError, match="share a dtype"):
+        kernels.moe_decode(x, rw, wf.float(), wp, 2, True)
+    with pytest.raises(ValueError, match="top_k"):
+        kernels.moe_decode(x, rw, wf, wp, 7, True)
+    xs = torch.randn(kernels.MOE_DECODE_MAX_SLOTS // 2 + 1, 32).bfloat16()
+    with pytest.raises(ValueError, match="MOE_DECODE_MAX_SLOTS"):
+        kernels.moe_decode(xs, rw, wf, wp, 2, True)
+    with pytest.raises(RuntimeError, match="inference only"):
+        kernels.moe_decode(x.float(), rw.float(), torch.nn.Parameter(wf.float()), wp.float(), 2, True)
+
+
+def test_decode_compile_fullgraph_cpu():
+    x, rw, wf, wp = _decode_inputs(3, 32, 48, 5, torch.float32, 14)
+    f = lambda x: kernels.moe_decode(x, rw, wf, wp, 2, True) * 2
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True)  # raises on any graph break
+    _close(cf(x), f(x), torch.float32, "compiled")
+
+
+def test_decode_splits():
+    pytest.importorskip("triton")
+    cfg = kernels.MOE_DECODE_CONFIG
+    for M, N, K in ((2, 4864, 2048), (2, 2048, 4864), (16, 2048, 4864), (1, 64, 100), (32, 4864, 2048)):
+        n, per = kernels._moe_decode_splits(M, N, K)
+        assert per % cfg["block_k"] == 0 and (n - 1) * per < K <= n * per  # every K covered, no empty split
+        assert n == 1 or per >= cfg["block_k"] * cfg["min_k_steps"]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
@@ -225,6 +283,41 @@ def _interp_main() -> None:
                 _close(kernels.moe_gather_mm(x, wt, ids.int(), x_div), ref, torch.float32, tag + " op")
         print(f"interp: {tag} ok", flush=True)
     kernels.MOE_GATHER_CONFIG.update(gdefaults)
+    # moe_decode, the fused layer: one and several K splits in the second projection (min_k_steps 1, few SMs), masked
+    # K and N tails, experts shared by several tokens (E small) or not, top-1/2/3, renormalised or not, 1 to 16
+    # tokens (16 x top-2 = MOE_DECODE_MAX_SLOTS, one full tile)
+    ddefaults = dict(kernels.MOE_DECODE_CONFIG)
+    for i, (N, k, D, Fh, E, renorm, cfg) in enumerate([
+            (1, 2, 96, 200, 34, True, {}),
+            (3, 2, 100, 72, 5, False, {"block_k": 32, "block_n": 32, "fc_block_n": 64, "min_k_steps": 1}),
+            (5, 1, 70, 33, 3, True, {"block_k": 16, "block_n": 16, "fc_block_n": 16, "min_k_steps": 2}),
+            (2, 3, 64, 40, 4, True, {"block_k": 16, "min_k_steps": 1, "programs_per_sm": 1, "sms": 1}),
+            (16, 2, 48, 40, 34, True, {"block_k": 16, "block_n": 32, "fc_block_n": 64, "min_k_steps": 1, "sms": 16}),
+            (4, 2, 40, 24, 2, True, {"block_k": 16, "block_n": 16, "fc_block_n": 16, "min_k_steps": 1, "sms": 64})]):
+        kernels.MOE_DECODE_CONFIG.update(ddefaults, **cfg)
+        for dtype in (torch.float32, torch.bfloat16)[1 if N == 16 else 0:]:  # the interpreter is slow at 32 slots
+            x, rw, wf, wp = _decode_inputs(N, D, Fh, E, dtype, 300 + i)
+            tag = (f"decode case {i} N={N} k={k} D={D} F={Fh} E={E} {cfg} {dtype} proj splits "
+                   f"{kernels._moe_decode_splits(N * k, D, Fh)[0]}")
+            ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm)
+            with torch.no_grad():  # through the op, the expert weights strided
+                wft, wpt = (w.transpose(1, 2).contiguous().transpose(1, 2) for w in (wf, wp))
+                _close(kernels.moe_decode(x, rw, wft, wpt, k, renorm), ref, dtype, tag)  # bf16: the hidden's rounding
+        print(f"interp: {tag} ok", flush=True)
+    kernels.MOE_DECODE_CONFIG.update(ddefaults)
+    # ties: experts 1 and 3 share a router row, so at top-1 they tie for some tokens; the kernels take the first
+    # index (expert 1), whose MLP the output must then be
+    x, rw, wf, wp = _decode_inputs(6, 32, 16, 5, torch.float32, 400)
+    rw[3] = rw[1]
+    rw[1] += 4 * x.mean(0) / x.mean(0).norm()  # make 1 (and so 3) the likely top choice
+    rw[3] = rw[1]
+    with torch.no_grad():
+        got = kernels.moe_decode(x, rw, wf, wp, 1, True)
+    top = (x @ rw.T).argmax(-1)
+    tied = [t for t in range(6) if int(top[t]) in (1, 3)]
+    assert tied, "the tie case did not arise"
+    for t in tied:
+        _close(got[t], F.gelu(x[t] @ wf[1]) @ wp[1], torch.float32, f"tie, token {t}")
     print("interp: all cases ok", flush=True)
 
 
