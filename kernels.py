@@ -914,7 +914,7 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 
 # Launch parameters of the fc and proj kernels, for the H200 (132 SMs): fc_block_n fc's output columns per
 # program, block_n proj's; block_k, warps and stages both kernels'.
-MOE_DECODE_CONFIG = {"fc_block_n": 32, "block_n": 64, "block_k": 128, "warps": 4, "stages": 3, "programs_per_sm": 2,
+MOE_DECODE_CONFIG = {"fc_block_n": 64, "block_n": 64, "block_k": 64, "warps": 4, "stages": 4, "programs_per_sm": 2,
                      "sms": 132, "min_k_steps": 2}
 MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2
 
@@ -936,10 +936,11 @@ def moe_decode_reference(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     return (ys.view(N, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
 
 
-def _moe_decode_splits(M: int, N: int, K: int) -> tuple[int, int]:
-    """proj's (K splits, K per split, a multiple of BLOCK_K) for M token-slots, N output columns, K inputs."""
+def _moe_decode_splits(M: int, N: int, K: int, block_n: int) -> tuple[int, int]:
+    """(K splits, K per split, a multiple of BLOCK_K) for M token-slots, N output columns in tiles of block_n,
+    K inputs."""
     cfg = MOE_DECODE_CONFIG
-    tiles = max(1, M * triton.cdiv(N, cfg["block_n"]))
+    tiles = max(1, M * triton.cdiv(N, block_n))
     most = max(1, triton.cdiv(K, cfg["block_k"] * cfg["min_k_steps"]))
     want = max(1, min(triton.cdiv(cfg["programs_per_sm"] * cfg["sms"], tiles), most))
     per = triton.cdiv(triton.cdiv(K, want), cfg["block_k"]) * cfg["block_k"]
@@ -949,8 +950,10 @@ def _moe_decode_splits(M: int, N: int, K: int) -> tuple[int, int]:
 if triton is not None:
 
     @triton.jit
-    def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, E, D, sxm, sxd, swe, swd, BLOCK_D: tl.constexpr):
-        # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program
+    def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, E, D, sxm, sxd, swe, swd, BLOCK_D: tl.constexpr,
+                           BLOCK_Z: tl.constexpr):
+        # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program; the
+        # programs also zero the n_cnt arrival counters of fc and proj, which run after this kernel
         t = tl.program_id(0)
         e = tl.program_id(1)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -961,6 +964,11 @@ if triton is not None:
             wv = tl.load(rw_ptr + e.to(tl.int64) * swe + ds * swd, mask=dmask, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)
         tl.store(logits_ptr + t * E + e, tl.sum(acc, axis=0))
+        pid = t * E + e
+        n_prog = tl.num_programs(0) * E
+        for z0 in range(pid * BLOCK_Z, n_cnt, n_prog * BLOCK_Z):
+            zs = z0 + tl.arange(0, BLOCK_Z)
+            tl.store(cnt_ptr + zs, tl.zeros((BLOCK_Z,), dtype=tl.int32), mask=zs < n_cnt)
 
     @triton.jit
     def _moe_slots(logits_ptr, M, E, TOP_K: tl.constexpr, RENORM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -994,25 +1002,25 @@ if triton is not None:
         return tl.where(rmask, slot_e, -1), slot_w
 
     @triton.jit
-    def _moe_decode_mm_kernel(x_ptr, w_ptr, logits_ptr, out_ptr, M, N, K, E, k_per_split, sxm, sxk, swg, swk, swn,
-                              TOP_K: tl.constexpr, X_DIV: tl.constexpr, GELU_OUT: tl.constexpr,
-                              DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
-        # program (token-slot j, BLOCK_N columns, K split); see the section header. x's row of slot r is r // X_DIV.
-        # GELU_OUT (fc, one split): out (M, N) in w's dtype gets GeLU of the sum; else (proj) out (splits, M, N)
-        # gets the fp32 partial sums of the program's K split
+    def _moe_decode_mm_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E, k_per_split, sxm, sxk,
+                              swg, swk, swn, TOP_K: tl.constexpr, RENORM: tl.constexpr, FC: tl.constexpr,
+                              N_SPLITS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+        # program (token-slot j, BLOCK_N columns, K split); see the section header. FC: x is the tokens (the row of
+        # slot r is r // TOP_K) and out the hidden h (M, N) in w's dtype; else x is h and out y (M / TOP_K, N) fp32
         j = tl.program_id(0)
+        nt = tl.program_id(1)
         split = tl.program_id(2)
         rows = tl.arange(0, BLOCK_M)
-        slot_e, _ = _moe_slots(logits_ptr, M, E, TOP_K, False, BLOCK_M, BLOCK_E)
+        slot_e, slot_w = _moe_slots(logits_ptr, M, E, TOP_K, RENORM, BLOCK_M, BLOCK_E)
         e = tl.sum(tl.where(rows == j, slot_e, 0), axis=0)
         first = tl.sum(((slot_e == e) & (rows < j)).to(tl.int32), axis=0) == 0  # no earlier slot chose e
         same = slot_e == tl.where(first, e, -2)  # (BLOCK_M,): the slots this program computes (padding rows hold -1)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = cols < N
         k_start = split * k_per_split
         k_end = tl.where(first, tl.minimum(k_start + k_per_split, K), k_start)  # a later slot of e: no K steps
-        x_rows = x_ptr + (rows // X_DIV).to(tl.int64)[:, None] * sxm
+        x_rows = x_ptr + (rows // (TOP_K if FC else 1)).to(tl.int64)[:, None] * sxm
         w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -1024,32 +1032,44 @@ if triton is not None:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
-        omask = same[:, None] & nmask[None, :]
-        if GELU_OUT:
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-            tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-                     mask=omask)
+        n_tiles = tl.num_programs(1)
+        part = part_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]  # + split * M * N: split's partials
+        if FC and N_SPLITS == 1:  # the whole sum is here: GeLU, rounded to w's dtype
+            h = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+            tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], h.to(out_ptr.dtype.element_ty),
+                     mask=same[:, None] & nmask[None, :])
         else:
-            tl.store(out_ptr + (split * M + rows).to(tl.int64)[:, None] * N + cols[None, :], acc, mask=omask)
-
-    @triton.jit
-    def _moe_combine_kernel(part_ptr, logits_ptr, out_ptr, M, D, E, N_SPLITS: tl.constexpr, TOP_K: tl.constexpr,
-                            RENORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
-                            BLOCK_D: tl.constexpr):
-        # program (token t, BLOCK_D columns): y[t] = sum_j weight of slot t*k+j x (the sum of its K-split partials)
-        t = tl.program_id(0)
-        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        dmask = cols < D
-        rows = tl.arange(0, BLOCK_M)
-        _, slot_w = _moe_slots(logits_ptr, M, E, TOP_K, RENORM, BLOCK_M, BLOCK_E)
-        y = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for j in tl.static_range(TOP_K):
-            r = t * TOP_K + j
-            ys = tl.zeros((BLOCK_D,), dtype=tl.float32)
-            for s in tl.static_range(N_SPLITS):
-                ys += tl.load(part_ptr + (s * M + r).to(tl.int64) * D + cols, mask=dmask, other=0.0)
-            y += tl.sum(tl.where(rows == r, slot_w, 0.0), axis=0) * ys
-        tl.store(out_ptr + t.to(tl.int64) * D + cols, y, mask=dmask)
+            # store this split's partials, then count the arrival; the program that arrives last for a unit of
+            # output sums that unit's partials in split order (deterministic) and finishes it. Release: every
+            # thread's stores precede the barrier, the barrier the (acq_rel, gpu-scope) atomic; acquire: the
+            # atomic precedes the barrier, the barrier the loads, which bypass L1 (.cg)
+            tl.store(part + split.to(tl.int64) * M * N, acc, mask=same[:, None] & nmask[None, :])
+            tl.debug_barrier()
+            if FC:  # unit: (slot j, column tile), N_SPLITS arrivals, from j's programs only
+                old = tl.atomic_add(cnt_ptr + j * n_tiles + nt, 1, mask=first)
+                fin = tl.where(old == N_SPLITS - 1, same, False)  # (BLOCK_M,): e's slots, if this program arrived last
+                tl.debug_barrier()
+                hsum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in tl.static_range(N_SPLITS):
+                    hsum += tl.load(part + s * M * N, mask=fin[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
+                h = 0.5 * hsum * (1.0 + tl.math.erf(hsum * 0.7071067811865476))
+                tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], h.to(out_ptr.dtype.element_ty),
+                         mask=fin[:, None] & nmask[None, :])
+            else:  # unit: (token t, column tile), TOP_K x N_SPLITS arrivals: one per split from each of t's experts
+                tok = rows // TOP_K
+                old = tl.atomic_add(cnt_ptr + tok * n_tiles + nt, 1, mask=same)  # t's slots have distinct experts
+                fin = same & (old == TOP_K * N_SPLITS - 1)  # row r: token r // TOP_K is complete, finish it here
+                tl.debug_barrier()
+                y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for jj in tl.static_range(TOP_K):  # y[t] = sum_jj weight of slot t*k+jj x the sum of its partials
+                    r2 = tok * TOP_K + jj
+                    w2 = tl.sum(tl.where(rows[None, :] == r2[:, None], slot_w[None, :], 0.0), axis=1)  # slot_w[r2]
+                    ys = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                    for s in tl.static_range(N_SPLITS):
+                        ys += tl.load(part_ptr + (s * M + r2).to(tl.int64)[:, None] * N + cols[None, :],
+                                      mask=fin[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
+                    y += w2[:, None] * ys
+                tl.store(out_ptr + tok.to(tl.int64)[:, None] * N + cols[None, :], y, mask=fin[:, None] & nmask[None, :])
 
 
 def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int) -> None:
@@ -1071,36 +1091,37 @@ def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor,
 
 def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
                          renorm: bool) -> tuple[Tensor, list]:
-    """The output (N, D) fp32 and the four launches that fill it, in order (logits, fc, proj, combine), as
-    callables: moe_decode runs them all; bench_moe.py times them one at a time."""
+    """The output (N, D) fp32 and the three launches that fill it, in order (logits, fc, proj), as callables:
+    moe_decode runs them all; bench_moe.py times them one at a time."""
     N, D = x.shape
     E, _, Fh = w_fc.shape
     M = N * top_k
     out = _empty(N, D, dtype=torch.float32, device=x.device)
     if N == 0:
         return out, []
-    cfg, cuda = MOE_DECODE_CONFIG, x.is_cuda
-    logits = _empty(N, E, dtype=torch.float32, device=x.device)
-    h = _empty(M, Fh, dtype=w_fc.dtype, device=x.device)  # the slots' hidden activations, after GeLU
-    s_pj, per_pj = _moe_decode_splits(M, D, Fh)
-    ys = _empty(s_pj, M, D, dtype=torch.float32, device=x.device)
-    route = dict(TOP_K=top_k, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_E=max(16, triton.next_power_of_2(E)))
-    mm = dict(DOT_FP32=x.dtype == torch.float32 or not cuda, BLOCK_K=cfg["block_k"], num_warps=cfg["warps"],
-              num_stages=cfg["stages"], **route)
-    block_d = min(1024, triton.next_power_of_2(D))
+    cfg, cuda, dev = MOE_DECODE_CONFIG, x.is_cuda, x.device
+    s_fc, per_fc = _moe_decode_splits(M, Fh, D, cfg["fc_block_n"])
+    s_pj, per_pj = _moe_decode_splits(M, D, Fh, cfg["block_n"])
+    t_fc, t_pj = triton.cdiv(Fh, cfg["fc_block_n"]), triton.cdiv(D, cfg["block_n"])
+    logits = _empty(N, E, dtype=torch.float32, device=dev)
+    cnt = _empty(M * t_fc + N * t_pj, dtype=torch.int32, device=dev)  # arrival counters: fc's, then proj's
+    h = _empty(M, Fh, dtype=w_fc.dtype, device=dev)  # the slots' hidden activations, after GeLU
+    part_fc = _empty(s_fc, M, Fh, dtype=torch.float32, device=dev)  # unused when s_fc is 1
+    part_pj = _empty(s_pj, M, D, dtype=torch.float32, device=dev)
+    mm = dict(TOP_K=top_k, RENORM=renorm, DOT_FP32=x.dtype == torch.float32 or not cuda,
+              BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_K=cfg["block_k"],
+              BLOCK_E=max(16, triton.next_power_of_2(E)), num_warps=cfg["warps"], num_stages=cfg["stages"])
     # the expert weights keep their strides: a copy would read every expert
     return out, [
-        lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, E, D, x.stride(0), x.stride(1),
-                        router_w.stride(0), router_w.stride(1), BLOCK_D=min(2048, triton.next_power_of_2(D)),
-                        num_warps=4),
-        lambda: _launch(_moe_decode_mm_kernel, (M, triton.cdiv(Fh, cfg["fc_block_n"]), 1), cuda, x, w_fc, logits, h,
-                        M, Fh, D, E, D, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2),
-                        X_DIV=top_k, GELU_OUT=True, BLOCK_N=cfg["fc_block_n"], **mm),
-        lambda: _launch(_moe_decode_mm_kernel, (M, triton.cdiv(D, cfg["block_n"]), s_pj), cuda, h, w_proj, logits,
-                        ys, M, D, Fh, E, per_pj, h.stride(0), h.stride(1), w_proj.stride(0), w_proj.stride(1),
-                        w_proj.stride(2), X_DIV=1, GELU_OUT=False, BLOCK_N=cfg["block_n"], **mm),
-        lambda: _launch(_moe_combine_kernel, (N, triton.cdiv(D, block_d)), cuda, ys, logits, out, M, D, E,
-                        N_SPLITS=s_pj, RENORM=renorm, BLOCK_D=block_d, num_warps=4, **route),
+        lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), E, D, x.stride(0),
+                        x.stride(1), router_w.stride(0), router_w.stride(1),
+                        BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4),
+        lambda: _launch(_moe_decode_mm_kernel, (M, t_fc, s_fc), cuda, x, w_fc, logits, part_fc, cnt, h, M, Fh, D, E,
+                        per_fc, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2), FC=True,
+                        N_SPLITS=s_fc, BLOCK_N=cfg["fc_block_n"], **mm),
+        lambda: _launch(_moe_decode_mm_kernel, (M, t_pj, s_pj), cuda, h, w_proj, logits, part_pj, cnt[M * t_fc:], out,
+                        M, D, Fh, E, per_pj, h.stride(0), h.stride(1), w_proj.stride(0), w_proj.stride(1),
+                        w_proj.stride(2), FC=False, N_SPLITS=s_pj, BLOCK_N=cfg["block_n"], **mm),
     ]
 
 

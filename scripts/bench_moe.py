@@ -8,7 +8,7 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [-
    --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
    with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens
    (--gather_tune_tokens=1,2 picks others); with fused in --impls, kernels.moe_decode (the whole layer) at
-   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its four launches are also timed one by one
+   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its three launches are also timed one by one
    at those token counts.
    moe_impl="gather" and "fused" are timed up to 16 tokens only (gather reads an expert once per token-slot;
    fused takes at most kernels.MOE_DECODE_MAX_SLOTS token-slots).
@@ -112,7 +112,8 @@ def tune(label: str, config: dict, grid: dict, fn, floor: float) -> dict:
     return ratios
 
 
-FUSED_GRID = {"fc_block_n": (16, 32, 64), "block_n": (32, 64, 128), "block_k": (64, 128, 256), "stages": (3, 4)}
+FUSED_GRID = {"fc_block_n": (32, 64, 128), "block_n": (32, 64, 128), "block_k": (64, 128), "stages": (3, 4),
+              "programs_per_sm": (2, 4)}
 if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included) swept
     # first, and the best by the sum of its ratios to the floor over FUSED_TUNE_TOKENS adopted for the table below
     ratios = {}
@@ -134,7 +135,7 @@ if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included
         print(f"fused: adopted {kernels.MOE_DECODE_CONFIG} (the least sum of x floor over {FUSED_TUNE_TOKENS} tokens: "
               f"{min(full.values()):.2f})")
 
-if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: each of its four launches alone
+if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: each of its three launches alone
     with torch.no_grad():
         for B in FUSED_TUNE_TOKENS:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
@@ -143,11 +144,34 @@ if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time go
             for launches in runs:  # every launch's inputs written once
                 for launch in launches:
                     launch()
-            parts = [time_fn(lambda i=i: [launches[i]() for launches in runs]) / LAYERS for i in range(4)]
+            parts = [time_fn(lambda i=i: [launches[i]() for launches in runs]) / LAYERS for i in range(3)]
             whole = time_fn(lambda: [launch() for launches in runs for launch in launches]) / LAYERS
             print(f"fused B={B} parts, us per layer: logits {parts[0] * 1e6:.1f}, fc {parts[1] * 1e6:.1f}, "
-                  f"proj {parts[2] * 1e6:.1f}, combine {parts[3] * 1e6:.1f}; sum {sum(parts) * 1e6:.1f}, "
-                  f"all four in one graph {whole * 1e6:.1f}")
+                  f"proj {parts[2] * 1e6:.1f}; sum {sum(parts) * 1e6:.1f}, all three in one graph {whole * 1e6:.1f}")
+
+if "fused" in IMPLS and dev == "cuda":  # 1c. kernels.moe_decode on the GPU against its reference, and bitwise stable
+    # over repeated calls and CUDA-graph replays (its split-K sums are finished by the last-arriving program)
+    with torch.no_grad():
+        m, worst = layers[0], 0.0
+        for B in (1, 2, 3, 4, 5, 8, 13, 16):
+            for seed in range(4):
+                x = torch.randn(B, D, device=dev, dtype=torch.bfloat16)
+                ref = kernels.moe_decode_reference(x, m.router.weight, m.w_fc, m.w_proj, K, True)
+                got = kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True)
+                worst = max(worst, ((got - ref).norm() / ref.norm()).item())
+        x = torch.randn(4, D, device=dev, dtype=torch.bfloat16)
+        first = kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True)
+        stable = all(torch.equal(kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True), first)
+                     for _ in range(50))
+        held = {}
+        replay = _cuda_graph(lambda: held.update(y=kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True)))
+        for _ in range(100):
+            replay()
+            stable = stable and torch.equal(held["y"], first)
+    print(f"fused check: largest relative error against the reference {worst:.2e} (8 token counts x 4 inputs); "
+          f"bitwise equal over 50 calls and 100 graph replays: {stable}")
+    if worst > 1e-2 or not stable:
+        sys.exit("fused check FAILED")
 
 MAX_TOKENS = {"gather": 16, "fused": 16}  # gather reads an expert once per row; fused takes 32 token-slots at most
 

@@ -215,7 +215,7 @@ def test_decode_splits():
     pytest.importorskip("triton")
     cfg = kernels.MOE_DECODE_CONFIG
     for M, N, K in ((2, 4864, 2048), (2, 2048, 4864), (16, 2048, 4864), (1, 64, 100), (32, 4864, 2048)):
-        n, per = kernels._moe_decode_splits(M, N, K)
+        n, per = kernels._moe_decode_splits(M, N, K, cfg["block_n"])
         assert per % cfg["block_k"] == 0 and (n - 1) * per < K <= n * per  # every K covered, no empty split
         assert n == 1 or per >= cfg["block_k"] * cfg["min_k_steps"]
 
@@ -283,7 +283,7 @@ def _interp_main() -> None:
                 _close(kernels.moe_gather_mm(x, wt, ids.int(), x_div), ref, torch.float32, tag + " op")
         print(f"interp: {tag} ok", flush=True)
     kernels.MOE_GATHER_CONFIG.update(gdefaults)
-    # moe_decode, the fused layer: one and several K splits in the second projection (min_k_steps 1, few SMs), masked
+    # moe_decode, the fused layer: one and several K splits in each projection (min_k_steps 1, few SMs), masked
     # K and N tails, experts shared by several tokens (E small) or not, top-1/2/3, renormalised or not, 1 to 16
     # tokens (16 x top-2 = MOE_DECODE_MAX_SLOTS, one full tile)
     ddefaults = dict(kernels.MOE_DECODE_CONFIG)
@@ -297,8 +297,10 @@ def _interp_main() -> None:
         kernels.MOE_DECODE_CONFIG.update(ddefaults, **cfg)
         for dtype in (torch.float32, torch.bfloat16)[1 if N == 16 else 0:]:  # the interpreter is slow at 32 slots
             x, rw, wf, wp = _decode_inputs(N, D, Fh, E, dtype, 300 + i)
-            tag = (f"decode case {i} N={N} k={k} D={D} F={Fh} E={E} {cfg} {dtype} proj splits "
-                   f"{kernels._moe_decode_splits(N * k, D, Fh)[0]}")
+            c = kernels.MOE_DECODE_CONFIG
+            tag = (f"decode case {i} N={N} k={k} D={D} F={Fh} E={E} {cfg} {dtype} splits "
+                   f"{kernels._moe_decode_splits(N * k, Fh, D, c['fc_block_n'])[0]}/"
+                   f"{kernels._moe_decode_splits(N * k, D, Fh, c['block_n'])[0]}")
             ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm)
             with torch.no_grad():  # through the op, the expert weights strided
                 wft, wpt = (w.transpose(1, 2).contiguous().transpose(1, 2) for w in (wf, wp))
