@@ -884,7 +884,7 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 
 
 # ===================================================================================================
-# The MoE layer's decode step for a few tokens, fused into four launches
+# The MoE layer's decode step for a few tokens, fused into three launches
 #
 #     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) fp32     the custom op `ultramem::moe_decode`
 #
@@ -893,27 +893,37 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # 18-68 us (two to eight experts of the MoE-1.6B shape), and the unfused path's ten or so small kernels
 # (router GEMV, softmax, top-k, renormalisation, the two gathered projections, their split-K sums, GeLU, cast,
 # weighting) cost 15-30 us on top of kernels that stream at 1.9x their floor (docs/BENCHMARKS.md, issue 5).
-#   logits,  grid (N, E):             x[t] . router_w[e] in fp32, a row per program.
-#   fc,      grid (slots, F / fc_block_n):   h = GeLU(x @ w_fc[e]) in w's dtype, the whole K per program.
-#   proj,    grid (slots, D / block_n, K splits): fp32 partials (splits, slots, D) of h @ w_proj[e].
-#   combine, grid (N, D / BLOCK_D):   y[t] = sum_j weight of slot t*k+j x (the sum of its partials), fp32.
-# There is no routing kernel: every program of fc, proj and combine loads the (N, E) logits (a few KB, from
-# L2) and runs the softmax and top-k of all the slots itself (_moe_slots; first index on ties, as torch's on
-# CPU). A program of fc or proj takes one token-slot j's expert e and, if no earlier slot chose e, all the
-# slots that chose e (one BLOCK_M tile; padding rows are masked loads, which read nothing): it streams
-# w[e]'s (K range, BLOCK_N) block once through tl.dot. So an expert is read once however many of the batch's
-# tokens chose it, with no sort and no host synchronisation; the programs of a repeated expert's later slots
-# do no K steps. fc takes no K split, so that GeLU and the rounding to the weights' dtype (the unfused path's
-# rounding of the hidden activations) happen in its epilogue: a K split there would need the hidden summed
-# before the GeLU, and the first version, which summed fc's partials and applied GeLU in proj's loop, streamed
-# proj at 0.5 TB/s (2026-11-30, docs/BENCHMARKS.md). proj's K splits are chosen from static shapes so that a
-# single token fills the GPU (programs_per_sm per SM, taking every slot's expert as distinct), with at least
-# min_k_steps BLOCK_K steps per program. Deterministic: every sum in a fixed order, no atomics. Inference only,
-# like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's routing, then
-# moe_gather_mm_reference's row products).
+#   logits, grid (N, E):                          x[t] . router_w[e] in fp32, a row per program; it also zeroes
+#                                                 the arrival counters of the next two.
+#   fc,     grid (slots, F / fc_block_n, splits): h = GeLU(x @ w_fc[e]), rounded to w's dtype (the unfused path's
+#                                                 rounding of the hidden activations).
+#   proj,   grid (slots, D / block_n, splits):    y[t] = sum_j weight(t, j) * h[slot t*k+j] @ w_proj[e(t, j)], fp32.
+# There is no routing kernel: every program of fc and proj loads the (N, E) logits (a few KB, from L2) and runs
+# the softmax and top-k of all the slots itself (_moe_slots; the first index on ties). A program takes token-slot
+# j's expert e and, if no earlier slot chose e, all the slots that chose e (one BLOCK_M tile; padding rows are
+# masked loads, which read nothing): it streams w[e]'s (K split, BLOCK_N) block once through tl.dot. So an
+# expert is read once however many of the batch's tokens chose it, with no sort and no host synchronisation; the
+# programs of a repeated expert's later slots do no K steps.
+# Split K and the finishing step: both projections split K so that a single token fills the GPU (programs_per_sm
+# per SM, taking every slot's expert as distinct; at least min_k_steps BLOCK_K steps per program). A program
+# stores its fp32 partials, then counts its arrival on the unit it contributes to (fc: a slot's column tile,
+# `splits` arrivals; proj: a token's column tile, top_k x splits arrivals, one per split from each of the token's
+# experts); the program that arrives last sums the unit's partials in split order and finishes it (fc: GeLU and
+# the cast; proj: the top-k weighting). So the result does not depend on which program arrives last
+# (deterministic: checked bitwise over calls and CUDA-graph replays by scripts/bench_moe.py), and there is no
+# separate reduction launch. The first version, timed on the H200 (2026-11-30, docs/BENCHMARKS.md), summed fc's
+# partials and applied GeLU in proj's K loop: proj alone took 73.0 us at 1 token (0.5 TB/s), the layer 84.5 us
+# at its best launch parameters, against 31.6 us now. Tried and dropped (same place): programmatic dependent
+# launch between the three (31.7 us at its best, no gain) and the three phases in one persistent launch whose
+# programs take work items by an atomic ticket (46.2 us).
+# Inference only, like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's
+# routing, then moe_gather_mm_reference's row products).
 
 # Launch parameters of the fc and proj kernels, for the H200 (132 SMs): fc_block_n fc's output columns per
-# program, block_n proj's; block_k, warps and stages both kernels'.
+# program, block_n proj's; block_k, warps and stages both kernels'. The best by the sum of x floor at 1, 2 and 4
+# tokens of a 72-configuration sweep (scripts/bench_moe.py --compile --impls=fused,triton --tune=fused, 2026-11-30,
+# session 11; docs/BENCHMARKS.md): 31.7 / 47.5 / 80.2 us, 1.70 / 1.31 / 1.16x the floor; within 1 us of the best
+# at each of the three token counts in a second sweep on another machine.
 MOE_DECODE_CONFIG = {"fc_block_n": 64, "block_n": 64, "block_k": 64, "warps": 4, "stages": 4, "programs_per_sm": 2,
                      "sms": 132, "min_k_steps": 2}
 MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2

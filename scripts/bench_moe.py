@@ -8,7 +8,7 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [-
    --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
    with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens
    (--gather_tune_tokens=1,2 picks others); with fused in --impls, kernels.moe_decode (the whole layer) at
-   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its three launches are also timed one by one
+   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its launches are also timed one by one
    at those token counts.
    moe_impl="gather" and "fused" are timed up to 16 tokens only (gather reads an expert once per token-slot;
    fused takes at most kernels.MOE_DECODE_MAX_SLOTS token-slots).
@@ -135,7 +135,7 @@ if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included
         print(f"fused: adopted {kernels.MOE_DECODE_CONFIG} (the least sum of x floor over {FUSED_TUNE_TOKENS} tokens: "
               f"{min(full.values()):.2f})")
 
-if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: each of its three launches alone
+if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: each of its launches alone
     with torch.no_grad():
         for B in FUSED_TUNE_TOKENS:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
@@ -144,30 +144,36 @@ if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time go
             for launches in runs:  # every launch's inputs written once
                 for launch in launches:
                     launch()
-            parts = [time_fn(lambda i=i: [launches[i]() for launches in runs]) / LAYERS for i in range(3)]
+            names = ["logits", "fc", "proj"]
+            parts = [time_fn(lambda i=i: [launches[i]() for launches in runs]) / LAYERS for i in range(len(names))]
             whole = time_fn(lambda: [launch() for launches in runs for launch in launches]) / LAYERS
-            print(f"fused B={B} parts, us per layer: logits {parts[0] * 1e6:.1f}, fc {parts[1] * 1e6:.1f}, "
-                  f"proj {parts[2] * 1e6:.1f}; sum {sum(parts) * 1e6:.1f}, all three in one graph {whole * 1e6:.1f}")
+            print(f"fused B={B} parts, us per layer: " + ", ".join(f"{n} {p * 1e6:.1f}" for n, p in zip(names, parts))
+                  + f"; sum {sum(parts) * 1e6:.1f}, all in one graph {whole * 1e6:.1f}")
 
-if "fused" in IMPLS and dev == "cuda":  # 1c. kernels.moe_decode on the GPU against its reference, and bitwise stable
-    # over repeated calls and CUDA-graph replays (its split-K sums are finished by the last-arriving program)
+def check_fused(m: MoE) -> tuple[float, bool]:
+    """kernels.moe_decode with m's weights against its reference at 1-16 tokens (the largest relative error), and
+    whether it is bitwise stable over 50 calls and 100 CUDA-graph replays at 4 tokens."""
+    worst, w = 0.0, (m.router.weight, m.w_fc, m.w_proj, K, True)
     with torch.no_grad():
-        m, worst = layers[0], 0.0
         for B in (1, 2, 3, 4, 5, 8, 13, 16):
-            for seed in range(4):
+            for _ in range(4):
                 x = torch.randn(B, D, device=dev, dtype=torch.bfloat16)
-                ref = kernels.moe_decode_reference(x, m.router.weight, m.w_fc, m.w_proj, K, True)
-                got = kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True)
-                worst = max(worst, ((got - ref).norm() / ref.norm()).item())
+                ref = kernels.moe_decode_reference(x, *w)
+                worst = max(worst, ((kernels.moe_decode(x, *w) - ref).norm() / ref.norm()).item())
         x = torch.randn(4, D, device=dev, dtype=torch.bfloat16)
-        first = kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True)
-        stable = all(torch.equal(kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True), first)
-                     for _ in range(50))
+        first = kernels.moe_decode(x, *w)
+        stable = all(torch.equal(kernels.moe_decode(x, *w), first) for _ in range(50))
         held = {}
-        replay = _cuda_graph(lambda: held.update(y=kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True)))
+        replay = _cuda_graph(lambda: held.update(y=kernels.moe_decode(x, *w)))
         for _ in range(100):
             replay()
             stable = stable and torch.equal(held["y"], first)
+    return worst, stable
+
+
+if "fused" in IMPLS and dev == "cuda":  # 1c. kernels.moe_decode on the GPU against its reference, and bitwise stable
+    # (its split-K sums are finished by the last-arriving program)
+    worst, stable = check_fused(layers[0])
     print(f"fused check: largest relative error against the reference {worst:.2e} (8 token counts x 4 inputs); "
           f"bitwise equal over 50 calls and 100 graph replays: {stable}")
     if worst > 1e-2 or not stable:
