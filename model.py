@@ -266,7 +266,9 @@ def moe_experts_gather(x: Tensor, w_fc: Tensor, w_proj: Tensor, weights: Tensor,
 
 
 MOE_TRITON_MAX_TOKENS = 1024  # moe_impl="auto": tokens up to which inference takes kernels.moe_grouped_mm
-MOE_FUSED_MAX_TOKENS = 16  # ... and up to which it takes kernels.moe_decode, the whole layer fused, instead
+MOE_FUSED_MAX_TOKENS = 16  # ... and up to which it takes kernels.moe_decode, the whole layer fused, instead (its
+# most token-slots at top-2). MoE-1.6B layer on the H200 (2026-11-30, docs/BENCHMARKS.md): fused / triton 33.1 / 84.9
+# us at 1 token, 80.8 / 133.4 at 4, 140.2 / 171.0 at 8, 224.6 / 260.9 at 16.
 
 
 class MoE(nn.Module):
@@ -299,7 +301,8 @@ class MoE(nn.Module):
         impl = self.impl
         if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, whose two projections were
             # measured at 1.03-1.14x their floor at 8-512 tokens (the whole layer 1.19-1.42x, torch._grouped_mm's
-            # 1.7-1.8x; docs/BENCHMARKS.md), or for the fewest tokens the fused layer; training and prefills: grouped
+            # 1.7-1.8x; docs/BENCHMARKS.md), or up to 16 tokens the fused layer (1.14-1.77x); training and
+            # prefills: grouped
             decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
             fused = decode and not self.training and B * T <= MOE_FUSED_MAX_TOKENS \
                 and B * T * self.top_k <= kernels.MOE_DECODE_MAX_SLOTS
