@@ -913,17 +913,17 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # (deterministic: checked bitwise over calls and CUDA-graph replays by scripts/bench_moe.py), and there is no
 # separate reduction launch. The first version, timed on the H200 (2026-11-30, docs/BENCHMARKS.md), summed fc's
 # partials and applied GeLU in proj's K loop: proj alone took 73.0 us at 1 token (0.5 TB/s), the layer 84.5 us
-# at its best launch parameters, against 31.6 us now. Tried and dropped (same place): programmatic dependent
-# launch between the three (31.7 us at its best, no gain) and the three phases in one persistent launch whose
-# programs take work items by an atomic ticket (46.2 us).
+# at its best launch parameters, against 31.7 us now (in the same kind of sweep). Tried and dropped (same place):
+# programmatic dependent launch between the three (31.7 us at its best, no gain) and the three phases in one
+# persistent launch whose programs take work items by an atomic ticket (46.2 us).
 # Inference only, like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's
 # routing, then moe_gather_mm_reference's row products).
 
 # Launch parameters of the fc and proj kernels, for the H200 (132 SMs): fc_block_n fc's output columns per
 # program, block_n proj's; block_k, warps and stages both kernels'. The best by the sum of x floor at 1, 2 and 4
 # tokens of a 72-configuration sweep (scripts/bench_moe.py --compile --impls=fused,triton --tune=fused, 2026-11-30,
-# session 11; docs/BENCHMARKS.md): 31.7 / 47.5 / 80.2 us, 1.70 / 1.31 / 1.16x the floor; within 1 us of the best
-# at each of the three token counts in a second sweep on another machine.
+# session 11; docs/BENCHMARKS.md): 31.7 / 47.5 / 80.2 us, 1.70 / 1.31 / 1.16x the floor; in a second sweep on
+# another machine within 1 us of the best at 1 and 2 tokens, 2.8 us at 4.
 MOE_DECODE_CONFIG = {"fc_block_n": 64, "block_n": 64, "block_k": 64, "warps": 4, "stages": 4, "programs_per_sm": 2,
                      "sms": 132, "min_k_steps": 2}
 MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2
@@ -985,9 +985,12 @@ if triton is not None:
                    BLOCK_E: tl.constexpr):
         # the routing of the M = N * TOP_K token-slots from the (N, E) logits: slot r = t * TOP_K + j is token t's
         # j-th choice. Row r of a (BLOCK_M, BLOCK_E) tile holds token r // TOP_K's logits (a few KB from L2), so
-        # every row runs the top-k itself and keeps its own pick, with no exchange between rows. Softmax as
-        # torch's (exp(l - max) / sum), top-k by repeated max (the first index on ties). Returns the slots'
-        # experts (BLOCK_M,) int32, -1 on padding rows, and their weights (BLOCK_M,) fp32.
+        # every row runs the top-k itself and keeps its own pick, with no exchange between rows. The top-k is by
+        # repeated max over the logits themselves (exact, so fc's and proj's programs, compiled apart, pick alike;
+        # the first index on ties), the weights are the softmax's (exp(l - max) / sum, as torch's). A NaN logit
+        # matches no maximum: the index is clamped to E - 1, so the weights stay in bounds (the output is NaN, as
+        # the unfused path's would be). Returns the slots' experts (BLOCK_M,) int32, -1 on padding rows, and their
+        # weights (BLOCK_M,) fp32.
         rows = tl.arange(0, BLOCK_M)
         es = tl.arange(0, BLOCK_E)
         rmask = rows < M
@@ -995,18 +998,19 @@ if triton is not None:
         lg = tl.load(logits_ptr + (rows // TOP_K)[:, None] * E + es[None, :], mask=rmask[:, None] & emask, other=0.0)
         lg = tl.where(emask, lg, float("-inf"))
         p = tl.exp(lg - tl.max(lg, axis=1)[:, None])
-        p = tl.where(emask, p / tl.sum(p, axis=1)[:, None], -1.0)  # probabilities are >= 0: -1 is "taken"
+        p = p / tl.sum(p, axis=1)[:, None]
         j_r = rows % TOP_K
         slot_e = tl.zeros((BLOCK_M,), dtype=tl.int32)
         slot_w = tl.zeros((BLOCK_M,), dtype=tl.float32)
         total = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for j in tl.static_range(TOP_K):
-            best = tl.max(p, axis=1)
-            idx = tl.min(tl.where(p == best[:, None], es[None, :], BLOCK_E), axis=1)
+            best = tl.max(lg, axis=1)
+            idx = tl.minimum(tl.min(tl.where(lg == best[:, None], es[None, :], BLOCK_E), axis=1), E - 1)
+            w = tl.sum(tl.where(es[None, :] == idx[:, None], p, 0.0), axis=1)  # p[r, idx[r]]
             slot_e = tl.where(j_r == j, idx, slot_e)
-            slot_w = tl.where(j_r == j, best, slot_w)
-            total += best
-            p = tl.where(es[None, :] == idx[:, None], -1.0, p)
+            slot_w = tl.where(j_r == j, w, slot_w)
+            total += w
+            lg = tl.where(es[None, :] == idx[:, None], float("-inf"), lg)  # taken
         if RENORM:
             slot_w = slot_w / total
         return tl.where(rmask, slot_e, -1), slot_w
@@ -1061,7 +1065,8 @@ if triton is not None:
                 tl.debug_barrier()
                 hsum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in tl.static_range(N_SPLITS):
-                    hsum += tl.load(part + s * M * N, mask=fin[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
+                    hsum += tl.load(part + s * M * N, mask=fin[:, None] & nmask[None, :], other=0.0,
+                                    cache_modifier=".cg")
                 h = 0.5 * hsum * (1.0 + tl.math.erf(hsum * 0.7071067811865476))
                 tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], h.to(out_ptr.dtype.element_ty),
                          mask=fin[:, None] & nmask[None, :])

@@ -298,18 +298,11 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         B, T, D = x.shape
         xf = x.reshape(B * T, D)  # (N, D)
-        impl = self.impl
-        if impl == "auto":  # decoding (no grad, few tokens): the Triton kernel, whose two projections were
-            # measured at 1.03-1.14x their floor at 8-512 tokens (the whole layer 1.19-1.42x, torch._grouped_mm's
-            # 1.7-1.8x; docs/BENCHMARKS.md), or up to 16 tokens the fused layer (1.14-1.77x); training and
-            # prefills: grouped
-            decode = not torch.is_grad_enabled() and B * T <= MOE_TRITON_MAX_TOKENS
-            fused = decode and not self.training and B * T <= MOE_FUSED_MAX_TOKENS \
-                and B * T * self.top_k <= kernels.MOE_DECODE_MAX_SLOTS
-            impl = ("fused" if fused else "triton" if decode else "grouped") if x.is_cuda else "loop"
+        impl = self.impl if self.impl != "auto" else self.auto_impl(B * T, x.is_cuda)
         if impl == "fused":  # routing, both projections and the weighting in kernels.moe_decode: nothing else to do
-            if self.training:
-                raise RuntimeError("moe_impl='fused' is inference only: call model.eval() (it computes no auxiliary losses)")
+            if self.training or torch.is_grad_enabled():
+                raise RuntimeError("moe_impl='fused' is inference only: call model.eval() and run under "
+                                   "torch.no_grad() (it computes no gradients and no auxiliary losses)")
             y = kernels.moe_decode(xf.to(self.w_fc.dtype), self.router.weight, self.w_fc, self.w_proj, self.top_k,
                                    self.renorm)
             return y.to(x.dtype).view(B, T, D), {}
@@ -334,6 +327,19 @@ class MoE(nn.Module):
         if self.z_coef > 0:  # ST-MoE router z-loss: mean logsumexp(logits)^2
             aux["moe_z"] = self.z_coef * logits.logsumexp(dim=-1).square().mean()
         return self.dropout(y), aux
+
+    def auto_impl(self, n_tokens: int, cuda: bool) -> str:
+        """moe_impl="auto"'s choice for n_tokens. Decoding (eval, no grad, few tokens): up to MOE_FUSED_MAX_TOKENS the
+        fused layer (1.14-1.77x its floor at 1-16 tokens), then the Triton kernel, whose two projections were measured
+        at 1.03-1.14x their floor at 8-512 tokens (the whole layer 1.19-1.42x, torch._grouped_mm's 1.7-1.8x;
+        docs/BENCHMARKS.md); training and prefills: grouped; on CPU the loop."""
+        if not cuda:
+            return "loop"
+        decode = not torch.is_grad_enabled() and n_tokens <= MOE_TRITON_MAX_TOKENS
+        if decode and not self.training and n_tokens <= MOE_FUSED_MAX_TOKENS \
+                and n_tokens * self.top_k <= kernels.MOE_DECODE_MAX_SLOTS:
+            return "fused"
+        return "triton" if decode else "grouped"
 
     def activated_params(self) -> int:
         """Per token: the router and k experts."""

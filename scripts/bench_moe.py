@@ -8,7 +8,7 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [-
    --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
    with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens
    (--gather_tune_tokens=1,2 picks others); with fused in --impls, kernels.moe_decode (the whole layer) at
-   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its launches are also timed one by one
+   1, 2, 4 tokens (--fused_tune_tokens=...). With fused in --impls, its launches are also timed added one by one
    at those token counts.
    moe_impl="gather" and "fused" are timed up to 16 tokens only (gather reads an expert once per token-slot;
    fused takes at most kernels.MOE_DECODE_MAX_SLOTS token-slots).
@@ -135,7 +135,7 @@ if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included
         print(f"fused: adopted {kernels.MOE_DECODE_CONFIG} (the least sum of x floor over {FUSED_TUNE_TOKENS} tokens: "
               f"{min(full.values()):.2f})")
 
-if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: each of its launches alone
+if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: its launches added one by one
     with torch.no_grad():
         for B in FUSED_TUNE_TOKENS:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
@@ -144,11 +144,12 @@ if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time go
             for launches in runs:  # every launch's inputs written once
                 for launch in launches:
                     launch()
-            names = ["logits", "fc", "proj"]
-            parts = [time_fn(lambda i=i: [launches[i]() for launches in runs]) / LAYERS for i in range(len(names))]
-            whole = time_fn(lambda: [launch() for launches in runs for launch in launches]) / LAYERS
-            print(f"fused B={B} parts, us per layer: " + ", ".join(f"{n} {p * 1e6:.1f}" for n, p in zip(names, parts))
-                  + f"; sum {sum(parts) * 1e6:.1f}, all in one graph {whole * 1e6:.1f}")
+            # the first 1, 2 and 3 launches of each layer per graph: each prefix starts with the logits launch,
+            # which zeroes the counters, so fc's and proj's last-arriving programs still finish their units
+            upto = [time_fn(lambda n=n: [launch() for launches in runs for launch in launches[:n]]) / LAYERS
+                    for n in (1, 2, 3)]
+            print(f"fused B={B}, us per layer: logits {upto[0] * 1e6:.1f}, + fc {(upto[1] - upto[0]) * 1e6:.1f}, "
+                  f"+ proj {(upto[2] - upto[1]) * 1e6:.1f}; all three {upto[2] * 1e6:.1f}")
 
 def check_fused(m: MoE) -> tuple[float, bool]:
     """kernels.moe_decode with m's weights against its reference at 1-16 tokens (the largest relative error), and

@@ -237,6 +237,29 @@ def test_decode_paths_equal_loop(dtype, impl):
             moe(x)
 
 
+def test_auto_impl_policy():
+    """moe_impl="auto": the fused layer for inference of up to MOE_FUSED_MAX_TOKENS tokens (and at most
+    MOE_DECODE_MAX_SLOTS token-slots), the Triton kernel up to MOE_TRITON_MAX_TOKENS, grouped for training and
+    prefills, the loop on CPU."""
+    import kernels
+    import model
+    moe = MoE(moe_cfg())
+    assert moe.auto_impl(1, cuda=True) == "grouped"  # training mode, grad on
+    moe.eval()
+    assert moe.auto_impl(1, cuda=True) == "grouped"  # grad on: a training-like forward
+    with torch.no_grad():
+        assert moe.auto_impl(1, cuda=False) == "loop"
+        assert moe.auto_impl(1, cuda=True) == "fused"
+        assert moe.auto_impl(model.MOE_FUSED_MAX_TOKENS, cuda=True) == "fused"
+        assert moe.auto_impl(model.MOE_FUSED_MAX_TOKENS + 1, cuda=True) == "triton"
+        assert moe.auto_impl(model.MOE_TRITON_MAX_TOKENS + 1, cuda=True) == "grouped"
+        moe.top_k = kernels.MOE_DECODE_MAX_SLOTS  # too many slots for the fused layer's tile
+        assert moe.auto_impl(2, cuda=True) == "triton"
+        moe.top_k = 2
+        moe.train()
+        assert moe.auto_impl(1, cuda=True) == "triton"  # training mode under no_grad: aux losses wanted
+
+
 def test_compiles_fullgraph_forward_backward():
     """One compile with fullgraph=True (a graph break raises) and static shapes, through a backend that
     fails on any data-dependent value in the captured graph (torch 2.13 captures .item() and nonzero() as

@@ -172,7 +172,7 @@ def _decode_inputs(N, D, Fh, E, dtype, seed):
 
 def test_decode_reference_is_the_layer():
     """moe_decode_reference against an independent per-token computation in float64 (softmax, top-k by sort,
-    renormalisation, each chosen expert's MLP), with and without renormalisation and for top-1 and top-2."""
+    renormalisation, each chosen expert's MLP), with and without renormalisation, top-1, top-2 and top-3."""
     for k, renorm in ((2, True), (2, False), (1, True), (3, False)):
         x, rw, wf, wp = _decode_inputs(5, 24, 40, 6, torch.float64, 12 + k)
         ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm)
@@ -320,6 +320,15 @@ def _interp_main() -> None:
     assert tied, "the tie case did not arise"
     for t in tied:
         _close(got[t], F.gelu(x[t] @ wf[1]) @ wp[1], torch.float32, f"tie, token {t}")
+    # a NaN token: its output is NaN (as the unfused path's), its routing stays within the experts (no read
+    # past the weights), and the other tokens are unaffected
+    x, rw, wf, wp = _decode_inputs(3, 32, 16, 5, torch.float32, 401)
+    x[1, 4] = float("nan")
+    with torch.no_grad():
+        got = kernels.moe_decode(x, rw, wf, wp, 2, True)
+    ref = kernels.moe_decode_reference(x, rw, wf, wp, 2, True)
+    assert torch.isnan(got[1]).all()
+    _close(got[[0, 2]], ref[[0, 2]], torch.float32, "the tokens beside a NaN token")
     print("interp: all cases ok", flush=True)
 
 
