@@ -236,3 +236,19 @@ def test_out_folder_is_created_or_refused_before_timing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     one_line_error(bench(f"--out={blocker}/sub/y.json", "--device=cpu", check=False), "output folder")
+
+
+def test_bench_moe_script_dry_run_on_cpu():
+    """scripts/bench_moe.py's logic on the CPU with tiny shapes (the kernels run their references there): the
+    layer tables of the decode paths and the fused layer's launch-parameter sweep, which adopts its best."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_moe.py"), "--impls=fused,gather,triton",
+                        "--tune=fused", "--fused_tune_tokens=1,2", "--decode_only"], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "fused: adopted" in p.stdout
+    for impl in ("fused", "gather", "triton"):
+        assert f"moe_impl={impl}" in p.stdout
+    rows = [line.split() for line in p.stdout.splitlines() if line[:6].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 4, 8, 16] * 2 + [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert all(float(r[3]) > 0 for r in rows)  # us per layer
+    assert "_grouped_mm" not in p.stdout  # --decode_only skips sections 2 and 3
