@@ -1072,7 +1072,7 @@ if triton is not None:
                          mask=fin[:, None] & nmask[None, :])
             else:  # unit: (token t, column tile), TOP_K x N_SPLITS arrivals: one per split from each of t's experts
                 tok = rows // TOP_K
-                old = tl.atomic_add(cnt_ptr + tok * n_tiles + nt, 1, mask=same)  # t's slots have distinct experts
+                old = tl.atomic_add(cnt_ptr + tok * n_tiles + nt, 1, mask=same)  # one arrival per slot row
                 fin = same & (old == TOP_K * N_SPLITS - 1)  # row r: token r // TOP_K is complete, finish it here
                 tl.debug_barrier()
                 y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
