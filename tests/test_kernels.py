@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import kernels
-from kernel_checks import close as _close, run_interpreter_checks
+from kernel_checks import close as _close, compile_sm90, run_interpreter_checks
 
 
 
@@ -141,17 +141,6 @@ def test_topk_auto_picks_the_measured_winner():
     assert torch.equal(kernels.topk_indices(x, 7, False).sort(-1).values, x.topk(7, dim=-1).indices.sort(-1).values)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
-def _compile_sm90(fn, types: dict, constexprs: dict, num_warps: int = 4):
-    """Compile a Triton kernel for sm_90 (the H200) without a GPU: triton ships ptxas. The interpreter never
-    takes the tensor-core paths (SPLIT=True), so this is how the tests see that they compile."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    sig = {name: types.get(name, "constexpr") for name in fn.arg_names}
-    return kernels.triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": num_warps})
-
-
 def test_lookup_kernels_compile_for_sm90():
     """The lookup's forward and sorted backward, as the GPU runs them (SPLIT=True), for every values dtype and
     the launch options (value tile, column tiles side by side): they must compile for sm_90 (an fp16 value
@@ -163,15 +152,15 @@ def test_lookup_kernels_compile_for_sm90():
         for inner in (False, True):
             fwd = {"values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}",
                    "out_ptr": f"*{vdt}", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
-            _compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128,
-                                                            "SPLIT": True, "COLS_INNER": inner})
+            compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128,
+                                                           "SPLIT": True, "COLS_INNER": inner})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
                        "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
-                _compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
-                              {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
-                               "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner})
+                compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
+                             {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
+                              "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner})
 
 
 def test_value_tile_split_is_exact():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernel_checks import close as _close, run_interpreter_checks
+from kernel_checks import close as _close, compile_sm90, run_interpreter_checks
 
 
 
@@ -218,6 +218,27 @@ def test_decode_splits():
         n, per = kernels._moe_decode_splits(M, N, K, cfg["block_n"])
         assert per % cfg["block_k"] == 0 and (n - 1) * per < K <= n * per  # every K covered, no empty split
         assert n == 1 or per >= cfg["block_k"] * cfg["min_k_steps"]
+
+
+def test_decode_kernels_compile_for_sm90():
+    """moe_decode's kernels as the GPU runs them (tl.dot in bf16 and fp32, fc and proj, one and several K splits,
+    top-1 and top-2): they must compile for sm_90, which the interpreter does not check."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the kernels are interpreter functions in this process")
+    for dt in ("bf16", "fp32"):
+        compile_sm90(kernels._moe_logits_kernel, {"x_ptr": f"*{dt}", "rw_ptr": f"*{dt}", "logits_ptr": "*fp32",
+                                                  "cnt_ptr": "*i32", "n_cnt": "i32", "E": "i32", "D": "i32",
+                                                  "sxm": "i32", "sxd": "i32", "swe": "i32", "swd": "i32"},
+                     {"BLOCK_D": 2048, "BLOCK_Z": 128})
+        mm = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "logits_ptr": "*fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32",
+              "M": "i32", "N": "i32", "K": "i32", "E": "i32", "k_per_split": "i32", "sxm": "i32", "sxk": "i32",
+              "swg": "i32", "swk": "i32", "swn": "i32"}
+        for fc in (True, False):
+            for splits, top_k in ((1, 2), (3, 2), (2, 1)):
+                compile_sm90(kernels._moe_decode_mm_kernel, {**mm, "out_ptr": f"*{dt}" if fc else "*fp32"},
+                             {"TOP_K": top_k, "RENORM": True, "FC": fc, "N_SPLITS": splits, "DOT_FP32": dt == "fp32",
+                              "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64}, num_stages=4)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
