@@ -793,14 +793,21 @@ def moe_gather_mm_reference(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -
     return torch.bmm(xs.unsqueeze(1), w[ids].to(acc)).squeeze(1)  # (M, N)
 
 
-def _moe_gather_splits(M: int, N: int, K: int) -> tuple[int, int]:
-    """(n_split, K per split, a multiple of BLOCK_K) from static shapes: enough programs for programs_per_sm
-    per SM over M rows x N / BLOCK_N column tiles, at most one split per BLOCK_K."""
-    cfg = MOE_GATHER_CONFIG
-    tiles = max(1, M * triton.cdiv(N, cfg["block_n"]))
-    want = max(1, min(triton.cdiv(cfg["programs_per_sm"] * cfg["sms"], tiles), triton.cdiv(K, cfg["block_k"])))
-    per = triton.cdiv(triton.cdiv(K, want), cfg["block_k"]) * cfg["block_k"]
+def _k_splits(M: int, N: int, K: int, block_n: int, block_k: int, programs: int,
+              min_k_steps: int = 1) -> tuple[int, int]:
+    """(K splits, K per split, a multiple of block_k) from static shapes, for the MoE decode kernels' split K:
+    enough programs (`programs`: per SM x SMs) over M rows x N / block_n column tiles, with at least min_k_steps
+    block_k steps per split."""
+    tiles = max(1, M * triton.cdiv(N, block_n))
+    want = max(1, min(triton.cdiv(programs, tiles), triton.cdiv(K, block_k * min_k_steps)))
+    per = triton.cdiv(triton.cdiv(K, want), block_k) * block_k
     return triton.cdiv(K, per), per
+
+
+def _moe_gather_splits(M: int, N: int, K: int) -> tuple[int, int]:
+    """moe_gather_mm's (n_split, K per split): programs_per_sm per SM, at most one split per BLOCK_K."""
+    cfg = MOE_GATHER_CONFIG
+    return _k_splits(M, N, K, cfg["block_n"], cfg["block_k"], cfg["programs_per_sm"] * cfg["sms"])
 
 
 if triton is not None:
@@ -947,14 +954,9 @@ def moe_decode_reference(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
 
 
 def _moe_decode_splits(M: int, N: int, K: int, block_n: int) -> tuple[int, int]:
-    """(K splits, K per split, a multiple of BLOCK_K) for M token-slots, N output columns in tiles of block_n,
-    K inputs."""
+    """moe_decode's (K splits, K per split) for M token-slots, N output columns in tiles of block_n, K inputs."""
     cfg = MOE_DECODE_CONFIG
-    tiles = max(1, M * triton.cdiv(N, block_n))
-    most = max(1, triton.cdiv(K, cfg["block_k"] * cfg["min_k_steps"]))
-    want = max(1, min(triton.cdiv(cfg["programs_per_sm"] * cfg["sms"], tiles), most))
-    per = triton.cdiv(triton.cdiv(K, want), cfg["block_k"]) * cfg["block_k"]
-    return triton.cdiv(K, per), per
+    return _k_splits(M, N, K, block_n, cfg["block_k"], cfg["programs_per_sm"] * cfg["sms"], cfg["min_k_steps"])
 
 
 if triton is not None:
@@ -1107,7 +1109,7 @@ def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor,
 def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
                          renorm: bool) -> tuple[Tensor, list]:
     """The output (N, D) fp32 and the three launches that fill it, in order (logits, fc, proj), as callables:
-    moe_decode runs them all; bench_moe.py times them one at a time."""
+    moe_decode runs them all; bench_moe.py times them added one by one."""
     N, D = x.shape
     E, _, Fh = w_fc.shape
     M = N * top_k

@@ -90,6 +90,16 @@ print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per ex
 import kernels
 
 
+def routed(m: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The experts the router of m picks for the tokens x (N, D): (N, K), as the layer routes."""
+    return (x.float() @ m.router.weight.float().T).topk(K, -1).indices
+
+
+def experts_hit(xs: list) -> float:
+    """The mean over the layers of the distinct experts their tokens xs (one (N, D) per layer) touch."""
+    return sum(len(torch.unique(routed(m, x))) for m, x in zip(layers, xs)) / LAYERS
+
+
 def tune(label: str, config: dict, grid: dict, fn, floor: float) -> dict:
     """Times fn under every combination of grid's values (written into config, restored after) and prints each
     and the best against the floor; a configuration that fails (e.g. out of shared memory) is reported and skipped.
@@ -120,8 +130,7 @@ if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included
     with torch.no_grad():
         for B in FUSED_TUNE_TOKENS:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
-            hit = sum(len(torch.unique((x.float() @ m.router.weight.float().T).topk(K, -1).indices))
-                      for m, x in zip(layers, xs)) / LAYERS
+            hit = experts_hit(xs)
 
             def fused(xs=xs):
                 return [kernels.moe_decode(x, m.router.weight, m.w_fc, m.w_proj, K, True) for m, x in zip(layers, xs)]
@@ -150,6 +159,7 @@ if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time go
                     for n in (1, 2, 3)]
             print(f"fused B={B}, us per layer: logits {upto[0] * 1e6:.1f}, + fc {(upto[1] - upto[0]) * 1e6:.1f}, "
                   f"+ proj {(upto[2] - upto[1]) * 1e6:.1f}; all three {upto[2] * 1e6:.1f}")
+
 
 def check_fused(m: MoE) -> tuple[float, bool]:
     """kernels.moe_decode with m's weights against its reference at 1-16 tokens (the largest relative error), and
@@ -194,8 +204,7 @@ for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels
     with torch.no_grad():
         for B in [b for b in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] if b <= MAX_TOKENS.get(impl, 512)]:
             xs = [torch.randn(B, 1, D, device=dev, dtype=torch.bfloat16) for _ in layers]
-            hit = sum(len(torch.unique((x[:, 0].float() @ m.router.weight.float().T).topk(K, -1).indices))
-                      for m, x in zip(layers, xs)) / LAYERS
+            hit = experts_hit([x[:, 0] for x in xs])
             expected = E * (1 - (1 - K / E) ** B)
             t = time_fn(lambda: step(xs)) / LAYERS
             floor = (hit * expert_bytes + router_bytes) / bw
@@ -208,7 +217,7 @@ if TUNE:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             routes = []
             for m, x in zip(layers, xs):
-                experts = (x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1)
+                experts = routed(m, x).reshape(-1)
                 se, order = experts.sort(stable=True)
                 offs = torch.searchsorted(se, torch.arange(E, device=dev), right=True).to(torch.int32)
                 routes.append((x.index_select(0, order // K), offs, len(torch.unique(experts))))
@@ -221,7 +230,7 @@ if TUNE:
                                                 "stages": (3, 4)}, two, sum(r[2] for r in routes) / LAYERS * expert_bytes / bw)
         for B in (GATHER_TUNE_TOKENS if "gather" in TUNE else []):  # kernels.moe_gather_mm on each token-slot's expert
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
-            ids = [(x.float() @ m.router.weight.float().T).topk(K, -1).indices.reshape(-1) for m, x in zip(layers, xs)]
+            ids = [routed(m, x).reshape(-1) for m, x in zip(layers, xs)]
 
             def two_g(ids=ids, xs=xs):
                 return [kernels.moe_gather_mm(F.gelu(kernels.moe_gather_mm(x, m.w_fc, i, K)).to(x.dtype), m.w_proj, i)
