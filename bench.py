@@ -205,6 +205,9 @@ def bench_kernels(cfg: dict) -> dict:
             out = kernels._lookup_triton(values, rows, blocks, scores, E)
             rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
             row = {"shape": shape, "T": T, "fwd": rel(out, ref)}
+            # the forward's other path: each column weighted by its score in fp32 (fwd_sdot off), on the 2-D grid
+            with _lookup_config(fwd_sdot=False, fwd_cols_inner=False):
+                row["fwd_percol"] = rel(kernels._lookup_triton(values, rows, blocks, scores, E), ref)
             for scheme in ("sorted", "atomic"):
                 kernels.set_backward_scheme(scheme)
                 gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
@@ -233,7 +236,8 @@ def bench_kernels(cfg: dict) -> dict:
         del values
     res["checks"] = checks
     if checks:
-        worst = max(max(r["fwd"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"], r["gs_atomic"]) for r in checks)
+        worst = max(max(r["fwd"], r["fwd_percol"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"], r["gs_atomic"])
+                    for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
                                                     and all(r["value_tile_gv_bitwise"]) and r["value_tile_gs_rel"][0] < 1e-2
                                                     and r["value_tile_gs_rel"][1] < 1e-5 for r in checks))
@@ -279,16 +283,19 @@ def bench_kernels(cfg: dict) -> dict:
                 bwd_lookup = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
                 # around the winners of sessions 5-7's sweeps (forward 128 columns, 32 slots per step, 4 warps;
                 # backward 128 columns, R 16-32, 16-32 slots per step, 4 warps; docs/KERNELS.md), each with the
-                # grid's order (cols_inner: the column tiles of a token / row tile consecutive) and the backward
+                # grid's order (*_cols_inner: the column tiles of a token / row tile consecutive) and the backward
                 # with the value tile (bwd_value_tile), both new in session 7. Left out, as they lost in every
                 # earlier sweep: 3 stages, the zero-filled backward, 64 slots per step, the whole row (0 columns)
                 # or R 64 in the backward
-                for bd, bk, inner in itertools.product((64, 128, 256), (16, 32), (False, True)):
-                    with _lookup_config(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=4, fwd_stages=1, cols_inner=inner):
-                        r[f"sweep_fwd{'_inner' if inner else ''}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
+                # and, new in session 12, the scores in the one-hot operand (fwd_sdot)
+                for bd, bk, inner, sdot in itertools.product((64, 128, 256), (16, 32), (False, True), (False, True)):
+                    with _lookup_config(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=4, fwd_stages=1,
+                                        fwd_cols_inner=inner, fwd_sdot=sdot):
+                        tag = ("_inner" if inner else "") + ("_sdot" if sdot else "")
+                        r[f"sweep_fwd{tag}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
                 for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):
                     with _lookup_config(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
-                                        bwd_value_tile=vt, cols_inner=inner):
+                                        bwd_value_tile=vt, bwd_cols_inner=inner):
                         tag = ("_inner" if inner else "") + ("_vtile" if vt else "")
                         r[f"sweep_bwd{tag}_d128_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
                 for part in ("fwd", "bwd"):

@@ -94,19 +94,22 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # instead of gathering a value row per slot: for tables whose rows are selected several times per step
 # (the UltraMem-151M step: 4.3 slots per row, 201.4 against 208.7 ms per step on the H200, session 8: on in
 # config/ultramem_151m.py's lookup_config); off by default (1.5-1.8x slower on uniform random indices, no
-# faster for the small models; docs/BENCHMARKS.md). cols_inner: the
-# forward's and the sorted backward's column tiles of one token / row tile are consecutive programs of a 1-D grid,
+# faster for the small models; docs/BENCHMARKS.md). fwd_cols_inner / bwd_cols_inner: the
+# forward's / the sorted backward's column tiles of one token / row tile are consecutive programs of a 1-D grid,
 # so that they run at about the same time: a selected value row is then read whole (1 KB at 512 bf16 columns)
 # within a short time instead of a quarter at a time in four passes over the tokens; the token's indices are
-# read four times close together (L1/L2) rather than far apart. Off: timed in session 8, the forward 6% faster on
-# shape (a), 3% slower on (b), the backward within noise at its best tiles (docs/KERNELS.md).
-# Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (2026-11-29, docs/KERNELS.md): the
-# second sweep moved fwd_block_k from 16 to 32 (6-8% faster on both shapes in the same run).
+# read four times close together (L1/L2) rather than far apart. Timed in session 8 (one key for both then): the
+# forward 6% faster on shape (a), 3% slower on (b), the backward within noise at its best tiles and 17% slower
+# at (b)'s (docs/KERNELS.md): the backward's stays off. fwd_sdot (bf16 values): the forward puts the MCS scores
+# into the one-hot operand and feeds the value tile to the tensor cores unconverted (_lookup_fwd_kernel).
+# Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (docs/KERNELS.md). Session 12
+# (2026-11-30): fwd_sdot with fwd_cols_inner took shape (a) from 815.6 to 627.4 us (3.72 TB/s useful), and (b)
+# from 1,431 to 1,313 us at 64 columns (its cores of 192 columns then hold whole tiles), in one sweep.
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
-          "bwd_value_tile": False, "cols_inner": False,
+          "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
           "atomic_warps": 4}
 
 
@@ -185,6 +188,18 @@ if triton is not None:
         return tl.dot(oh, w_lo, acc)
 
     @triton.jit
+    def _score_dot(hit, s, v, acc, SPLIT: tl.constexpr):
+        # acc += (hit * s) @ v: hit (E_PAD, BLOCK_K) the slots' one-hot blocks, s (BLOCK_K,) their scores, v
+        # (BLOCK_K, BLOCK_D) bf16 values, unconverted. The (E_PAD, BLOCK_K) fp32 operand is split into bf16 hi + lo
+        # (16 of its 24 mantissa bits); SPLIT=False (the interpreter, whose bf16 dot is broken) takes fp32
+        a = tl.where(hit, s.to(tl.float32)[None, :], 0.0)
+        if not SPLIT:
+            return tl.dot(a, v.to(tl.float32), acc, input_precision="ieee")
+        a_hi = a.to(tl.bfloat16)
+        acc = tl.dot(a_hi, v, acc)
+        return tl.dot((a - a_hi.to(tl.float32)).to(tl.bfloat16), v, acc)
+
+    @triton.jit
     def _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT: tl.constexpr, V16: tl.constexpr):
         # the rows of a value tile chosen by the one-hot pick (BLOCK_I, R) -> (BLOCK_I, BLOCK_D) fp32, exactly:
         # every output is one product with 1.0. t_hi is the tile itself for 16-bit values (one tensor-core dot);
@@ -232,12 +247,18 @@ if triton is not None:
     @triton.jit
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk, n_ct,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr):
+                           BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr,
+                           SDOT: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
         # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
         # consecutive programs, so they run at about the same time and read each selected row whole between
         # them; otherwise grid (tokens, n_ct), where tile j of every token runs before tile j + 1 of any
+        # SDOT (bf16 values, the tile inside one MCS core): the scores go into the small operand instead, the
+        # (E_PAD, BLOCK_K) one-hot times the slots' scores, and the value tile goes from the load to the tensor
+        # cores as it is (bf16 is exact there): no fp32 copy of the tile and no per-element multiply or split, the
+        # same accuracy (16 mantissa bits of each score, exact products). (Tiles across a core boundary, one such
+        # product per core over its columns, were timed in session 12 and lost, also where no tile crossed.)
         t, j = _grid_pos(n_ct, COLS_INNER)
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
@@ -246,9 +267,21 @@ if triton is not None:
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K, BLOCK_D)
-            v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
+            if SDOT:
+                ks = k0 + tl.arange(0, BLOCK_K)
+                kmask = ks < K
+                b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
+                r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
+                s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
+                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
+                            other=0.0)
+                acc = _score_dot(eids[:, None] == b[None, :], s, v, acc, SPLIT)
+            else:
+                b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K,
+                                             BLOCK_D)
+                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
+                            other=0.0)
+                acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
         out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
@@ -372,13 +405,20 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     if T == 0:
         return out
     BLOCK_D = _block_d(Dv, "fwd_block_d")
+    chunk = Dv // h
+    sdot = bool(CONFIG["fwd_sdot"]) and values.dtype == torch.bfloat16
+    if sdot and chunk % BLOCK_D:  # the scores in the one-hot operand take tiles inside one MCS core: the
+        # largest power of two dividing the core, if it is 64 or more (shape (b), cores of 192 columns: 64 columns
+        # took 1,313 us against 1,378 us for 128 columns without fwd_sdot, session 12), else the per-column path
+        BLOCK_D = chunk & -chunk
+        sdot = BLOCK_D >= 64
+        BLOCK_D = BLOCK_D if sdot else _block_d(Dv, "fwd_block_d")
     n_ct = triton.cdiv(Dv, BLOCK_D)
-    inner = bool(CONFIG["cols_inner"])
+    inner = bool(CONFIG["fwd_cols_inner"])
     _launch(_lookup_fwd_kernel, (T * n_ct,) if inner else (T, n_ct), values.is_cuda, values.contiguous(),
-            rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, Dv // h, n_ct, E=E, H=h,
+            rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, chunk, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, COLS_INNER=inner, num_warps=CONFIG["fwd_warps"],
-            num_stages=CONFIG["fwd_stages"])
+            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"])
     return out
 
 
@@ -417,7 +457,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
-        inner = bool(CONFIG["cols_inner"])
+        inner = bool(CONFIG["bwd_cols_inner"])
         _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,

@@ -1,5 +1,6 @@
 """GPU measurements for the MoE baseline (run from the repo root:
-python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [--tune[=fused,...]] [--decode_only]).
+python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [--tune[=fused,...]] [--decode_only]
+[--fused_grid=key:v,v/key:v,...]).
 
 1. Decode latency of one MoE layer of MoE-1.6B-2in34 (D 2048, 34 experts of 4864, top-2, bf16), at 1..512
    tokens, replayed as a CUDA graph, against its HBM floor (bytes of the distinct experts the batch touches,
@@ -14,6 +15,7 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [-
    fused takes at most kernels.MOE_DECODE_MAX_SLOTS token-slots).
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
+import ast
 import itertools
 import sys
 import time
@@ -124,6 +126,10 @@ def tune(label: str, config: dict, grid: dict, fn, floor: float) -> dict:
 
 FUSED_GRID = {"fc_block_n": (32, 64, 128), "block_n": (32, 64, 128), "block_k": (64, 128), "stages": (3, 4),
               "programs_per_sm": (2, 4)}
+# --fused_grid=prefetch:0,1,2/fc_block_n:32,64 sweeps these keys of kernels.MOE_DECODE_CONFIG instead
+FUSED_GRID = next(({k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, vs in
+                    (item.split(":", 1) for item in a.split("=", 1)[1].split("/"))}
+                   for a in sys.argv if a.startswith("--fused_grid=")), FUSED_GRID)
 if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included) swept
     # first, and the best by the sum of its ratios to the floor over FUSED_TUNE_TOKENS adopted for the table below
     ratios = {}

@@ -192,9 +192,9 @@ def test_lookup_config_of_a_config_file_is_its_models():
     import bench as b
     _, models = b.parse(["config/ultramem_151m.py", "config/dense_151m.py"])
     assert [m["lookup_config"] for _, m in models] == ["bwd_value_tile=1", ""]
-    run, models = b.parse(["config/ultramem_151m.py", "--lookup_config=cols_inner=1"])
-    assert run["lookup_config"] == models[0][1]["lookup_config"] == "cols_inner=1"
-    assert b.lookup_overrides(models[0][1]["lookup_config"]) == {"cols_inner": True}
+    run, models = b.parse(["config/ultramem_151m.py", "--lookup_config=bwd_cols_inner=1"])
+    assert run["lookup_config"] == models[0][1]["lookup_config"] == "bwd_cols_inner=1"
+    assert b.lookup_overrides(models[0][1]["lookup_config"]) == {"bwd_cols_inner": True}
 
 
 def test_lookup_config_block_restores_kernel_config():
@@ -206,7 +206,7 @@ def test_lookup_config_block_restores_kernel_config():
         assert kernels.CONFIG["bwd_value_tile"] is True and kernels.CONFIG["bwd_rows"] == 16
     assert kernels.CONFIG == keep
     with pytest.raises(RuntimeError):
-        with b._lookup_config(cols_inner=True):
+        with b._lookup_config(bwd_cols_inner=True):
             raise RuntimeError("a failed launch")
     assert kernels.CONFIG == keep
 

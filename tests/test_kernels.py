@@ -152,8 +152,10 @@ def test_lookup_kernels_compile_for_sm90():
         for inner in (False, True):
             fwd = {"values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}",
                    "out_ptr": f"*{vdt}", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
-            compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128,
-                                                           "SPLIT": True, "COLS_INNER": inner})
+            for sdot in (False, True) if vdt == "bf16" else (False,):
+                compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32,
+                                                               "BLOCK_D": 128, "SPLIT": True, "COLS_INNER": inner,
+                                                               "SDOT": sdot})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
@@ -191,6 +193,8 @@ CASES = [  # N, Dv, T, K, E, h, dtype
     (70, 20, 4, 5, 4, 1, torch.float32),    # N over two row tiles of the backward
     (8, 6, 9, 11, 4, 2, torch.float32),     # more slots than rows: every row many times (backward tiles 16 x 32)
     (29, 18, 1, 3, 4, 2, torch.bfloat16),   # one token (decode)
+    (41, 128, 3, 21, 4, 2, torch.bfloat16),  # cores of 64 columns: fwd_sdot's path (64-column tiles by default,
+                                             # 16 and 32 in the variants)
 ]
 
 
@@ -225,9 +229,15 @@ def _interp_main() -> None:
                     {"bwd_value_tile": True, "bwd_rows": 16, "bwd_block_i": 32, "bwd_block_d": 16},
                     {"bwd_value_tile": True, "bwd_zero_fill": True, "bwd_rows": 64},
                     # a 1-D grid with the column tiles of a token / row tile consecutive
-                    {"cols_inner": True, "fwd_block_d": 16, "bwd_block_d": 16},
-                    {"cols_inner": True, "bwd_value_tile": True, "fwd_block_d": 16, "bwd_block_d": 16, "bwd_rows": 16,
-                     "bwd_block_i": 32})
+                    # (the forward's is the default), or the 2-D grid
+                    {"bwd_cols_inner": True, "fwd_cols_inner": False, "fwd_block_d": 16, "bwd_block_d": 16},
+                    {"bwd_cols_inner": True, "bwd_value_tile": True, "fwd_block_d": 16, "bwd_block_d": 16, "bwd_rows": 16,
+                     "bwd_block_i": 32},
+                    # bf16 values: the scores in the one-hot operand (fwd_sdot, the default) where column tiles fit
+                    # in an MCS core (the last case; the others take the per-column path), or per column
+                    {"fwd_block_d": 32, "fwd_block_k": 4},
+                    {"fwd_sdot": False, "fwd_block_d": 16},
+                    {"fwd_sdot": False, "fwd_cols_inner": False, "fwd_block_k": 4})
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)

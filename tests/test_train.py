@@ -101,7 +101,7 @@ def test_lookup_config_is_checked(data_dir, tmp_path):
     for bad, word in (("nope=1", "nope"), ("bwd_value_tile=2", "0 or 1"), ("bwd_rows=x", "integer")):
         one_line_error(train(data_dir, tmp_path / "bad", "--max_iters=1", f"--lookup_config={bad}", check=False), 1, word)
         assert not (tmp_path / "bad" / "ckpt.pt").exists()
-    p = train(data_dir, tmp_path / "ok", "--max_iters=2", "--eval_interval=2", "--lookup_config=bwd_value_tile=1,cols_inner=1")
+    p = train(data_dir, tmp_path / "ok", "--max_iters=2", "--eval_interval=2", "--lookup_config=bwd_value_tile=1,bwd_cols_inner=1,fwd_sdot=0")
     assert "lookup_config" in p.stdout and (tmp_path / "ok" / "ckpt.pt").exists()
 
 
