@@ -205,9 +205,13 @@ def bench_kernels(cfg: dict) -> dict:
             out = kernels._lookup_triton(values, rows, blocks, scores, E)
             rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
             row = {"shape": shape, "T": T, "fwd": rel(out, ref)}
-            # the forward's other path: each column weighted by its score in fp32 (fwd_sdot off), on the 2-D grid
+            # the forward's other path: each column weighted by its score in fp32 (fwd_sdot off), on the 2-D grid;
+            # and fwd_sdot with fp32 scores, whose lo part (the split of the score operand) is not zero
             with _lookup_config(fwd_sdot=False, fwd_cols_inner=False):
                 row["fwd_percol"] = rel(kernels._lookup_triton(values, rows, blocks, scores, E), ref)
+            s32 = scores.float() * (1 + 2 ** -12)  # not representable in bf16
+            ref32 = kernels.mem_lookup_reference(values.double(), rows, blocks, s32.double(), E)
+            row["fwd_fp32_scores"] = rel(kernels._lookup_triton(values, rows, blocks, s32, E), ref32)
             for scheme in ("sorted", "atomic"):
                 kernels.set_backward_scheme(scheme)
                 gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
@@ -236,7 +240,7 @@ def bench_kernels(cfg: dict) -> dict:
         del values
     res["checks"] = checks
     if checks:
-        worst = max(max(r["fwd"], r["fwd_percol"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"], r["gs_atomic"])
+        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"], r["gs_atomic"])
                     for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
                                                     and all(r["value_tile_gv_bitwise"]) and r["value_tile_gs_rel"][0] < 1e-2
@@ -291,6 +295,8 @@ def bench_kernels(cfg: dict) -> dict:
                 for bd, bk, inner, sdot in itertools.product((64, 128, 256), (16, 32), (False, True), (False, True)):
                     with _lookup_config(fwd_block_d=bd, fwd_block_k=bk, fwd_warps=4, fwd_stages=1,
                                         fwd_cols_inner=inner, fwd_sdot=sdot):
+                        if sdot and kernels._fwd_tile(Dv, h, dtype) != (bd, True):
+                            continue  # fwd_sdot would run another tile (or none) here: timed under its own name
                         tag = ("_inner" if inner else "") + ("_sdot" if sdot else "")
                         r[f"sweep_fwd{tag}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
                 for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):

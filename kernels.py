@@ -87,7 +87,8 @@ _DETERMINISTIC = False
 POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launch, so an unwritten element shows
 # Launch parameters; bench.py may override them to sweep. Chosen for the H200 (docs/KERNELS.md).
 # *_block_d: the value columns per program (0: the whole row in one program); smaller tiles mean fewer registers
-# and more programs. bwd_rows: value rows per backward program (0: by shape, 32 or 16 with bwd_block_i 16 or 32;
+# and more programs (with fwd_sdot the forward may take fewer: the largest power of two dividing an MCS core,
+# _fwd_tile). bwd_rows: value rows per backward program (0: by shape, 32 or 16 with bwd_block_i 16 or 32;
 # set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a memset and let tiles
 # without slots write nothing, instead of every program writing its rows (zeros included). bwd_value_tile: the
 # sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
@@ -99,8 +100,9 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # so that they run at about the same time: a selected value row is then read whole (1 KB at 512 bf16 columns)
 # within a short time instead of a quarter at a time in four passes over the tokens; the token's indices are
 # read four times close together (L1/L2) rather than far apart. Timed in session 8 (one key for both then): the
-# forward 6% faster on shape (a), 3% slower on (b), the backward within noise at its best tiles and 17% slower
-# at (b)'s (docs/KERNELS.md): the backward's stays off. fwd_sdot (bf16 values): the forward puts the MCS scores
+# forward 6% faster on shape (a), 3% slower on (b), the backward within noise at its best tiles; in session 12's
+# sweep (b)'s best backward tile was 4.82 ms with it against 4.13 without (docs/BENCHMARKS.md): the backward's
+# stays off. fwd_sdot (bf16 values): the forward puts the MCS scores
 # into the one-hot operand and feeds the value tile to the tensor cores unconverted (_lookup_fwd_kernel).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (docs/KERNELS.md). Session 12
 # (2026-11-30): fwd_sdot with fwd_cols_inner took shape (a) from 815.6 to 627.4 us (3.72 TB/s useful), and (b)
@@ -253,12 +255,14 @@ if triton is not None:
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
         # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
         # consecutive programs, so they run at about the same time and read each selected row whole between
-        # them; otherwise grid (tokens, n_ct), where tile j of every token runs before tile j + 1 of any
+        # them; otherwise grid (tokens, n_ct), where tile j of every token runs before tile j + 1 of any token.
         # SDOT (bf16 values, the tile inside one MCS core): the scores go into the small operand instead, the
         # (E_PAD, BLOCK_K) one-hot times the slots' scores, and the value tile goes from the load to the tensor
         # cores as it is (bf16 is exact there): no fp32 copy of the tile and no per-element multiply or split, the
         # same accuracy (16 mantissa bits of each score, exact products). (Tiles across a core boundary, one such
         # product per core over its columns, were timed in session 12 and lost, also where no tile crossed.)
+        # With bf16 scores (memory.py casts them to the values' dtype) the lo part is zero: one dot would do;
+        # not yet timed.
         t, j = _grid_pos(n_ct, COLS_INNER)
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
@@ -397,6 +401,20 @@ def _block_d(Dv: int, key: str) -> int:
     return min(CONFIG[key], full) if CONFIG[key] else full
 
 
+def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
+    """The forward's (columns per program, fwd_sdot taken). fwd_sdot (bf16 values) needs tiles inside one MCS core:
+    fwd_block_d if it divides the core (or h is 1: one core), else the largest power of two dividing the core if
+    that is 64 or more (shape (b), cores of 192 columns: 64 columns took 1,313 us against 1,378 us for 128 columns
+    without fwd_sdot, session 12), else the per-column path at fwd_block_d."""
+    block_d, chunk = _block_d(Dv, "fwd_block_d"), Dv // h
+    if not (CONFIG["fwd_sdot"] and dtype == torch.bfloat16):
+        return block_d, False
+    if h == 1 or chunk % block_d == 0:
+        return block_d, True
+    core_tile = chunk & -chunk
+    return (core_tile, True) if core_tile >= 64 else (block_d, False)
+
+
 def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
     T, K = rows.shape
     N, Dv = values.shape
@@ -404,21 +422,15 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     out = _empty(T, E, Dv, dtype=values.dtype, device=values.device)
     if T == 0:
         return out
-    BLOCK_D = _block_d(Dv, "fwd_block_d")
+    BLOCK_D, sdot = _fwd_tile(Dv, h, values.dtype)
     chunk = Dv // h
-    sdot = bool(CONFIG["fwd_sdot"]) and values.dtype == torch.bfloat16
-    if sdot and chunk % BLOCK_D:  # the scores in the one-hot operand take tiles inside one MCS core: the
-        # largest power of two dividing the core, if it is 64 or more (shape (b), cores of 192 columns: 64 columns
-        # took 1,313 us against 1,378 us for 128 columns without fwd_sdot, session 12), else the per-column path
-        BLOCK_D = chunk & -chunk
-        sdot = BLOCK_D >= 64
-        BLOCK_D = BLOCK_D if sdot else _block_d(Dv, "fwd_block_d")
     n_ct = triton.cdiv(Dv, BLOCK_D)
     inner = bool(CONFIG["fwd_cols_inner"])
     _launch(_lookup_fwd_kernel, (T * n_ct,) if inner else (T, n_ct), values.is_cuda, values.contiguous(),
             rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, chunk, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"])
+            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, num_warps=CONFIG["fwd_warps"],
+            num_stages=CONFIG["fwd_stages"])
     return out
 
 

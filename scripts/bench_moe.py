@@ -23,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import kernels
 from bench import _cuda_graph
 from model import GPTConfig, MoE
 
@@ -41,6 +42,18 @@ TUNE = next((set(IMPLS) if a == "--tune" else set(a.split("=", 1)[1].split(","))
              if a == "--tune" or a.startswith("--tune=")), set())
 FUSED_TUNE_TOKENS = next(([int(t) for t in a.split("=", 1)[1].split(",") if t] for a in sys.argv
                           if a.startswith("--fused_tune_tokens=")), [1, 2, 4])
+# the fused layer's sweep (--tune=fused)
+FUSED_GRID = {"fc_block_n": (32, 64, 128), "block_n": (32, 64, 128), "block_k": (64, 128), "stages": (3, 4),
+              "programs_per_sm": (2, 4)}
+# --fused_grid=fc_block_n:32,64/stages:3,4 sweeps these keys of kernels.MOE_DECODE_CONFIG instead
+for a in sys.argv:
+    if a.startswith("--fused_grid="):
+        items = [item.partition(":") for item in a.split("=", 1)[1].split("/")]
+        bad = [k for k, colon, vs in items if not colon or not vs or k not in kernels.MOE_DECODE_CONFIG]
+        if bad:
+            sys.exit(f"--fused_grid: {', '.join(map(repr, bad))}: need key:v,v,... with keys of "
+                     f"kernels.MOE_DECODE_CONFIG ({', '.join(kernels.MOE_DECODE_CONFIG)})")
+        FUSED_GRID = {k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, _, vs in items}
 torch.manual_seed(0)
 
 
@@ -89,7 +102,6 @@ def stack(xs):
 step = torch.compile(stack, fullgraph=True) if COMPILE else stack
 print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per expert, "
       f"{E * expert_bytes / 1e9:.3f} GB per layer; {'compiled' if COMPILE else 'eager'} ops in a CUDA graph")
-import kernels
 
 
 def routed(m: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -124,12 +136,6 @@ def tune(label: str, config: dict, grid: dict, fn, floor: float) -> dict:
     return ratios
 
 
-FUSED_GRID = {"fc_block_n": (32, 64, 128), "block_n": (32, 64, 128), "block_k": (64, 128), "stages": (3, 4),
-              "programs_per_sm": (2, 4)}
-# --fused_grid=prefetch:0,1,2/fc_block_n:32,64 sweeps these keys of kernels.MOE_DECODE_CONFIG instead
-FUSED_GRID = next(({k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, vs in
-                    (item.split(":", 1) for item in a.split("=", 1)[1].split("/"))}
-                   for a in sys.argv if a.startswith("--fused_grid=")), FUSED_GRID)
 if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included) swept
     # first, and the best by the sum of its ratios to the floor over FUSED_TUNE_TOKENS adopted for the table below
     ratios = {}

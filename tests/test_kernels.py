@@ -143,8 +143,9 @@ def test_topk_auto_picks_the_measured_winner():
 
 def test_lookup_kernels_compile_for_sm90():
     """The lookup's forward and sorted backward, as the GPU runs them (SPLIT=True), for every values dtype and
-    the launch options (value tile, column tiles side by side): they must compile for sm_90 (an fp16 value
-    tile once did not: a bf16 x fp16 dot in code after a constexpr return)."""
+    the launch options (value tile, column tiles side by side, the forward's scores in the one-hot operand for
+    bf16): they must compile for sm_90 (an fp16 value tile once did not: a bf16 x fp16 dot in code after a
+    constexpr return)."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the kernels are interpreter functions in this process")
@@ -163,6 +164,27 @@ def test_lookup_kernels_compile_for_sm90():
                 compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
                              {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
                               "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner})
+
+
+def test_forward_tile_rule():
+    """kernels._fwd_tile: fwd_sdot (bf16 values) takes fwd_block_d where it divides an MCS core or h is 1, else the
+    largest power of two dividing the core if it is 64 or more (shape (b)), else the per-column path."""
+    keep = dict(kernels.CONFIG)
+    try:
+        kernels.CONFIG.update(fwd_block_d=128, fwd_sdot=True)
+        bf = torch.bfloat16
+        assert kernels._fwd_tile(512, 2, bf) == (128, True)  # shape (a): cores of 256
+        assert kernels._fwd_tile(384, 2, bf) == (64, True)  # shape (b): cores of 192
+        assert kernels._fwd_tile(384, 4, bf) == (128, False)  # cores of 96: 32 would be too narrow
+        assert kernels._fwd_tile(24, 2, bf) == (32, False)  # cores of 12
+        assert kernels._fwd_tile(48, 1, bf) == (64, True)  # one core: any tile
+        assert kernels._fwd_tile(512, 2, torch.float32) == (128, False)
+        assert kernels._fwd_tile(512, 2, torch.float16) == (128, False)
+        kernels.CONFIG.update(fwd_sdot=False)
+        assert kernels._fwd_tile(512, 2, bf) == (128, False)
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(keep)
 
 
 def test_value_tile_split_is_exact():
@@ -195,6 +217,7 @@ CASES = [  # N, Dv, T, K, E, h, dtype
     (29, 18, 1, 3, 4, 2, torch.bfloat16),   # one token (decode)
     (41, 128, 3, 21, 4, 2, torch.bfloat16),  # cores of 64 columns: fwd_sdot's path (64-column tiles by default,
                                              # 16 and 32 in the variants)
+    (33, 48, 2, 19, 1, 1, torch.bfloat16),   # E = 1, h = 1: fwd_sdot with a tile wider than the row
 ]
 
 
@@ -233,8 +256,9 @@ def _interp_main() -> None:
                     {"bwd_cols_inner": True, "fwd_cols_inner": False, "fwd_block_d": 16, "bwd_block_d": 16},
                     {"bwd_cols_inner": True, "bwd_value_tile": True, "fwd_block_d": 16, "bwd_block_d": 16, "bwd_rows": 16,
                      "bwd_block_i": 32},
-                    # bf16 values: the scores in the one-hot operand (fwd_sdot, the default) where column tiles fit
-                    # in an MCS core (the last case; the others take the per-column path), or per column
+                    # bf16 values: the scores in the one-hot operand (fwd_sdot, the default) where the column tile
+                    # divides an MCS core or h is 1 (the last two cases; the other bf16 cases take the per-column
+                    # path), or per column
                     {"fwd_block_d": 32, "fwd_block_k": 4},
                     {"fwd_sdot": False, "fwd_block_d": 16},
                     {"fwd_sdot": False, "fwd_cols_inner": False, "fwd_block_k": 4})
