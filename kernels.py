@@ -232,14 +232,21 @@ if triton is not None:
         return row, col
 
     @triton.jit
-    def _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
-        # a token's slots k0 .. k0 + BLOCK_K - 1: their virtual blocks, physical rows and the (BLOCK_K, BLOCK_D)
-        # tile of MCS scores (each column takes its core's score); slots past K are masked out
+    def _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K: tl.constexpr):
+        # a token's slots k0 .. k0 + BLOCK_K - 1: their positions, mask (slots past K), virtual blocks (-1 when
+        # masked) and physical rows
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < K
         b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
         r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
+        return ks, kmask, b, r
+
+    @triton.jit
+    def _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+        # a token's slots k0 .. k0 + BLOCK_K - 1: their virtual blocks, physical rows and the (BLOCK_K, BLOCK_D)
+        # tile of MCS scores (each column takes its core's score); slots past K are masked out
+        ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
         s = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
         for c in tl.static_range(H):
             s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0).to(tl.float32)
@@ -272,10 +279,7 @@ if triton is not None:
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             if SDOT:
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < K
-                b = tl.load(blocks_ptr + base + ks, mask=kmask, other=-1)
-                r = tl.load(rows_ptr + base + ks, mask=kmask, other=0).to(tl.int64)
+                ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
                 s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
                 v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                             other=0.0)
