@@ -112,7 +112,7 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
-          "fwd_core_tile": False,
+          "fwd_core_tile": False, "bwd_sdot": False,
           "atomic_warps": 4}
 
 
@@ -303,7 +303,7 @@ if triton is not None:
                                   gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
-                                  V16: tl.constexpr, COLS_INNER: tl.constexpr):
+                                  V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr):
         # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
         # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
         # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
@@ -313,7 +313,11 @@ if triton is not None:
         # nothing. Score gradients, in slot order: this program's columns' share, per core, into
         # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
         # each slot's row is picked from them by a one-hot dot, instead of gathered per slot: fewer bytes where rows
-        # are selected more than once (R rows against R x slots-per-row gathers), more where most are not
+        # are selected more than once (R rows against R x slots-per-row gathers), more where most are not.
+        # SDOT (bwd_sdot, experimental, branch exp/lookup-core-tile; bf16 output gradients, the tile inside one MCS
+        # core): as the forward's fwd_sdot, the slots' scores go into the one-hot operand and the bf16 output-gradient
+        # rows into the dot as loaded (no per-element score tile, multiply or split); the score gradients' row sums
+        # need no per-core select, and the other cores' shares of this column tile are written as zeros
         pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
         n0 = pid * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -341,21 +345,30 @@ if triton is not None:
             row = tl.load(srows_ptr + idx, mask=imask, other=0).to(tl.int64)
             grow = tl.load(grows_ptr + idx, mask=imask, other=0).to(tl.int64)
             m2 = imask[:, None] & cmask[None, :]
-            g = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            g_in = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0)
+            g = g_in.to(tl.float32)
             if VTILE:
                 pick = (rids[None, :] == (row - n0)[:, None]) & imask[:, None]  # (BLOCK_I, R)
                 v = _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT, V16)
             else:
                 v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             gv = g * v
-            s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
-            for c in tl.static_range(H):
-                in_c = core[None, :] == c
-                s_c = tl.load(sscores_ptr + idx * H + c, mask=imask, other=0.0).to(tl.float32)
-                s = tl.where(in_c, s_c[:, None], s)
-                tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
             onehot = (rids[:, None] == (row - n0)[None, :]) & imask[None, :]
-            acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
+            if SDOT:
+                c_tile = (j * BLOCK_D) // chunk
+                gs_row = tl.sum(gv, axis=1)
+                for c in tl.static_range(H):
+                    tl.store(gs_part + idx * H + c, tl.where(c == c_tile, gs_row, 0.0), mask=imask)
+                s_t = tl.load(sscores_ptr + idx * H + c_tile, mask=imask, other=0.0)
+                acc = _score_dot(onehot, s_t, g_in, acc, SPLIT)  # (R, BLOCK_D)
+            else:
+                s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
+                for c in tl.static_range(H):
+                    in_c = core[None, :] == c
+                    s_c = tl.load(sscores_ptr + idx * H + c, mask=imask, other=0.0).to(tl.float32)
+                    s = tl.where(in_c, s_c[:, None], s)
+                    tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
+                acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
         out = gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :]
         rmask = (n0 + rids) < N
         if SKIP_EMPTY:
@@ -493,6 +506,8 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
+                SDOT=bool(CONFIG["bwd_sdot"]) and grad_out.dtype == torch.bfloat16
+                and (h == 1 or (Dv // h) % BLOCK_D == 0),
                 COLS_INNER=inner, num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)

@@ -163,9 +163,10 @@ def test_lookup_kernels_compile_for_sm90():
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
                        "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
-                compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
-                             {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
-                              "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner})
+                for sdot in (False, True) if vdt == "bf16" else (False,):
+                    compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
+                                 {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
+                                  "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner, "SDOT": sdot})
 
 
 def test_forward_tile_rule():
@@ -264,6 +265,10 @@ def _interp_main() -> None:
                     {"fwd_block_d": 32, "fwd_block_k": 4},
                     {"fwd_sdot": False, "fwd_block_d": 16},
                     {"fwd_sdot": False, "fwd_cols_inner": False, "fwd_block_k": 4},
+                    # the backward's scores in the one-hot operand (experimental; bf16 with in-core tiles)
+                    {"bwd_sdot": True, "bwd_block_d": 16},
+                    {"bwd_sdot": True, "bwd_block_d": 32, "bwd_cols_inner": True, "bwd_rows": 16, "bwd_block_i": 32},
+                    {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16},
                     # one program per MCS core (experimental), padded columns masked
                     {"fwd_core_tile": True},
                     {"fwd_core_tile": True, "fwd_cols_inner": False, "fwd_block_k": 4})
