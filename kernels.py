@@ -112,6 +112,7 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
+          "fwd_core_tile": False, "bwd_sdot": False,
           "atomic_warps": 4}
 
 
@@ -257,7 +258,7 @@ if triton is not None:
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk, n_ct,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
                            BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr,
-                           SDOT: tl.constexpr):
+                           SDOT: tl.constexpr, CORE_TILE: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
         # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
@@ -270,17 +271,25 @@ if triton is not None:
         # product per core over its columns, were timed in session 12 and lost, also where no tile crossed.)
         # With bf16 scores (memory.py casts them to the values' dtype) the lo part is zero: one dot would do;
         # not yet timed.
+        # CORE_TILE (with SDOT; experimental, branch exp/lookup-core-tile): tile j is MCS core j, its chunk columns
+        # padded to BLOCK_D = next_pow2(chunk) and masked (shape (b): 192 of 256), so a core's row segment is read
+        # in one program and the slot indices once per core
         t, j = _grid_pos(n_ct, COLS_INNER)
-        cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
-        cmask = cols < Dv
+        if CORE_TILE:
+            cols = j * chunk + tl.arange(0, BLOCK_D)
+            cmask = tl.arange(0, BLOCK_D) < chunk
+        else:
+            cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
+            cmask = cols < Dv
         core = cols // chunk  # (BLOCK_D,) which MCS score weights each column
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
+        c_tile = j if CORE_TILE else (j * BLOCK_D) // chunk  # the MCS core of an SDOT tile
         for k0 in range(0, K, BLOCK_K):
             if SDOT:
                 ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
-                s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
+                s = tl.load(scores_ptr + (base + ks) * H + c_tile, mask=kmask, other=0.0)
                 v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                             other=0.0)
                 acc = _score_dot(eids[:, None] == b[None, :], s, v, acc, SPLIT)
@@ -298,7 +307,7 @@ if triton is not None:
                                   gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
-                                  V16: tl.constexpr, COLS_INNER: tl.constexpr):
+                                  V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr):
         # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
         # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
         # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
@@ -308,7 +317,11 @@ if triton is not None:
         # nothing. Score gradients, in slot order: this program's columns' share, per core, into
         # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
         # each slot's row is picked from them by a one-hot dot, instead of gathered per slot: fewer bytes where rows
-        # are selected more than once (R rows against R x slots-per-row gathers), more where most are not
+        # are selected more than once (R rows against R x slots-per-row gathers), more where most are not.
+        # SDOT (bwd_sdot, experimental, branch exp/lookup-core-tile; bf16 output gradients, the tile inside one MCS
+        # core): as the forward's fwd_sdot, the slots' scores go into the one-hot operand and the bf16 output-gradient
+        # rows into the dot as loaded (no per-element score tile, multiply or split); the score gradients' row sums
+        # need no per-core select, and the other cores' shares of this column tile are written as zeros
         pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
         n0 = pid * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -336,21 +349,30 @@ if triton is not None:
             row = tl.load(srows_ptr + idx, mask=imask, other=0).to(tl.int64)
             grow = tl.load(grows_ptr + idx, mask=imask, other=0).to(tl.int64)
             m2 = imask[:, None] & cmask[None, :]
-            g = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            g_in = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0)
+            g = g_in.to(tl.float32)
             if VTILE:
                 pick = (rids[None, :] == (row - n0)[:, None]) & imask[:, None]  # (BLOCK_I, R)
                 v = _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT, V16)
             else:
                 v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             gv = g * v
-            s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
-            for c in tl.static_range(H):
-                in_c = core[None, :] == c
-                s_c = tl.load(sscores_ptr + idx * H + c, mask=imask, other=0.0).to(tl.float32)
-                s = tl.where(in_c, s_c[:, None], s)
-                tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
             onehot = (rids[:, None] == (row - n0)[None, :]) & imask[None, :]
-            acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
+            if SDOT:
+                c_tile = (j * BLOCK_D) // chunk
+                gs_row = tl.sum(gv, axis=1)
+                for c in tl.static_range(H):
+                    tl.store(gs_part + idx * H + c, tl.where(c == c_tile, gs_row, 0.0), mask=imask)
+                s_t = tl.load(sscores_ptr + idx * H + c_tile, mask=imask, other=0.0)
+                acc = _score_dot(onehot, s_t, g_in, acc, SPLIT)  # (R, BLOCK_D)
+            else:
+                s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
+                for c in tl.static_range(H):
+                    in_c = core[None, :] == c
+                    s_c = tl.load(sscores_ptr + idx * H + c, mask=imask, other=0.0).to(tl.float32)
+                    s = tl.where(in_c, s_c[:, None], s)
+                    tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
+                acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
         out = gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :]
         rmask = (n0 + rids) < N
         if SKIP_EMPTY:
@@ -405,6 +427,13 @@ def _block_d(Dv: int, key: str) -> int:
     return min(CONFIG[key], full) if CONFIG[key] else full
 
 
+def _fwd_core_tile(Dv: int, h: int, dtype: torch.dtype) -> bool:
+    """Whether the forward takes one program per MCS core (CONFIG["fwd_core_tile"], experimental): with fwd_sdot
+    (bf16 values), h > 1, and a core of at most 512 columns."""
+    return bool(CONFIG["fwd_core_tile"] and CONFIG["fwd_sdot"] and dtype == torch.bfloat16 and h > 1
+                and Dv // h <= 512)
+
+
 def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
     """The forward's (columns per program, fwd_sdot taken). fwd_sdot (bf16 values) needs tiles inside one MCS core:
     fwd_block_d if it divides the core (or h is 1: one core), else the largest power of two dividing the core if
@@ -429,11 +458,14 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     BLOCK_D, sdot = _fwd_tile(Dv, h, values.dtype)
     chunk = Dv // h
     n_ct = triton.cdiv(Dv, BLOCK_D)
+    core_tile = _fwd_core_tile(Dv, h, values.dtype)
+    if core_tile:  # one program per core, its columns padded to a power of two
+        BLOCK_D, sdot, n_ct = max(16, triton.next_power_of_2(chunk)), True, h
     inner = bool(CONFIG["fwd_cols_inner"])
     _launch(_lookup_fwd_kernel, (T * n_ct,) if inner else (T, n_ct), values.is_cuda, values.contiguous(),
             rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, chunk, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, num_warps=CONFIG["fwd_warps"],
+            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, CORE_TILE=core_tile, num_warps=CONFIG["fwd_warps"],
             num_stages=CONFIG["fwd_stages"])
     return out
 
@@ -478,6 +510,8 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
+                SDOT=bool(CONFIG["bwd_sdot"]) and grad_out.dtype == torch.bfloat16
+                and (h == 1 or (Dv // h) % BLOCK_D == 0),
                 COLS_INNER=inner, num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)

@@ -154,16 +154,19 @@ def test_lookup_kernels_compile_for_sm90():
             fwd = {"values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}",
                    "out_ptr": f"*{vdt}", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
             for sdot in (False, True) if vdt == "bf16" else (False,):
-                compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32,
-                                                               "BLOCK_D": 128, "SPLIT": True, "COLS_INNER": inner,
-                                                               "SDOT": sdot})
+                for core_tile in (False, True) if sdot else (False,):
+                    compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32,
+                                                                   "BLOCK_D": 256 if core_tile else 128, "SPLIT": True,
+                                                                   "COLS_INNER": inner, "SDOT": sdot,
+                                                                   "CORE_TILE": core_tile})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
                        "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
-                compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
-                             {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
-                              "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner})
+                for sdot in (False, True) if vdt == "bf16" else (False,):
+                    compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
+                                 {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
+                                  "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner, "SDOT": sdot})
 
 
 def test_forward_tile_rule():
@@ -261,7 +264,14 @@ def _interp_main() -> None:
                     # path), or per column
                     {"fwd_block_d": 32, "fwd_block_k": 4},
                     {"fwd_sdot": False, "fwd_block_d": 16},
-                    {"fwd_sdot": False, "fwd_cols_inner": False, "fwd_block_k": 4})
+                    {"fwd_sdot": False, "fwd_cols_inner": False, "fwd_block_k": 4},
+                    # the backward's scores in the one-hot operand (experimental; bf16 with in-core tiles)
+                    {"bwd_sdot": True, "bwd_block_d": 16},
+                    {"bwd_sdot": True, "bwd_block_d": 32, "bwd_cols_inner": True, "bwd_rows": 16, "bwd_block_i": 32},
+                    {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16},
+                    # one program per MCS core (experimental), padded columns masked
+                    {"fwd_core_tile": True},
+                    {"fwd_core_tile": True, "fwd_cols_inner": False, "fwd_block_k": 4})
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)
