@@ -273,6 +273,9 @@ def bench_kernels(cfg: dict) -> dict:
             rep = 100 if T <= 8192 else 300
             r = {"shape": shape, "N": N, "Dv": Dv, "K": K, "T": T, "fwd_bytes": fwd_bytes, "bwd_bytes": bwd_bytes}
             r["triton_fwd_ms"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), rep)
+            if T >= 4096:  # fp32 scores: fwd_sdot's score operand in two bf16 parts, two dots (bf16 scores: one)
+                s32 = scores.float()
+                r["triton_fwd_fp32_scores_ms"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, s32, E), rep)
             kernels.set_backward_scheme("sorted")
             r["triton_bwd_sorted_ms"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
             with _lookup_config(bwd_value_tile=not kernels.CONFIG["bwd_value_tile"]):  # the other value-row scheme

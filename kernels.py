@@ -194,10 +194,13 @@ if triton is not None:
     def _score_dot(hit, s, v, acc, SPLIT: tl.constexpr):
         # acc += (hit * s) @ v: hit (E_PAD, BLOCK_K) the slots' one-hot blocks, s (BLOCK_K,) their scores, v
         # (BLOCK_K, BLOCK_D) bf16 values, unconverted. The (E_PAD, BLOCK_K) fp32 operand is split into bf16 hi + lo
-        # (16 of its 24 mantissa bits); SPLIT=False (the interpreter, whose bf16 dot is broken) takes fp32
+        # (16 of its 24 mantissa bits), or, for bf16 scores (memory.py's, with bf16 values), exact in one bf16 part
+        # and one dot; SPLIT=False (the interpreter, whose bf16 dot is broken) takes fp32
         a = tl.where(hit, s.to(tl.float32)[None, :], 0.0)
         if not SPLIT:
             return tl.dot(a, v.to(tl.float32), acc, input_precision="ieee")
+        if s.dtype == tl.bfloat16:
+            return tl.dot(a.to(tl.bfloat16), v, acc)
         a_hi = a.to(tl.bfloat16)
         acc = tl.dot(a_hi, v, acc)
         return tl.dot((a - a_hi.to(tl.float32)).to(tl.bfloat16), v, acc)
@@ -269,8 +272,7 @@ if triton is not None:
         # cores as it is (bf16 is exact there): no fp32 copy of the tile and no per-element multiply or split, the
         # same accuracy (16 mantissa bits of each score, exact products). (Tiles across a core boundary, one such
         # product per core over its columns, were timed in session 12 and lost, also where no tile crossed.)
-        # With bf16 scores (memory.py casts them to the values' dtype) the lo part is zero: one dot would do;
-        # not yet timed.
+        # With bf16 scores (memory.py casts them to the values' dtype) there is no lo part: one dot (_score_dot).
         # CORE_TILE (with SDOT; experimental, branch exp/lookup-core-tile): tile j is MCS core j, its chunk columns
         # padded to BLOCK_D = next_pow2(chunk) and masked (shape (b): 192 of 256), so a core's row segment is read
         # in one program and the slot indices once per core

@@ -154,11 +154,12 @@ def test_lookup_kernels_compile_for_sm90():
             fwd = {"values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}",
                    "out_ptr": f"*{vdt}", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
             for sdot in (False, True) if vdt == "bf16" else (False,):
-                for core_tile in (False, True) if sdot else (False,):
-                    compile_sm90(kernels._lookup_fwd_kernel, fwd, {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32,
-                                                                   "BLOCK_D": 256 if core_tile else 128, "SPLIT": True,
-                                                                   "COLS_INNER": inner, "SDOT": sdot,
-                                                                   "CORE_TILE": core_tile})
+                # fwd_sdot with bf16 scores (one dot) and fp32 scores (hi + lo)
+                for sdt, core_tile in ((s, c) for s in ((vdt, "fp32") if sdot else (vdt,))
+                                       for c in ((False, True) if sdot else (False,))):
+                    compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
+                                 {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 256 if core_tile else 128,
+                                  "SPLIT": True, "COLS_INNER": inner, "SDOT": sdot, "CORE_TILE": core_tile})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
