@@ -211,8 +211,6 @@ def bench_kernels(cfg: dict) -> dict:
             # check_ok asks for at most 1.1x
             with _lookup_config(fwd_sdot=False, fwd_cols_inner=False):
                 row["fwd_percol"] = rel(kernels._lookup_triton(values, rows, blocks, scores, E), ref)
-            with _lookup_config(fwd_core_tile=True):
-                row["fwd_core_tile"] = rel(kernels._lookup_triton(values, rows, blocks, scores, E), ref)
             s32 = torch.randn(T, K, h, device=dev, generator=g)
             ref32 = kernels.mem_lookup_reference(values.double(), rows, blocks, s32.double(), E)
             row["fwd_fp32_scores"] = rel(kernels._lookup_triton(values, rows, blocks, s32, E), ref32)
@@ -249,7 +247,7 @@ def bench_kernels(cfg: dict) -> dict:
         del values
     res["checks"] = checks
     if checks:
-        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_core_tile"], r["fwd_fp32_scores"], r["gv_bwd_sdot"],
+        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_bwd_sdot"],
                         r["gs_bwd_sdot"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"],
                         r["gs_atomic"]) for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
@@ -313,10 +311,6 @@ def bench_kernels(cfg: dict) -> dict:
                             continue  # fwd_sdot would run another tile (or none) here: timed under its own name
                         tag = ("_inner" if inner else "") + ("_sdot" if sdot else "")
                         r[f"sweep_fwd{tag}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
-                for bk, inner, warps in itertools.product((16, 32, 64), (False, True), (4, 8)):  # one program per core
-                    with _lookup_config(fwd_block_k=bk, fwd_warps=warps, fwd_stages=1, fwd_cols_inner=inner,
-                                        fwd_sdot=True, fwd_core_tile=True):
-                        r[f"sweep_fwd{'_inner' if inner else ''}_core_k{bk}_w{warps}"] = timed(fwd_lookup, kernels.CONFIG)
                 for R, bi, inner in itertools.product((16, 32), (16, 32), (False, True)):  # experimental bwd_sdot
                     with _lookup_config(bwd_block_d=128 if shape == "a" else 64, bwd_rows=R, bwd_block_i=bi,
                                         bwd_warps=4, bwd_zero_fill=False, bwd_cols_inner=inner, bwd_sdot=True):

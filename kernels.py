@@ -112,8 +112,7 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
-          "fwd_core_tile": False, "bwd_sdot": False,
-          "atomic_warps": 4}
+          "bwd_sdot": False, "atomic_warps": 4}
 
 
 def parse_config(spec: str) -> dict:
@@ -261,7 +260,7 @@ if triton is not None:
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk, n_ct,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
                            BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr,
-                           SDOT: tl.constexpr, CORE_TILE: tl.constexpr):
+                           SDOT: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
         # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
@@ -271,27 +270,21 @@ if triton is not None:
         # (E_PAD, BLOCK_K) one-hot times the slots' scores, and the value tile goes from the load to the tensor
         # cores as it is (bf16 is exact there): no fp32 copy of the tile and no per-element multiply or split, the
         # same accuracy (16 mantissa bits of each score, exact products). (Tiles across a core boundary, one such
-        # product per core over its columns, were timed in session 12 and lost, also where no tile crossed.)
+        # product per core over its columns, were timed in session 12 and lost, also where no tile crossed; one
+        # program per MCS core, its columns padded to a power of two, in session 13: 2% faster on shape (a), 2%
+        # slower on (b).)
         # With bf16 scores (memory.py casts them to the values' dtype) there is no lo part: one dot (_score_dot).
-        # CORE_TILE (with SDOT; experimental, branch exp/lookup-core-tile): tile j is MCS core j, its chunk columns
-        # padded to BLOCK_D = next_pow2(chunk) and masked (shape (b): 192 of 256), so a core's row segment is read
-        # in one program and the slot indices once per core
         t, j = _grid_pos(n_ct, COLS_INNER)
-        if CORE_TILE:
-            cols = j * chunk + tl.arange(0, BLOCK_D)
-            cmask = tl.arange(0, BLOCK_D) < chunk
-        else:
-            cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
-            cmask = cols < Dv
+        cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
+        cmask = cols < Dv
         core = cols // chunk  # (BLOCK_D,) which MCS score weights each column
         eids = tl.arange(0, E_PAD)
         base = t * K
         acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
-        c_tile = j if CORE_TILE else (j * BLOCK_D) // chunk  # the MCS core of an SDOT tile
         for k0 in range(0, K, BLOCK_K):
             if SDOT:
                 ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
-                s = tl.load(scores_ptr + (base + ks) * H + c_tile, mask=kmask, other=0.0)
+                s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
                 v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                             other=0.0)
                 acc = _score_dot(eids[:, None] == b[None, :], s, v, acc, SPLIT)
@@ -429,13 +422,6 @@ def _block_d(Dv: int, key: str) -> int:
     return min(CONFIG[key], full) if CONFIG[key] else full
 
 
-def _fwd_core_tile(Dv: int, h: int, dtype: torch.dtype) -> bool:
-    """Whether the forward takes one program per MCS core (CONFIG["fwd_core_tile"], experimental): with fwd_sdot
-    (bf16 values), h > 1, and a core of at most 512 columns."""
-    return bool(CONFIG["fwd_core_tile"] and CONFIG["fwd_sdot"] and dtype == torch.bfloat16 and h > 1
-                and Dv // h <= 512)
-
-
 def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
     """The forward's (columns per program, fwd_sdot taken). fwd_sdot (bf16 values) needs tiles inside one MCS core:
     fwd_block_d if it divides the core (or h is 1: one core), else the largest power of two dividing the core if
@@ -460,14 +446,11 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     BLOCK_D, sdot = _fwd_tile(Dv, h, values.dtype)
     chunk = Dv // h
     n_ct = triton.cdiv(Dv, BLOCK_D)
-    core_tile = _fwd_core_tile(Dv, h, values.dtype)
-    if core_tile:  # one program per core, its columns padded to a power of two
-        BLOCK_D, sdot, n_ct = max(16, triton.next_power_of_2(chunk)), True, h
     inner = bool(CONFIG["fwd_cols_inner"])
     _launch(_lookup_fwd_kernel, (T * n_ct,) if inner else (T, n_ct), values.is_cuda, values.contiguous(),
             rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, chunk, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, CORE_TILE=core_tile, num_warps=CONFIG["fwd_warps"],
+            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, num_warps=CONFIG["fwd_warps"],
             num_stages=CONFIG["fwd_stages"])
     return out
 

@@ -155,11 +155,10 @@ def test_lookup_kernels_compile_for_sm90():
                    "out_ptr": f"*{vdt}", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
             for sdot in (False, True) if vdt == "bf16" else (False,):
                 # fwd_sdot with bf16 scores (one dot) and fp32 scores (hi + lo)
-                for sdt, core_tile in ((s, c) for s in ((vdt, "fp32") if sdot else (vdt,))
-                                       for c in ((False, True) if sdot else (False,))):
+                for sdt in (vdt, "fp32") if sdot else (vdt,):
                     compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
-                                 {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 256 if core_tile else 128,
-                                  "SPLIT": True, "COLS_INNER": inner, "SDOT": sdot, "CORE_TILE": core_tile})
+                                 {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
+                                  "COLS_INNER": inner, "SDOT": sdot})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
@@ -269,10 +268,7 @@ def _interp_main() -> None:
                     # the backward's scores in the one-hot operand (experimental; bf16 with in-core tiles)
                     {"bwd_sdot": True, "bwd_block_d": 16},
                     {"bwd_sdot": True, "bwd_block_d": 32, "bwd_cols_inner": True, "bwd_rows": 16, "bwd_block_i": 32},
-                    {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16},
-                    # one program per MCS core (experimental), padded columns masked
-                    {"fwd_core_tile": True},
-                    {"fwd_core_tile": True, "fwd_cols_inner": False, "fwd_block_k": 4})
+                    {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16})
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)
