@@ -220,6 +220,24 @@ def test_decode_splits():
         assert n == 1 or per >= cfg["block_k"] * cfg["min_k_steps"]
 
 
+def test_decode_mlp_units():
+    """The one-launch MLP's units per program: the configured number, else the multiple of 16 with the least work
+    on the busiest SM (larger on ties): 80 for MoE-1.6B at 1 token on 132 SMs (122 programs, one each)."""
+    keep = dict(kernels.MOE_DECODE_CONFIG)
+    try:
+        kernels.MOE_DECODE_CONFIG.update(sms=132, mlp_programs_per_sm=1, mlp_units=0)
+        assert kernels._moe_mlp_units(2, 4864) == 80
+        assert kernels._moe_mlp_units(4, 4864) == 160  # 124 programs
+        for M, F in ((2, 4864), (6, 33), (32, 4864), (1, 7)):
+            u = kernels._moe_mlp_units(M, F)
+            cost = lambda u: -(-M * -(-F // u) // 132) * u
+            assert u % 16 == 0 and all(cost(u) <= cost(v) for v in range(16, F + 16, 16))
+        kernels.MOE_DECODE_CONFIG["mlp_units"] = 48
+        assert kernels._moe_mlp_units(2, 4864) == 48
+    finally:
+        kernels.MOE_DECODE_CONFIG.update(keep)
+
+
 def test_decode_mlp_mode_not_deterministic():
     """The one-launch MLP (atomic adds in arrival order) is taken only when configured and not in deterministic
     mode (kernels.set_deterministic or torch.use_deterministic_algorithms), where the three launches run."""
@@ -260,7 +278,7 @@ def test_decode_kernels_compile_for_sm90():
                              {"TOP_K": top_k, "RENORM": True, "FC": fc, "N_SPLITS": splits, "DOT_FP32": dt == "fp32",
                               "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64}, num_stages=4)
         mlp = {"x_ptr": f"*{dt}", "wfc_ptr": f"*{dt}", "wpj_ptr": f"*{dt}", "logits_ptr": "*fp32", "out_ptr": "*fp32",
-               **{k: "i32" for k in ("M", "D", "F", "E", "sxm", "sxk", "sfg", "sfk", "sfn", "spg", "spk", "spn")}}
+               **{k: "i32" for k in ("M", "D", "F", "E", "units", "sxm", "sxk", "sfg", "sfk", "sfn", "spg", "spk", "spn")}}
         for top_k, block_m in ((2, 16), (1, 32)):  # the one-launch MLP
             compile_sm90(kernels._moe_decode_mlp_kernel, mlp,
                          {"TOP_K": top_k, "RENORM": True, "DOT_FP32": dt == "fp32", "BLOCK_M": block_m, "BLOCK_F": 32,
@@ -342,10 +360,14 @@ def _interp_main() -> None:
             (16, 2, 48, 40, 34, True, {"block_k": 16, "block_n": 32, "fc_block_n": 64, "min_k_steps": 1, "sms": 16}),
             (4, 2, 40, 24, 2, True, {"block_k": 16, "block_n": 16, "fc_block_n": 16, "min_k_steps": 1, "sms": 64}),
             # the one-launch MLP: hidden and output tails masked, experts shared by tokens or not, top-1/2/3
-            (1, 2, 96, 200, 34, True, {"mlp": True}),
-            (3, 2, 100, 72, 5, False, {"mlp": True, "mlp_block_f": 16, "mlp_block_k": 32, "mlp_block_n": 64}),
-            (5, 1, 70, 33, 3, True, {"mlp": True, "mlp_block_f": 32, "mlp_block_k": 16, "mlp_block_n": 16}),
-            (2, 3, 64, 40, 4, True, {"mlp": True, "mlp_block_f": 16, "mlp_block_k": 64, "mlp_block_n": 32}),
+            # (units per program: several tiles, a partial last tile, one tile, the rule's choice)
+            (1, 2, 96, 200, 34, True, {"mlp": True, "mlp_units": 48, "mlp_block_f": 16}),
+            (3, 2, 100, 72, 5, False, {"mlp": True, "mlp_units": 40, "mlp_block_f": 32, "mlp_block_k": 32,
+                                       "mlp_block_n": 64}),
+            (5, 1, 70, 33, 3, True, {"mlp": True, "mlp_units": 16, "mlp_block_f": 32, "mlp_block_k": 16,
+                                     "mlp_block_n": 16}),
+            (2, 3, 64, 40, 4, True, {"mlp": True, "mlp_block_f": 16, "mlp_block_k": 64, "mlp_block_n": 32,
+                                     "sms": 2}),
             (16, 2, 48, 40, 34, True, {"mlp": True, "mlp_block_f": 16, "mlp_block_k": 16, "mlp_block_n": 32})]):
         kernels.MOE_DECODE_CONFIG.update(ddefaults, **cfg)
         for dtype in (torch.float32, torch.bfloat16)[1 if N == 16 else 0:]:  # the interpreter is slow at 32 slots
