@@ -998,16 +998,6 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # at its best launch parameters, against 31.7 us now (in the same kind of sweep). Tried and dropped (same place):
 # programmatic dependent launch between the three (31.7 us at its best, no gain) and the three phases in one
 # persistent launch whose programs take work items by an atomic ticket (46.2 us).
-# The one-launch MLP (MOE_DECODE_CONFIG["mlp"], session 13; not in deterministic mode): logits, then one kernel,
-#   mlp,    grid (slots, F / units):              a program takes its slot's expert as above and `units` hidden
-#                                                 units of it (_moe_mlp_units: balanced over the SMs), mlp_block_f at
-#                                                 a time: GeLU(x @ w_fc[e][:, tile]) over all of D, then that hidden
-#                                                 tile @ w_proj[e][tile, :] over all of D, times the routing weights,
-#                                                 added with fp32 atomics into the output, which the logits launch
-#                                                 zeroed.
-# No program waits for another and no hidden activation leaves the SM: one launch's fixed cost instead of two.
-# Every output element takes F / mlp_block_f atomic adds per chosen expert, in arrival order, so the result may
-# differ from call to call in the last bits.
 # Inference only, like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's
 # routing, then moe_gather_mm_reference's row products).
 
@@ -1017,28 +1007,8 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # session 11; docs/BENCHMARKS.md): 31.7 / 47.5 / 80.2 us, 1.70 / 1.31 / 1.16x the floor; in a second sweep on
 # another machine within 1 us of the best at 1 and 2 tokens, 2.8 us at 4.
 MOE_DECODE_CONFIG = {"fc_block_n": 64, "block_n": 64, "block_k": 64, "warps": 4, "stages": 4, "programs_per_sm": 2,
-                     "sms": 132, "min_k_steps": 2,
-                     "mlp": False, "mlp_units": 0, "mlp_programs_per_sm": 1, "mlp_block_f": 64, "mlp_block_k": 64,
-                     "mlp_block_n": 64, "mlp_warps": 4, "mlp_stages": 4}
+                     "sms": 132, "min_k_steps": 2}
 MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2
-
-
-def _moe_decode_mlp() -> bool:
-    """Whether moe_decode takes the one-launch MLP (MOE_DECODE_CONFIG["mlp"]): not in deterministic mode, as its
-    fp32 atomic adds sum in arrival order."""
-    return bool(MOE_DECODE_CONFIG["mlp"]) and not is_deterministic()
-
-
-def _moe_mlp_units(M: int, F: int) -> int:
-    """The one-launch MLP's hidden units per program for M token-slots (all taken as distinct experts): the
-    MOE_DECODE_CONFIG["mlp_units"] if set, else the multiple of 16 that gives the least work on the busiest SM
-    when M x ceil(F / units) programs run, mlp_programs_per_sm per SM at a time, the larger on ties (MoE-1.6B at
-    1 token: 80 units, 122 programs on 132 SMs, against 152 programs of 64)."""
-    cfg = MOE_DECODE_CONFIG
-    if cfg["mlp_units"]:
-        return cfg["mlp_units"]
-    slots = cfg["mlp_programs_per_sm"] * cfg["sms"]
-    return min(range(16, max(16, F) + 16, 16), key=lambda u: (triton.cdiv(M * triton.cdiv(F, u), slots) * u, -u))
 
 
 def moe_decode_reference(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
@@ -1070,8 +1040,7 @@ if triton is not None:
     def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, E, D, sxm, sxd, swe, swd, BLOCK_D: tl.constexpr,
                            BLOCK_Z: tl.constexpr):
         # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program; the
-        # programs also zero the n_cnt elements at cnt_ptr, which run after this kernel: fc's and proj's arrival
-        # counters (int32), or the output that the one-launch MLP adds into (fp32)
+        # programs also zero the n_cnt arrival counters of fc and proj, which run after this kernel
         t = tl.program_id(0)
         e = tl.program_id(1)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -1086,7 +1055,7 @@ if triton is not None:
         n_prog = tl.num_programs(0) * E
         for z0 in range(pid * BLOCK_Z, n_cnt, n_prog * BLOCK_Z):
             zs = z0 + tl.arange(0, BLOCK_Z)
-            tl.store(cnt_ptr + zs, tl.zeros((BLOCK_Z,), dtype=cnt_ptr.dtype.element_ty), mask=zs < n_cnt)
+            tl.store(cnt_ptr + zs, tl.zeros((BLOCK_Z,), dtype=tl.int32), mask=zs < n_cnt)
 
     @triton.jit
     def _moe_slots(logits_ptr, M, E, TOP_K: tl.constexpr, RENORM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -1195,55 +1164,6 @@ if triton is not None:
                 tl.store(out_ptr + tok.to(tl.int64)[:, None] * N + cols[None, :], y, mask=fin[:, None] & nmask[None, :])
 
 
-    @triton.jit
-    def _moe_decode_mlp_kernel(x_ptr, wfc_ptr, wpj_ptr, logits_ptr, out_ptr, M, D, F, E, units, sxm, sxk, sfg, sfk,
-                               sfn, spg, spk, spn, TOP_K: tl.constexpr, RENORM: tl.constexpr, DOT_FP32: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
-                               BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
-        # program (token-slot j, hidden units ft * units .. + units); see the section header (MOE_DECODE_CONFIG
-        # ["mlp"]). The slot's expert e is taken as by _moe_decode_mm_kernel (a later slot of e does nothing). Per
-        # BLOCK_F units: the hidden tile h = GeLU(x @ w_fc[e][:, tile]) over all D inputs, rounded to w's dtype; then
-        # h @ w_proj[e][tile, :] over all D outputs, BLOCK_N at a time, times each slot's routing weight, added
-        # atomically into the zeroed fp32 output
-        j = tl.program_id(0)
-        ft = tl.program_id(1)
-        rows = tl.arange(0, BLOCK_M)
-        slot_e, slot_w = _moe_slots(logits_ptr, M, E, TOP_K, RENORM, BLOCK_M, BLOCK_E)
-        e = tl.sum(tl.where(rows == j, slot_e, 0), axis=0)
-        first = tl.sum(((slot_e == e) & (rows < j)).to(tl.int32), axis=0) == 0  # no earlier slot chose e
-        same = slot_e == tl.where(first, e, -2)  # (BLOCK_M,): the slots this program computes
-        u0 = ft * units
-        u1 = tl.where(first, tl.minimum(u0 + units, F), u0)  # a later slot of e: no steps
-        x_rows = x_ptr + (rows // TOP_K).to(tl.int64)[:, None] * sxm
-        y_rows = out_ptr + (rows // TOP_K).to(tl.int64)[:, None] * D
-        for f0 in range(u0, u1, BLOCK_F):
-            fs = f0 + tl.arange(0, BLOCK_F)
-            fmask = fs < u1
-            w_fc = wfc_ptr + e.to(tl.int64) * sfg + fs[None, :] * sfn
-            acc = tl.zeros((BLOCK_M, BLOCK_F), dtype=tl.float32)
-            for k0 in range(0, D, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < D
-                a = tl.load(x_rows + ks[None, :] * sxk, mask=same[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(w_fc + ks.to(tl.int64)[:, None] * sfk, mask=kmask[:, None] & fmask[None, :], other=0.0)
-                if DOT_FP32:
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
-            h = (0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))).to(wpj_ptr.dtype.element_ty)
-            w_pj = wpj_ptr + e.to(tl.int64) * spg + fs.to(tl.int64)[:, None] * spk
-            for n0 in range(0, D, BLOCK_N):
-                ns = n0 + tl.arange(0, BLOCK_N)
-                nmask = ns < D
-                b = tl.load(w_pj + ns[None, :] * spn, mask=fmask[:, None] & nmask[None, :], other=0.0)
-                if DOT_FP32:
-                    y = tl.dot(h.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-                else:
-                    y = tl.dot(h, b)
-                tl.atomic_add(y_rows + ns[None, :], y * slot_w[:, None], mask=same[:, None] & nmask[None, :],
-                              sem="relaxed")
-
-
 def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int) -> None:
     N, D = x.shape if x.dim() == 2 else (-1, -1)
     if x.dim() != 2 or router_w.dim() != 2 or w_fc.dim() != 3 or w_proj.dim() != 3 or router_w.shape[1] != D \
@@ -1272,29 +1192,17 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     if N == 0:
         return out, []
     cfg, cuda, dev = MOE_DECODE_CONFIG, x.is_cuda, x.device
-    logits = _empty(N, E, dtype=torch.float32, device=dev)
-    mm = dict(TOP_K=top_k, RENORM=renorm, DOT_FP32=x.dtype == torch.float32 or not cuda,
-              BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_E=max(16, triton.next_power_of_2(E)))
-    if _moe_decode_mlp():  # two launches: logits (which zeroes the output) and the MLP, adding into it
-        units = _moe_mlp_units(M, Fh)
-        return out, [
-            lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, out, out.numel(), E, D,
-                            x.stride(0), x.stride(1), router_w.stride(0), router_w.stride(1),
-                            BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4),
-            lambda: _launch(_moe_decode_mlp_kernel, (M, triton.cdiv(Fh, units)), cuda, x, w_fc, w_proj,
-                            logits, out, M, D, Fh, E, units, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1),
-                            w_fc.stride(2), w_proj.stride(0), w_proj.stride(1), w_proj.stride(2),
-                            BLOCK_F=cfg["mlp_block_f"], BLOCK_K=cfg["mlp_block_k"], BLOCK_N=cfg["mlp_block_n"],
-                            num_warps=cfg["mlp_warps"], num_stages=cfg["mlp_stages"], **mm),
-        ]
     s_fc, per_fc = _moe_decode_splits(M, Fh, D, cfg["fc_block_n"])
     s_pj, per_pj = _moe_decode_splits(M, D, Fh, cfg["block_n"])
     t_fc, t_pj = triton.cdiv(Fh, cfg["fc_block_n"]), triton.cdiv(D, cfg["block_n"])
+    logits = _empty(N, E, dtype=torch.float32, device=dev)
     cnt = _empty(M * t_fc + N * t_pj, dtype=torch.int32, device=dev)  # arrival counters: fc's, then proj's
     h = _empty(M, Fh, dtype=w_fc.dtype, device=dev)  # the slots' hidden activations, after GeLU
     part_fc = _empty(s_fc, M, Fh, dtype=torch.float32, device=dev)  # unused when s_fc is 1
     part_pj = _empty(s_pj, M, D, dtype=torch.float32, device=dev)
-    mm.update(BLOCK_K=cfg["block_k"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+    mm = dict(TOP_K=top_k, RENORM=renorm, DOT_FP32=x.dtype == torch.float32 or not cuda,
+              BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_K=cfg["block_k"],
+              BLOCK_E=max(16, triton.next_power_of_2(E)), num_warps=cfg["warps"], num_stages=cfg["stages"])
     # the expert weights keep their strides: a copy would read every expert
     return out, [
         lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), E, D, x.stride(0),

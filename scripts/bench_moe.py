@@ -156,13 +156,9 @@ if "fused" in TUNE:  # 1a. kernels.moe_decode (the whole layer, routing included
         print(f"fused: adopted {kernels.MOE_DECODE_CONFIG} (the least sum of x floor over {FUSED_TUNE_TOKENS} tokens: "
               f"{min(full.values()):.2f})")
 
-if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: its launches added one by one,
-    # in both modes: three launches (logits, fc, proj) and the one-launch MLP (logits, mlp)
-    keep = dict(kernels.MOE_DECODE_CONFIG)
+if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time goes: its launches added one by one
     with torch.no_grad():
-        for B, mlp in itertools.product(FUSED_TUNE_TOKENS, (False, True)):
-            kernels.MOE_DECODE_CONFIG["mlp"] = mlp
-            names = ("logits", "mlp") if kernels._moe_decode_mlp() else ("logits", "fc", "proj")
+        for B in FUSED_TUNE_TOKENS:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             runs = [kernels._moe_decode_launches(x, m.router.weight, m.w_fc, m.w_proj, K, True)[1]
                     for m, x in zip(layers, xs)]
@@ -171,12 +167,10 @@ if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time go
                     launch()
             # the first 1, 2 and 3 launches of each layer per graph: each prefix starts with the logits launch,
             # which zeroes the counters, so fc's and proj's last-arriving programs still finish their units
-            upto = [0.0] + [time_fn(lambda n=n: [launch() for launches in runs for launch in launches[:n]]) / LAYERS
-                            for n in range(1, len(names) + 1)]
-            print(f"fused B={B}, us per layer: " + ", + ".join(f"{name} {(upto[i + 1] - upto[i]) * 1e6:.1f}"
-                                                              for i, name in enumerate(names))
-                  + f"; all {upto[-1] * 1e6:.1f} ({kernels.MOE_DECODE_CONFIG})")
-    kernels.MOE_DECODE_CONFIG.update(keep)
+            upto = [time_fn(lambda n=n: [launch() for launches in runs for launch in launches[:n]]) / LAYERS
+                    for n in (1, 2, 3)]
+            print(f"fused B={B}, us per layer: logits {upto[0] * 1e6:.1f}, + fc {(upto[1] - upto[0]) * 1e6:.1f}, "
+                  f"+ proj {(upto[2] - upto[1]) * 1e6:.1f}; all three {upto[2] * 1e6:.1f}")
 
 
 def check_fused(m: MoE) -> tuple[float, bool]:
@@ -200,18 +194,13 @@ def check_fused(m: MoE) -> tuple[float, bool]:
     return worst, stable
 
 
-if "fused" in IMPLS and dev == "cuda":  # 1c. kernels.moe_decode on the GPU against its reference, in both modes;
-    # the three launches bitwise stable (their split-K sums are finished by the last-arriving program), the one-launch
-    # MLP not required to be (its atomic adds sum in arrival order)
-    keep = dict(kernels.MOE_DECODE_CONFIG)
-    for mlp in (False, True):
-        kernels.MOE_DECODE_CONFIG["mlp"] = mlp
-        worst, stable = check_fused(layers[0])
-        print(f"fused check (mlp={mlp}): largest relative error against the reference {worst:.2e} (8 token counts x "
-              f"4 inputs); bitwise equal over 50 calls and 100 graph replays: {stable}")
-        if worst > 1e-2 or not (stable or mlp):
-            sys.exit("fused check FAILED")
-    kernels.MOE_DECODE_CONFIG.update(keep)
+if "fused" in IMPLS and dev == "cuda":  # 1c. kernels.moe_decode on the GPU against its reference, and bitwise stable
+    # (its split-K sums are finished by the last-arriving program)
+    worst, stable = check_fused(layers[0])
+    print(f"fused check: largest relative error against the reference {worst:.2e} (8 token counts x 4 inputs); "
+          f"bitwise equal over 50 calls and 100 graph replays: {stable}")
+    if worst > 1e-2 or not stable:
+        sys.exit("fused check FAILED")
 
 MAX_TOKENS = {"gather": 16, "fused": 16}  # gather reads an expert once per row; fused takes 32 token-slots at most
 

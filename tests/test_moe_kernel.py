@@ -220,44 +220,6 @@ def test_decode_splits():
         assert n == 1 or per >= cfg["block_k"] * cfg["min_k_steps"]
 
 
-def test_decode_mlp_units():
-    """The one-launch MLP's units per program: the configured number, else the multiple of 16 with the least work
-    on the busiest SM (larger on ties): 80 for MoE-1.6B at 1 token on 132 SMs (122 programs, one each)."""
-    keep = dict(kernels.MOE_DECODE_CONFIG)
-    try:
-        kernels.MOE_DECODE_CONFIG.update(sms=132, mlp_programs_per_sm=1, mlp_units=0)
-        assert kernels._moe_mlp_units(2, 4864) == 80
-        assert kernels._moe_mlp_units(4, 4864) == 160  # 124 programs
-        for M, F in ((2, 4864), (6, 33), (32, 4864), (1, 7)):
-            u = kernels._moe_mlp_units(M, F)
-            cost = lambda u: -(-M * -(-F // u) // 132) * u
-            assert u % 16 == 0 and all(cost(u) <= cost(v) for v in range(16, F + 16, 16))
-        kernels.MOE_DECODE_CONFIG["mlp_units"] = 48
-        assert kernels._moe_mlp_units(2, 4864) == 48
-    finally:
-        kernels.MOE_DECODE_CONFIG.update(keep)
-
-
-def test_decode_mlp_mode_not_deterministic():
-    """The one-launch MLP (atomic adds in arrival order) is taken only when configured and not in deterministic
-    mode (kernels.set_deterministic or torch.use_deterministic_algorithms), where the three launches run."""
-    keep = dict(kernels.MOE_DECODE_CONFIG)
-    try:
-        kernels.MOE_DECODE_CONFIG["mlp"] = False
-        assert not kernels._moe_decode_mlp()
-        kernels.MOE_DECODE_CONFIG["mlp"] = True
-        assert kernels._moe_decode_mlp()
-        kernels.set_deterministic(True)
-        assert not kernels._moe_decode_mlp()
-        kernels.set_deterministic(False)
-        torch.use_deterministic_algorithms(True)
-        assert not kernels._moe_decode_mlp()
-    finally:
-        torch.use_deterministic_algorithms(False)
-        kernels.set_deterministic(False)
-        kernels.MOE_DECODE_CONFIG.update(keep)
-
-
 def test_decode_kernels_compile_for_sm90():
     """moe_decode's kernels as the GPU runs them (tl.dot in bf16 and fp32, fc and proj, one and several K splits,
     top-1 and top-2): they must compile for sm_90, which the interpreter does not check."""
@@ -277,12 +239,6 @@ def test_decode_kernels_compile_for_sm90():
                 compile_sm90(kernels._moe_decode_mm_kernel, {**mm, "out_ptr": f"*{dt}" if fc else "*fp32"},
                              {"TOP_K": top_k, "RENORM": True, "FC": fc, "N_SPLITS": splits, "DOT_FP32": dt == "fp32",
                               "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64}, num_stages=4)
-        mlp = {"x_ptr": f"*{dt}", "wfc_ptr": f"*{dt}", "wpj_ptr": f"*{dt}", "logits_ptr": "*fp32", "out_ptr": "*fp32",
-               **{k: "i32" for k in ("M", "D", "F", "E", "units", "sxm", "sxk", "sfg", "sfk", "sfn", "spg", "spk", "spn")}}
-        for top_k, block_m in ((2, 16), (1, 32)):  # the one-launch MLP
-            compile_sm90(kernels._moe_decode_mlp_kernel, mlp,
-                         {"TOP_K": top_k, "RENORM": True, "DOT_FP32": dt == "fp32", "BLOCK_M": block_m, "BLOCK_F": 32,
-                          "BLOCK_K": 128, "BLOCK_N": 128, "BLOCK_E": 64}, num_stages=3)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
@@ -358,17 +314,7 @@ def _interp_main() -> None:
             (5, 1, 70, 33, 3, True, {"block_k": 16, "block_n": 16, "fc_block_n": 16, "min_k_steps": 2}),
             (2, 3, 64, 40, 4, True, {"block_k": 16, "min_k_steps": 1, "programs_per_sm": 1, "sms": 1}),
             (16, 2, 48, 40, 34, True, {"block_k": 16, "block_n": 32, "fc_block_n": 64, "min_k_steps": 1, "sms": 16}),
-            (4, 2, 40, 24, 2, True, {"block_k": 16, "block_n": 16, "fc_block_n": 16, "min_k_steps": 1, "sms": 64}),
-            # the one-launch MLP: hidden and output tails masked, experts shared by tokens or not, top-1/2/3
-            # (units per program: several tiles, a partial last tile, one tile, the rule's choice)
-            (1, 2, 96, 200, 34, True, {"mlp": True, "mlp_units": 48, "mlp_block_f": 16}),
-            (3, 2, 100, 72, 5, False, {"mlp": True, "mlp_units": 40, "mlp_block_f": 32, "mlp_block_k": 32,
-                                       "mlp_block_n": 64}),
-            (5, 1, 70, 33, 3, True, {"mlp": True, "mlp_units": 16, "mlp_block_f": 32, "mlp_block_k": 16,
-                                     "mlp_block_n": 16}),
-            (2, 3, 64, 40, 4, True, {"mlp": True, "mlp_block_f": 16, "mlp_block_k": 64, "mlp_block_n": 32,
-                                     "sms": 2}),
-            (16, 2, 48, 40, 34, True, {"mlp": True, "mlp_block_f": 16, "mlp_block_k": 16, "mlp_block_n": 32})]):
+            (4, 2, 40, 24, 2, True, {"block_k": 16, "block_n": 16, "fc_block_n": 16, "min_k_steps": 1, "sms": 64})]):
         kernels.MOE_DECODE_CONFIG.update(ddefaults, **cfg)
         for dtype in (torch.float32, torch.bfloat16)[1 if N == 16 else 0:]:  # the interpreter is slow at 32 slots
             x, rw, wf, wp = _decode_inputs(N, D, Fh, E, dtype, 300 + i)
@@ -382,31 +328,28 @@ def _interp_main() -> None:
                 _close(kernels.moe_decode(x, rw, wft, wpt, k, renorm), ref, dtype, tag)  # bf16: the hidden's rounding
         print(f"interp: {tag} ok", flush=True)
     kernels.MOE_DECODE_CONFIG.update(ddefaults)
-    for mlp in (False, True):  # the three launches and the one-launch MLP
-        kernels.MOE_DECODE_CONFIG.update(ddefaults, mlp=mlp)
-        # ties: experts 1 and 3 share a router row, so at top-1 they tie for some tokens; the kernels take the first
-        # index (expert 1), whose MLP the output must then be
-        x, rw, wf, wp = _decode_inputs(6, 32, 16, 5, torch.float32, 400)
-        rw[3] = rw[1]
-        rw[1] += 4 * x.mean(0) / x.mean(0).norm()  # make 1 (and so 3) the likely top choice
-        rw[3] = rw[1]
-        with torch.no_grad():
-            got = kernels.moe_decode(x, rw, wf, wp, 1, True)
-        top = (x @ rw.T).argmax(-1)
-        tied = [t for t in range(6) if int(top[t]) in (1, 3)]
-        assert tied, "the tie case did not arise"
-        for t in tied:
-            _close(got[t], F.gelu(x[t] @ wf[1]) @ wp[1], torch.float32, f"tie, token {t}, mlp {mlp}")
-        # a NaN token: its output is NaN (as the unfused path's), its routing stays within the experts (no read
-        # past the weights), and the other tokens are unaffected
-        x, rw, wf, wp = _decode_inputs(3, 32, 16, 5, torch.float32, 401)
-        x[1, 4] = float("nan")
-        with torch.no_grad():
-            got = kernels.moe_decode(x, rw, wf, wp, 2, True)
-        ref = kernels.moe_decode_reference(x, rw, wf, wp, 2, True)
-        assert torch.isnan(got[1]).all()
-        _close(got[[0, 2]], ref[[0, 2]], torch.float32, f"the tokens beside a NaN token, mlp {mlp}")
-    kernels.MOE_DECODE_CONFIG.update(ddefaults)
+    # ties: experts 1 and 3 share a router row, so at top-1 they tie for some tokens; the kernels take the first
+    # index (expert 1), whose MLP the output must then be
+    x, rw, wf, wp = _decode_inputs(6, 32, 16, 5, torch.float32, 400)
+    rw[3] = rw[1]
+    rw[1] += 4 * x.mean(0) / x.mean(0).norm()  # make 1 (and so 3) the likely top choice
+    rw[3] = rw[1]
+    with torch.no_grad():
+        got = kernels.moe_decode(x, rw, wf, wp, 1, True)
+    top = (x @ rw.T).argmax(-1)
+    tied = [t for t in range(6) if int(top[t]) in (1, 3)]
+    assert tied, "the tie case did not arise"
+    for t in tied:
+        _close(got[t], F.gelu(x[t] @ wf[1]) @ wp[1], torch.float32, f"tie, token {t}")
+    # a NaN token: its output is NaN (as the unfused path's), its routing stays within the experts (no read
+    # past the weights), and the other tokens are unaffected
+    x, rw, wf, wp = _decode_inputs(3, 32, 16, 5, torch.float32, 401)
+    x[1, 4] = float("nan")
+    with torch.no_grad():
+        got = kernels.moe_decode(x, rw, wf, wp, 2, True)
+    ref = kernels.moe_decode_reference(x, rw, wf, wp, 2, True)
+    assert torch.isnan(got[1]).all()
+    _close(got[[0, 2]], ref[[0, 2]], torch.float32, "the tokens beside a NaN token")
     print("interp: all cases ok", flush=True)
 
 
