@@ -223,9 +223,9 @@ def bench_kernels(cfg: dict) -> dict:
                 ok = torch.isfinite(gv).all().item() and torch.isfinite(gs).all().item()
                 row[f"finite_{scheme}"] = ok
             kernels.set_backward_scheme("sorted")
-            with _lookup_config(bwd_sdot=True):  # experimental: the backward's scores in the one-hot operand
+            with _lookup_config(bwd_sdot=False):  # the backward's other path: each column's score in fp32
                 gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
-                row["gv_bwd_sdot"], row["gs_bwd_sdot"] = rel(gv, gv_ref), rel(gs, gs_ref)
+                row["gv_bwd_percol"], row["gs_bwd_percol"] = rel(gv, gv_ref), rel(gs, gs_ref)
             gv1, gs1 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             gv2, gs2 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             row["sorted_bitwise_repeat"] = bool(torch.equal(gv1, gv2) and torch.equal(gs1, gs2))
@@ -247,8 +247,8 @@ def bench_kernels(cfg: dict) -> dict:
         del values
     res["checks"] = checks
     if checks:
-        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_bwd_sdot"],
-                        r["gs_bwd_sdot"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"],
+        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_bwd_percol"],
+                        r["gs_bwd_percol"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"],
                         r["gs_atomic"]) for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
                                                     and r["fwd_fp32_scores"] <= 1.1 * r["fwd_percol_fp32_scores"]
@@ -311,15 +311,14 @@ def bench_kernels(cfg: dict) -> dict:
                             continue  # fwd_sdot would run another tile (or none) here: timed under its own name
                         tag = ("_inner" if inner else "") + ("_sdot" if sdot else "")
                         r[f"sweep_fwd{tag}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
-                for R, bi, inner in itertools.product((16, 32), (16, 32), (False, True)):  # experimental bwd_sdot
-                    with _lookup_config(bwd_block_d=128 if shape == "a" else 64, bwd_rows=R, bwd_block_i=bi,
-                                        bwd_warps=4, bwd_zero_fill=False, bwd_cols_inner=inner, bwd_sdot=True):
-                        tag = "_inner" if inner else ""
-                        r[f"sweep_bwd{tag}_sdot_d{128 if shape == 'a' else 64}_r{R}_i{bi}_w4"] = timed(
-                            bwd_lookup, kernels.CONFIG)
+                for R, bi in itertools.product((16, 32), (16, 32)):  # bwd_sdot (its column tiles side by side)
+                    bd = 128 if shape == "a" else 64  # tiles inside an MCS core
+                    with _lookup_config(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
+                                        bwd_sdot=True):
+                        r[f"sweep_bwd_sdot_d{bd}_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
                 for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):
                     with _lookup_config(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
-                                        bwd_value_tile=vt, bwd_cols_inner=inner):
+                                        bwd_value_tile=vt, bwd_cols_inner=inner, bwd_sdot=False):
                         tag = ("_inner" if inner else "") + ("_vtile" if vt else "")
                         r[f"sweep_bwd{tag}_d128_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
                 for part in ("fwd", "bwd"):

@@ -102,17 +102,22 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # read four times close together (L1/L2) rather than far apart. Timed in session 8 (one key for both then): the
 # forward 6% faster on shape (a), 3% slower on (b), the backward within noise at its best tiles; in session 12's
 # sweep (b)'s best backward tile was 4.82 ms with it against 4.13 without (docs/BENCHMARKS.md): the backward's
-# stays off. fwd_sdot (bf16 values): the forward puts the MCS scores
-# into the one-hot operand and feeds the value tile to the tensor cores unconverted (_lookup_fwd_kernel).
+# stays off, except with bwd_sdot. fwd_sdot (bf16 values) / bwd_sdot (bf16 output gradients): the forward /
+# backward puts the MCS scores into the one-hot operand and feeds the value / output-gradient tile to the tensor
+# cores unconverted (_lookup_fwd_kernel); with bf16 scores in one dot. bwd_sdot is taken where the backward's
+# column tile lies inside one MCS core, and then with the column tiles side by side.
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (docs/KERNELS.md). Session 12
 # (2026-11-30): fwd_sdot with fwd_cols_inner took shape (a) from 815.6 to 627.4 us (3.72 TB/s useful), and (b)
-# from 1,431 to 1,313 us at 64 columns (its cores of 192 columns then hold whole tiles), in one sweep.
+# from 1,431 to 1,313 us at 64 columns (its cores of 192 columns then hold whole tiles), in one sweep. Session 13
+# (same day): one dot for bf16 scores, (a) 600 us, (b) 1,130-1,200 us; bwd_sdot, (a)'s backward 5.11 -> 4.49 ms
+# (twice each, alternated); on (b) it is not taken (128-column tiles cross its cores; at 64 columns it was no
+# faster, 4.20 against 4.15 ms).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
-          "bwd_sdot": False, "atomic_warps": 4}
+          "bwd_sdot": True, "atomic_warps": 4}
 
 
 def parse_config(spec: str) -> dict:
@@ -313,8 +318,8 @@ if triton is not None:
         # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
         # each slot's row is picked from them by a one-hot dot, instead of gathered per slot: fewer bytes where rows
         # are selected more than once (R rows against R x slots-per-row gathers), more where most are not.
-        # SDOT (bwd_sdot, experimental, branch exp/lookup-core-tile; bf16 output gradients, the tile inside one MCS
-        # core): as the forward's fwd_sdot, the slots' scores go into the one-hot operand and the bf16 output-gradient
+        # SDOT (bwd_sdot; bf16 output gradients, the tile inside one MCS core, taken with COLS_INNER): as the
+        # forward's fwd_sdot, the slots' scores go into the one-hot operand and the bf16 output-gradient
         # rows into the dot as loaded (no per-element score tile, multiply or split); the score gradients' row sums
         # need no per-core select, and the other cores' shares of this column tile are written as zeros
         pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
@@ -490,14 +495,14 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
-        inner = bool(CONFIG["bwd_cols_inner"])
+        # bwd_sdot (bf16 output gradients, tiles inside an MCS core) with the column tiles side by side
+        sdot = bool(CONFIG["bwd_sdot"]) and grad_out.dtype == torch.bfloat16 and (h == 1 or (Dv // h) % BLOCK_D == 0)
+        inner = bool(CONFIG["bwd_cols_inner"]) or sdot
         _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
-                SDOT=bool(CONFIG["bwd_sdot"]) and grad_out.dtype == torch.bfloat16
-                and (h == 1 or (Dv // h) % BLOCK_D == 0),
-                COLS_INNER=inner, num_warps=CONFIG["bwd_warps"])
+                SDOT=sdot, COLS_INNER=inner, num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)
     gscores[perm] = gs_sorted  # back to slot order (index_put without accumulation: deterministic)
