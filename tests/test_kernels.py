@@ -265,8 +265,10 @@ def _interp_main() -> None:
                     {"fwd_block_d": 32, "fwd_block_k": 4},
                     {"fwd_sdot": False, "fwd_block_d": 16},
                     {"fwd_sdot": False, "fwd_cols_inner": False, "fwd_block_k": 4},
-                    # the backward's scores in the one-hot operand (experimental; bf16 with in-core tiles)
+                    # the backward's scores in the one-hot operand (bwd_sdot, the default for bf16 where the tile
+                    # lies inside an MCS core; always with the 1-D grid), or per column
                     {"bwd_sdot": True, "bwd_block_d": 16},
+                    {"bwd_sdot": False, "bwd_block_d": 16},
                     {"bwd_sdot": True, "bwd_block_d": 32, "bwd_cols_inner": True, "bwd_rows": 16, "bwd_block_i": 32},
                     {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16})
         keep = dict(kernels.CONFIG)
