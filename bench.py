@@ -599,6 +599,24 @@ def _cuda_graph(fn):
     return graph.replay
 
 
+def replay_seconds(fn, iters: int = 50) -> float:
+    """Seconds per call of fn captured in a CUDA graph (_cuda_graph): the median of 3 timings of `iters` replays
+    (scripts/bench_moe.py, scripts/bench_read_sizes.py)."""
+    replay = _cuda_graph(fn)
+    replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(3):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(iters):
+            replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / iters / 1e3)
+    return sorted(times)[1]
+
+
 def _time_cuda(fn, iters: int) -> float:
     """Median milliseconds of fn, one CUDA event pair per call."""
     times = []

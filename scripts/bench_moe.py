@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from bench import _cuda_graph
+from bench import _cuda_graph, replay_seconds
 from model import GPTConfig, MoE
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,19 +65,7 @@ def time_fn(fn, iters: int = 50) -> float:
         for _ in range(3):
             fn()
         return (time.perf_counter() - t) / 3
-    replay = _cuda_graph(fn)
-    replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(iters):
-            replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / iters / 1e3)
-    return sorted(times)[1]
+    return replay_seconds(fn, iters)
 
 
 # --- HBM read rate: a reduction over 2 GiB ---------------------------------------------------------

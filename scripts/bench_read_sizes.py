@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench import _cuda_graph
+from bench import replay_seconds
 
 dev = "cuda"
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
@@ -37,19 +37,7 @@ def _read_kernel(x_ptr, out_ptr, n, per_prog, BLOCK: tl.constexpr):
 
 
 def time_us(fn, iters: int = 50) -> float:
-    replay = _cuda_graph(fn)
-    replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(iters):
-            replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / iters * 1e3)
-    return sorted(times)[1]
+    return replay_seconds(fn, iters) * 1e6
 
 
 def triton_read(x: torch.Tensor, out: torch.Tensor, programs: int, block: int, stages: int, warps: int) -> None:
