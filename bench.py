@@ -226,6 +226,14 @@ def bench_kernels(cfg: dict) -> dict:
             with _lookup_config(bwd_sdot=False):  # the backward's other path: each column's score in fp32
                 gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
                 row["gv_bwd_percol"], row["gs_bwd_percol"] = rel(gv, gv_ref), rel(gs, gs_ref)
+            # and both with fp32 scores: bwd_sdot's score operand then has a lo part, checked as the forward's
+            gv32_ref, gs32_ref = kernels.mem_lookup_bwd_reference(gout.double(), values.double(), rows, blocks,
+                                                                  s32.double(), E)
+            gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, s32, E)
+            row["gv_fp32_scores"], row["gs_fp32_scores"] = rel(gv, gv32_ref), rel(gs, gs32_ref)
+            with _lookup_config(bwd_sdot=False):
+                gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, s32, E)
+                row["gv_percol_fp32_scores"], row["gs_percol_fp32_scores"] = rel(gv, gv32_ref), rel(gs, gs32_ref)
             gv1, gs1 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             gv2, gs2 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
             row["sorted_bitwise_repeat"] = bool(torch.equal(gv1, gv2) and torch.equal(gs1, gs2))
@@ -248,10 +256,12 @@ def bench_kernels(cfg: dict) -> dict:
     res["checks"] = checks
     if checks:
         worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_bwd_percol"],
-                        r["gs_bwd_percol"], r["gv_sorted"], r["gs_sorted"], r["gv_atomic"],
-                        r["gs_atomic"]) for r in checks)
+                        r["gs_bwd_percol"], r["gv_fp32_scores"], r["gs_fp32_scores"], r["gv_sorted"], r["gs_sorted"],
+                        r["gv_atomic"], r["gs_atomic"]) for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
                                                     and r["fwd_fp32_scores"] <= 1.1 * r["fwd_percol_fp32_scores"]
+                                                    and r["gv_fp32_scores"] <= 1.1 * r["gv_percol_fp32_scores"]
+                                                    and r["gs_fp32_scores"] <= 1.1 * r["gs_percol_fp32_scores"]
                                                     and all(r["value_tile_gv_bitwise"]) and r["value_tile_gs_rel"][0] < 1e-2
                                                     and r["value_tile_gs_rel"][1] < 1e-5 for r in checks))
         print(f"correctness: worst relative error {worst:.2e} -> {'OK' if res['check_ok'] else 'FAIL'}", flush=True)
@@ -311,10 +321,11 @@ def bench_kernels(cfg: dict) -> dict:
                             continue  # fwd_sdot would run another tile (or none) here: timed under its own name
                         tag = ("_inner" if inner else "") + ("_sdot" if sdot else "")
                         r[f"sweep_fwd{tag}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
-                for R, bi in itertools.product((16, 32), (16, 32)):  # bwd_sdot (its column tiles side by side)
-                    bd = 128 if shape == "a" else 64  # tiles inside an MCS core
+                # bwd_sdot (its column tiles side by side) at the widest tile up to 128 inside an MCS core
+                bd = next((b for b in (128, 64, 32) if kernels._bwd_sdot(Dv, h, b, dtype)), None)
+                for R, bi in itertools.product((16, 32), (16, 32)) if bd else ():
                     with _lookup_config(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
-                                        bwd_sdot=True):
+                                        bwd_value_tile=False, bwd_sdot=True):
                         r[f"sweep_bwd_sdot_d{bd}_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
                 for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):
                     with _lookup_config(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,

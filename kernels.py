@@ -104,8 +104,9 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # sweep (b)'s best backward tile was 4.82 ms with it against 4.13 without (docs/BENCHMARKS.md): the backward's
 # stays off, except with bwd_sdot. fwd_sdot (bf16 values) / bwd_sdot (bf16 output gradients): the forward /
 # backward puts the MCS scores into the one-hot operand and feeds the value / output-gradient tile to the tensor
-# cores unconverted (_lookup_fwd_kernel); with bf16 scores in one dot. bwd_sdot is taken where the backward's
-# column tile lies inside one MCS core, and then with the column tiles side by side.
+# cores unconverted (_lookup_fwd_kernel, _lookup_bwd_sorted_kernel); with bf16 scores in one dot. bwd_sdot is
+# taken where the backward's column tile lies inside one MCS core (_bwd_sdot), and then with the column tiles side
+# by side (in the other order it was no faster: 5.24 against 5.21 ms per column on shape (a), session 13).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (docs/KERNELS.md). Session 12
 # (2026-11-30): fwd_sdot with fwd_cols_inner took shape (a) from 815.6 to 627.4 us (3.72 TB/s useful), and (b)
 # from 1,431 to 1,313 us at 64 columns (its cores of 192 columns then hold whole tiles), in one sweep. Session 13
@@ -277,7 +278,7 @@ if triton is not None:
         # same accuracy (16 mantissa bits of each score, exact products). (Tiles across a core boundary, one such
         # product per core over its columns, were timed in session 12 and lost, also where no tile crossed; one
         # program per MCS core, its columns padded to a power of two, in session 13: 2% faster on shape (a), 2%
-        # slower on (b).)
+        # slower on (b), not kept: docs/KERNELS.md.)
         # With bf16 scores (memory.py casts them to the values' dtype) there is no lo part: one dot (_score_dot).
         t, j = _grid_pos(n_ct, COLS_INNER)
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -441,6 +442,14 @@ def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
     return (core_tile, True) if core_tile >= 64 else (block_d, False)
 
 
+def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:
+    """Whether the sorted backward puts the scores into its one-hot operand (CONFIG["bwd_sdot"]): bf16 output
+    gradients and a column tile of block_d inside one MCS core (h is 1, or block_d divides the core's Dv / h
+    columns). On shape (b) (cores of 192 columns) the default 128-column tile does not; at 64 columns bwd_sdot was
+    no faster there (4.20 against 4.15 ms, session 13), so there is no fallback tile as in _fwd_tile."""
+    return bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16 and (h == 1 or (Dv // h) % block_d == 0)
+
+
 def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
     T, K = rows.shape
     N, Dv = values.shape
@@ -495,9 +504,8 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
-        # bwd_sdot (bf16 output gradients, tiles inside an MCS core) with the column tiles side by side
-        sdot = bool(CONFIG["bwd_sdot"]) and grad_out.dtype == torch.bfloat16 and (h == 1 or (Dv // h) % BLOCK_D == 0)
-        inner = bool(CONFIG["bwd_cols_inner"]) or sdot
+        sdot = _bwd_sdot(Dv, h, BLOCK_D, grad_out.dtype)
+        inner = bool(CONFIG["bwd_cols_inner"]) or sdot  # bwd_sdot with the column tiles side by side
         _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,

@@ -12,9 +12,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import kernels
+from bench import SHAPES
 
 T = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--tokens=")), 32768)
-SHAPES = {"a": (4_194_304, 512, 64), "b": (652_864, 384, 160)}
 E, h, dev, dt = 4, 2, "cuda", torch.bfloat16
 g = torch.Generator(device=dev).manual_seed(0)
 print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, {T} tokens, kernels.CONFIG {kernels.CONFIG}")

@@ -164,9 +164,53 @@ def test_lookup_kernels_compile_for_sm90():
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
                        "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
                 for sdot in (False, True) if vdt == "bf16" else (False,):
-                    compile_sm90(kernels._lookup_bwd_sorted_kernel, bwd,
-                                 {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
-                                  "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner, "SDOT": sdot})
+                    for sdt in (vdt, "fp32") if sdot else (vdt,):  # bwd_sdot with bf16 and fp32 scores
+                        compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
+                                     {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True,
+                                      "SKIP_EMPTY": False, "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner,
+                                      "SDOT": sdot})
+
+
+def test_score_dot_is_one_dot_for_bf16_scores():
+    """fwd_sdot / bwd_sdot on the GPU (SPLIT=True, which the interpreter never runs): with bf16 scores the score
+    operand is exact in bf16 and takes one tensor-core dot per slot block, with fp32 scores two (hi + lo); the
+    per-column paths two (the weighted tile's hi + lo). Counted in the kernels compiled for sm_90."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the kernels are interpreter functions in this process")
+    dots = lambda k: k.asm["ttir"].count("tt.dot ")
+    fwd = {"values_ptr": "*bf16", "rows_ptr": "*i64", "blocks_ptr": "*i64", "out_ptr": "*bf16", "K": "i32",
+           "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
+    bwd = {"gout_ptr": "*bf16", "values_ptr": "*bf16", "grows_ptr": "*i32", "srows_ptr": "*i32", "toffs_ptr": "*i64",
+           "gvalues_ptr": "*bf16", "gs_part_ptr": "*fp32", "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32",
+           "n_ct": "i32"}
+    for sdot, sdt, want in ((True, "bf16", 1), (True, "fp32", 2), (False, "bf16", 2)):
+        k = compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
+                         {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
+                          "COLS_INNER": True, "SDOT": sdot})
+        assert dots(k) == want, f"forward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
+        k = compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
+                         {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
+                          "VTILE": False, "V16": True, "COLS_INNER": True, "SDOT": sdot})
+        assert dots(k) == want, f"backward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
+
+
+def test_backward_sdot_rule():
+    """kernels._bwd_sdot: the backward's scores go into the one-hot operand for bf16 output gradients where the
+    column tile lies inside one MCS core (or h is 1), and only if CONFIG["bwd_sdot"]."""
+    keep = dict(kernels.CONFIG)
+    try:
+        bf = torch.bfloat16
+        assert kernels._bwd_sdot(512, 2, 128, bf)  # shape (a): cores of 256
+        assert not kernels._bwd_sdot(384, 2, 128, bf)  # shape (b): 128 columns cross its cores of 192
+        assert kernels._bwd_sdot(384, 2, 64, bf)
+        assert kernels._bwd_sdot(48, 1, 64, bf)  # one core: any tile, also wider than the row
+        assert not kernels._bwd_sdot(512, 2, 128, torch.float32)
+        assert not kernels._bwd_sdot(512, 2, 128, torch.float16)
+        kernels.CONFIG["bwd_sdot"] = False
+        assert not kernels._bwd_sdot(512, 2, 128, bf)
+    finally:
+        kernels.CONFIG.update(keep)
 
 
 def test_forward_tile_rule():
@@ -292,6 +336,16 @@ def _interp_main() -> None:
         finally:
             kernels.CONFIG.update(keep)
         assert torch.equal(vt[0], grads["sorted"][0]) and torch.equal(vt[1], grads["sorted"][1]), f"{tag}: value tile"
+        if dtype == torch.bfloat16:  # fp32 scores with bf16 values and output gradients (the sdot paths' hi + lo)
+            s32 = scores.float() * 1.37
+            ref32 = kernels.mem_lookup_reference(values.float(), rows, blocks, s32, E)
+            out = kernels._lookup_triton(values, rows, blocks, s32, E)  # in the values' dtype, checked to bf16's
+            _close(out.float(), ref32, dtype, f"{tag}: forward, fp32 scores")  # tolerance against the fp32 reference
+            rv32, rs32 = kernels.mem_lookup_bwd_reference(gout.float(), values.float(), rows, blocks, s32, E)
+            gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, s32, E)
+            assert out.dtype == gv.dtype == dtype and gs.dtype == torch.float32, f"{tag}: dtypes with fp32 scores"
+            _close(gv.float(), rv32, dtype, f"{tag}: grad values, fp32 scores")
+            _close(gs, rs32, torch.float32, f"{tag}: grad scores, fp32 scores")  # exact bf16 products, fp32 sums
         print(f"interp: {tag} ok", flush=True)
     # through the op and autograd (the path memory.py takes), in deterministic mode: atomics refused
     kernels.set_backward_scheme("atomic")
