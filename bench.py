@@ -209,12 +209,11 @@ def bench_kernels(cfg: dict) -> dict:
             # and both with fp32 scores, where fwd_sdot's split of the score operand has a lo part: without it the
             # error would be about 1.4x the per-column path's (2.35e-3 against 1.66e-3, simulated on the CPU), so
             # check_ok asks for at most 1.1x
-            with _lookup_config(fwd_sdot=False, fwd_cols_inner=False):
-                row["fwd_percol"] = rel(kernels._lookup_triton(values, rows, blocks, scores, E), ref)
             s32 = torch.randn(T, K, h, device=dev, generator=g)
             ref32 = kernels.mem_lookup_reference(values.double(), rows, blocks, s32.double(), E)
             row["fwd_fp32_scores"] = rel(kernels._lookup_triton(values, rows, blocks, s32, E), ref32)
             with _lookup_config(fwd_sdot=False, fwd_cols_inner=False):
+                row["fwd_percol"] = rel(kernels._lookup_triton(values, rows, blocks, scores, E), ref)
                 row["fwd_percol_fp32_scores"] = rel(kernels._lookup_triton(values, rows, blocks, s32, E), ref32)
             for scheme in ("sorted", "atomic"):
                 kernels.set_backward_scheme(scheme)
@@ -223,15 +222,16 @@ def bench_kernels(cfg: dict) -> dict:
                 ok = torch.isfinite(gv).all().item() and torch.isfinite(gs).all().item()
                 row[f"finite_{scheme}"] = ok
             kernels.set_backward_scheme("sorted")
-            with _lookup_config(bwd_sdot=False):  # the backward's other path: each column's score in fp32
-                gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
-                row["gv_bwd_percol"], row["gs_bwd_percol"] = rel(gv, gv_ref), rel(gs, gs_ref)
-            # and both with fp32 scores: bwd_sdot's score operand then has a lo part, checked as the forward's
+            # the backward's other path (each column's score in fp32, bwd_sdot off), and both with fp32 scores:
+            # bwd_sdot's score operand then has a lo part, checked as the forward's on the value gradients (the
+            # score gradients do not involve the scores)
             gv32_ref, gs32_ref = kernels.mem_lookup_bwd_reference(gout.double(), values.double(), rows, blocks,
                                                                   s32.double(), E)
             gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, s32, E)
             row["gv_fp32_scores"], row["gs_fp32_scores"] = rel(gv, gv32_ref), rel(gs, gs32_ref)
             with _lookup_config(bwd_sdot=False):
+                gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+                row["gv_bwd_percol"], row["gs_bwd_percol"] = rel(gv, gv_ref), rel(gs, gs_ref)
                 gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, s32, E)
                 row["gv_percol_fp32_scores"], row["gs_percol_fp32_scores"] = rel(gv, gv32_ref), rel(gs, gs32_ref)
             gv1, gs1 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
@@ -261,7 +261,6 @@ def bench_kernels(cfg: dict) -> dict:
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
                                                     and r["fwd_fp32_scores"] <= 1.1 * r["fwd_percol_fp32_scores"]
                                                     and r["gv_fp32_scores"] <= 1.1 * r["gv_percol_fp32_scores"]
-                                                    and r["gs_fp32_scores"] <= 1.1 * r["gs_percol_fp32_scores"]
                                                     and all(r["value_tile_gv_bitwise"]) and r["value_tile_gs_rel"][0] < 1e-2
                                                     and r["value_tile_gs_rel"][1] < 1e-5 for r in checks))
         print(f"correctness: worst relative error {worst:.2e} -> {'OK' if res['check_ok'] else 'FAIL'}", flush=True)

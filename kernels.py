@@ -438,8 +438,8 @@ def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
         return block_d, False
     if h == 1 or chunk % block_d == 0:
         return block_d, True
-    core_tile = chunk & -chunk
-    return (core_tile, True) if core_tile >= 64 else (block_d, False)
+    tile = chunk & -chunk  # the largest power of two dividing the core
+    return (tile, True) if tile >= 64 else (block_d, False)
 
 
 def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:

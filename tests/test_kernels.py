@@ -143,8 +143,8 @@ def test_topk_auto_picks_the_measured_winner():
 
 def test_lookup_kernels_compile_for_sm90():
     """The lookup's forward and sorted backward, as the GPU runs them (SPLIT=True), for every values dtype and
-    the launch options (value tile, column tiles side by side, the forward's scores in the one-hot operand for
-    bf16): they must compile for sm_90 (an fp16 value tile once did not: a bf16 x fp16 dot in code after a
+    the launch options (value tile, column tiles side by side, and for bf16 the scores in the one-hot operand, with
+    bf16 and fp32 scores): they must compile for sm_90 (an fp16 value tile once did not: a bf16 x fp16 dot in code after a
     constexpr return)."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") == "1":
