@@ -1,0 +1,215 @@
+"""Where does the fused MoE decode layer lose its streaming rate at 1 token? (run from the repo root:
+PYTHONPATH=. python scripts/bench_moe_parts.py)
+
+At 1 token kernels.moe_decode's fc and proj launches each read 39.8 MB (two experts' halves of MoE-1.6B-2in34) in
+about 15 us, 2.7 TB/s, where a plain contiguous read of the same bytes takes 11.5 us (scripts/bench_read_sizes.py,
+docs/BENCHMARKS.md, session 13). This times, on the same bytes and replayed the same way (a CUDA graph over 8
+weight buffers, so that the 50 MB L2 holds none of them between replays), kernels that add one part of the real
+kernel at a time:
+  read   : each program streams its (K split, BLOCK_N columns) tile of both experts' weights and sums it
+           elementwise (no tensor cores), then stores a partial row: the access pattern alone;
+  dot    : the same, but multiplies a 16-row activation tile (one real row) into it with tl.dot, as the real kernel;
+  route  : dot, with the expert taken from the logits by the real routing prologue (kernels._moe_slots);
+each in the model's layout (w (E, K, N), N contiguous: a program reads BLOCK_N x 2 bytes per row, at a row stride of
+N x 2 bytes) and in the transposed layout (w (E, N, K), K contiguous: BLOCK_K x 2 bytes a row, each program walking
+its rows along K). Then the real launches at 1 token (logits; logits + fc; all three) with kernels.MOE_DECODE_CONFIG,
+and the plain contiguous read (scripts/bench_read_sizes.py's kernel) of 39.8 MB.
+Every variant is swept over BLOCK_N, BLOCK_K, warps and programs per SM (the K splits follow as in moe_decode:
+kernels._k_splits), stages 4; the best of each is printed with its configuration, for fc's shape (K 2048, N 4864)
+and proj's (K 4864, N 2048). Each variant's partial sums are checked against torch before it is timed.
+"""
+import itertools
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+import kernels
+from kernels import _moe_slots
+from bench import replay_seconds
+
+dev = "cuda"
+SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
+BUFS, E, TOP_K, D, FH = 8, 34, 2, 2048, 4864
+QUICK = "--quick" in sys.argv  # two configurations per variant (a smoke test)
+# --sections=plain,layout,finish,layer (default all): which parts to time (see above)
+SECTIONS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--sections=")),
+                ["plain", "layout", "finish", "layer"])
+# the layer section's launch parameters: the defaults, then each of these changes to kernels.MOE_DECODE_CONFIG
+LAYER_CONFIGS = [{}, {"fc_block_n": 32}]
+
+
+@triton.jit
+def _part_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, N, K, E, k_per_split, n_splits, swg, swk, swn,
+                 DOT: tl.constexpr, ROUTE: tl.constexpr, FIN: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+    # program (expert slot j of 2, BLOCK_N columns, K split): partial sums over its K split of w[e][:, cols]
+    # (read: summed over K; dot: x[0] @ w[e][:, cols]) into part[split, j, cols], fp32. FIN 1: then the program
+    # that arrives last on its column tile (2 x n_splits arrivals, counted in cnt[nt]) sums the tile's partials into
+    # out[cols] and re-zeroes the counter (moe_decode's finishing step); FIN 2: atomic adds into out[cols] instead
+    j = tl.program_id(0)
+    nt = tl.program_id(1)
+    split = tl.program_id(2)
+    rows = tl.arange(0, BLOCK_M)
+    if ROUTE:
+        slot_e, _ = _moe_slots(logits_ptr, 2, E, 2, False, BLOCK_M, BLOCK_E)
+        e = tl.sum(tl.where(rows == j, slot_e, 0), axis=0)
+    else:
+        e = j
+    cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = cols < N
+    k_start = split * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :].to(tl.int64) * swn
+    if DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < k_end
+        b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if DOT:
+            a = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=(rows[:, None] < 1) & kmask[None, :], other=0.0)
+            acc = tl.dot(a, b, acc)
+        else:
+            acc += b.to(tl.float32)
+    res = tl.sum(acc, axis=0)
+    if FIN == 2:
+        tl.atomic_add(out_ptr + cols, res, mask=nmask, sem="relaxed")
+    else:
+        tl.store(part_ptr + (split * 2 + j) * N + cols, res, mask=nmask)
+    if FIN == 1:
+        tl.debug_barrier()
+        old = tl.atomic_add(cnt_ptr + nt, 1)
+        if old == 2 * n_splits - 1:
+            tl.debug_barrier()
+            tot = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for s in range(0, 2 * n_splits):
+                tot += tl.load(part_ptr + s * N + cols, mask=nmask, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + cols, tot, mask=nmask)
+            tl.store(cnt_ptr + nt, 0)
+
+
+@triton.jit
+def _read_kernel(x_ptr, out_ptr, n, per_prog, BLOCK: tl.constexpr):
+    # scripts/bench_read_sizes.py's plain read: program p sums x[p * per_prog : (p + 1) * per_prog]
+    p = tl.program_id(0)
+    start = p.to(tl.int64) * per_prog
+    end = tl.minimum(start + per_prog, n)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(start, end, BLOCK):
+        offs = i + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + offs, mask=offs < end, other=0.0).to(tl.float32)
+    tl.store(out_ptr + p, tl.sum(acc, axis=0))
+
+
+def time_us(fn, iters: int = 50) -> float:
+    return replay_seconds(fn, iters) * 1e6
+
+
+def launch(x, w, logits, part, cnt, out, K, N, dot, route, fin, bn, bk, warps, pps):
+    splits, per = kernels._k_splits(2, N, K, bn, bk, pps * SMS, 2)
+    swg, swk, swn = w.stride()  # (2, K, N), N- or K-contiguous
+    _part_kernel[(2, triton.cdiv(N, bn), splits)](x, w, logits, part, cnt, out, N, K, E, per, splits, swg, swk, swn,
+                                                  DOT=dot, ROUTE=route, FIN=fin, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk,
+                                                  BLOCK_E=64, num_warps=warps, num_stages=4)
+    return splits
+
+
+def main():
+    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
+    rate = big.numel() * 2 / (time_us(lambda: big.sum(dtype=torch.float32), iters=10) / 1e6)
+    print(f"device {torch.cuda.get_device_name()}, {SMS} SMs, torch {torch.__version__}, triton {triton.__version__}; "
+          f"read rate of a 2 GiB reduction {rate / 1e12:.2f} TB/s; sections {','.join(SECTIONS)}", flush=True)
+    del big
+    floor = 2 * D * FH * 2 / rate * 1e6
+    print(f"39.8 MB (two experts' halves of MoE-1.6B): floor {floor:.1f} us", flush=True)
+
+    if "plain" in SECTIONS:  # the plain read, around the best of bench_read_sizes.py's grid
+        flat = [torch.randn(2 * D * FH, device=dev, dtype=torch.bfloat16) for _ in range(BUFS)]
+        sink = torch.empty(1 << 16, device=dev, dtype=torch.float32)
+
+        def plain(programs, block, warps):
+            n = flat[0].numel()
+            per = triton.cdiv(triton.cdiv(n, programs), block) * block
+            for f in flat:
+                _read_kernel[(triton.cdiv(n, per),)](f, sink, n, per, BLOCK=block, num_stages=3, num_warps=warps)
+        best = min((time_us(lambda c=c: plain(c[0] * SMS, c[1], c[2])) / BUFS, c)
+                   for c in itertools.product((4, 8, 16), (1024, 2048), (4, 8)))
+        print(f"plain contiguous read: {best[0]:.1f} us ({best[0] / floor:.2f}x; programs/SM, BLOCK, warps = {best[1]})",
+              flush=True)
+        del flat
+
+    x = torch.randn(16, max(D, FH), device=dev, dtype=torch.bfloat16)
+    logits = torch.full((1, E), -1.0, device=dev)
+    logits[0, 0], logits[0, 1] = 3.0, 2.0  # experts 0 and 1 are the token's top-2
+    part = torch.empty(64 * 2 * max(D, FH), device=dev, dtype=torch.float32)
+    cnt = torch.zeros(1024, device=dev, dtype=torch.int32)
+    out = torch.zeros(max(D, FH), device=dev, dtype=torch.float32)
+    grid = list(itertools.product((32, 64, 128, 256), (64, 128), (4, 8), (2, 4)))  # BLOCK_N, BLOCK_K, warps, pps
+    if QUICK:
+        grid = [(64, 64, 4, 2), (32, 64, 4, 2)]
+    # (section, K-contiguous layout, dot, route, finish)
+    variants = [("layout", t, d, r, 0) for t in (False, True) for d, r in ((False, False), (True, False), (True, True))]
+    variants += [("finish", False, True, True, f) for f in (0, 1, 2)]
+    variants = [v for i, v in enumerate(variants) if v[0] in SECTIONS and v[1:] not in [u[1:] for u in variants[:i]
+                                                                                  if u[0] in SECTIONS]]
+    for name, K, N in (("fc", D, FH), ("proj", FH, D)):
+        for trans in (False, True):
+            todo = [v for v in variants if v[1] == trans]
+            if not todo:
+                continue
+            # 8 weight buffers of two experts each: (2, K, N), or (2, N, K) viewed as (2, K, N)
+            ws = [torch.randn(2, N, K, device=dev, dtype=torch.bfloat16).transpose(1, 2) if trans
+                  else torch.randn(2, K, N, device=dev, dtype=torch.bfloat16) for _ in range(BUFS)]
+            ref_read = ws[0].float().sum(dim=1)  # (2, N)
+            ref_dot = torch.einsum("k,ekn->en", x[0, :K].float(), ws[0].float())
+            for _, _, dot, route, fin in todo:
+                tag = (f"{name} {'K-contiguous' if trans else 'N-contiguous'} "
+                       f"{'route' if route else 'dot' if dot else 'read'}{['', ' + last-arriver sum', ' + atomic adds'][fin]}")
+                results = []
+                for bn, bk, warps, pps in grid:
+                    part.zero_()
+                    out.zero_()
+                    splits = launch(x, ws[0], logits, part, cnt, out, K, N, dot, route, fin, bn, bk, warps, pps)
+                    ref = ref_dot if dot else ref_read
+                    got = out[:N] if fin else part[: splits * 2 * N].view(splits, 2, N).sum(0)
+                    if fin:
+                        ref = ref.sum(0)
+                    err = ((got - ref).abs().max() / ref.abs().max()).item()
+                    if err > 1e-2:
+                        sys.exit(f"{tag} {bn, bk, warps, pps}: wrong sums, relative error {err:.2e}")
+                    t = time_us(lambda: [launch(x, w, logits, part, cnt, out, K, N, dot, route, fin, bn, bk, warps, pps)
+                                         for w in ws]) / BUFS
+                    results.append((t, (bn, bk, warps, pps, splits)))
+                results.sort()
+                top = ", ".join(f"{t:.1f} us {c}" for t, c in results[:3])
+                one = next((f"{t:.1f} us {c}" for t, c in results if c[4] == 1), "-")
+                print(f"{tag}: best {results[0][0]:.1f} us ({results[0][0] / floor:.2f}x floor); top 3 (BLOCK_N, BLOCK_K, "
+                      f"warps, programs/SM, splits): {top}; best unsplit: {one}", flush=True)
+            del ws
+
+    if "layer" in SECTIONS:
+        # the real layer at 1 token, its launches added one by one (each prefix starts with the logits launch, which
+        # zeroes the arrival counters), 8 layers per graph; with kernels.MOE_DECODE_CONFIG, then with LAYER_CONFIGS'
+        # changes to it
+        with torch.device(dev):
+            layers = [(torch.randn(E, D, dtype=torch.bfloat16) / D**0.5,
+                       torch.randn(E, D, FH, dtype=torch.bfloat16) * 0.02,
+                       torch.randn(E, FH, D, dtype=torch.bfloat16) * 0.02) for _ in range(BUFS)]
+        xt = torch.randn(1, D, device=dev, dtype=torch.bfloat16)
+        default = dict(kernels.MOE_DECODE_CONFIG)
+        for change in LAYER_CONFIGS:
+            kernels.MOE_DECODE_CONFIG.update(default, **change)
+            runs = [kernels._moe_decode_launches(xt, rw, wf, wp, TOP_K, False)[1] for rw, wf, wp in layers]
+            ts = [time_us(lambda: [f() for ls in runs for f in ls[:n]]) / BUFS for n in (1, 2, 3)]
+            print(f"moe_decode at 1 token {change or '(defaults)'}: logits {ts[0]:.1f} us, + fc {ts[1]:.1f}, + proj "
+                  f"{ts[2]:.1f} us ({ts[2] / (2 * floor):.2f}x the floor of both projections, {2 * floor:.1f} us)",
+                  flush=True)
+        kernels.MOE_DECODE_CONFIG.update(default)
+
+
+if __name__ == "__main__":
+    main()
