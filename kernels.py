@@ -989,7 +989,7 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # (router GEMV, softmax, top-k, renormalisation, the two gathered projections, their split-K sums, GeLU, cast,
 # weighting) cost 15-30 us on top of kernels that stream at 1.9x their floor (docs/BENCHMARKS.md, issue 5).
 #   logits, grid (N, E):                          x[t] . router_w[e] in fp32, a row per program; it also zeroes
-#                                                 the arrival counters of the next two.
+#                                                 what the next two need zeroed (arrival counters; the output).
 #   fc,     grid (slots, F / fc_block_n, splits): h = GeLU(x @ w_fc[e]), rounded to w's dtype (the unfused path's
 #                                                 rounding of the hidden activations).
 #   proj,   grid (slots, D / block_n, splits):    y[t] = sum_j weight(t, j) * h[slot t*k+j] @ w_proj[e(t, j)], fp32.
@@ -999,28 +999,35 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # masked loads, which read nothing): it streams w[e]'s (K split, BLOCK_N) block once through tl.dot. So an
 # expert is read once however many of the batch's tokens chose it, with no sort and no host synchronisation; the
 # programs of a repeated expert's later slots do no K steps.
-# Split K and the finishing step: both projections split K so that a single token fills the GPU (programs_per_sm
-# per SM, taking every slot's expert as distinct; at least min_k_steps BLOCK_K steps per program). A program
-# stores its fp32 partials, then counts its arrival on the unit it contributes to (fc: a slot's column tile,
-# `splits` arrivals; proj: a token's column tile, top_k x splits arrivals, one per split from each of the token's
-# experts); the program that arrives last sums the unit's partials in split order and finishes it (fc: GeLU and
-# the cast; proj: the top-k weighting). So the result does not depend on which program arrives last
-# (deterministic: checked bitwise over calls and CUDA-graph replays by scripts/bench_moe.py), and there is no
-# separate reduction launch. The first version, timed on the H200 (2026-11-30, docs/BENCHMARKS.md), summed fc's
-# partials and applied GeLU in proj's K loop: proj alone took 73.0 us at 1 token (0.5 TB/s), the layer 84.5 us
-# at its best launch parameters, against 31.7 us now (in the same kind of sweep). Tried and dropped (same place):
-# programmatic dependent launch between the three (31.7 us at its best, no gain) and the three phases in one
-# persistent launch whose programs take work items by an atomic ticket (46.2 us).
+# Split K: both projections split K so that a single token fills the GPU (programs_per_sm per SM, taking every
+# slot's expert as distinct; at least min_k_steps BLOCK_K steps per program; fc_splits forces fc's count).
+# - fc's finishing step: a program stores its fp32 partials, then counts its arrival on its unit (a slot's column
+#   tile, `splits` arrivals); the program that arrives last sums the unit's partials in split order, applies GeLU
+#   and stores h. So h does not depend on which program arrives last, and no reduction launch is needed.
+# - proj (proj_atomic, the default): each program adds its partials, times the slot's top-k weight, into the fp32
+#   output with atomic adds (zeroed by the logits launch). The order of the additions varies, so the output may
+#   differ in the last bits between calls. In deterministic mode (set_deterministic, or
+#   torch.use_deterministic_algorithms) proj finishes as fc does instead: its unit is a token's column tile, with
+#   top_k x splits arrivals, and the last arriver applies the top-k weighting. Bitwise reproducible: checked over
+#   calls and CUDA-graph replays by scripts/bench_moe.py. The atomic adds took 1.5-2 us less at 1 token (session
+#   14, docs/BENCHMARKS.md): scripts/bench_moe_parts.py timed the last-arriver step at 1.1-1.6 us per launch and the
+#   atomic adds at 0-0.1 us.
+# Tried and dropped (docs/BENCHMARKS.md): fc's partials summed and put through GeLU in proj's K loop (session 11's
+# first version, proj 73.0 us alone at 1 token; again in session 14, the layer 53.9 against 29.2 us: loads that
+# feed the dot through arithmetic are not pipelined); programmatic dependent launch between the three (31.7 us at
+# its best, no gain); the three phases in one persistent launch whose programs take work items by an atomic
+# ticket (46.2 us); and the other one-launch designs of sessions 12-13.
 # Inference only, like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's
 # routing, then moe_gather_mm_reference's row products).
 
 # Launch parameters of the fc and proj kernels, for the H200 (132 SMs): fc_block_n fc's output columns per
-# program, block_n proj's; block_k, warps and stages both kernels'. The best by the sum of x floor at 1, 2 and 4
+# program, block_n proj's; block_k, warps and stages both kernels' (fc_stages, if not 0, fc's); fc_splits fc's K
+# splits (0: by programs_per_sm and min_k_steps). The tile sizes are the best by the sum of x floor at 1, 2 and 4
 # tokens of a 72-configuration sweep (scripts/bench_moe.py --compile --impls=fused,triton --tune=fused, 2026-11-30,
-# session 11; docs/BENCHMARKS.md): 31.7 / 47.5 / 80.2 us, 1.70 / 1.31 / 1.16x the floor; in a second sweep on
-# another machine within 1 us of the best at 1 and 2 tokens, 2.8 us at 4.
+# session 11; docs/BENCHMARKS.md); in session 14's sweeps of proj_atomic, fc_block_n, block_n, fc_splits and
+# fc_stages at 1, 2 and 4 tokens these defaults were the best: 29.0 / 44.9 / 76.9 us, 1.57 / 1.25 / 1.13x the floor.
 MOE_DECODE_CONFIG = {"fc_block_n": 64, "block_n": 64, "block_k": 64, "warps": 4, "stages": 4, "programs_per_sm": 2,
-                     "sms": 132, "min_k_steps": 2}
+                     "sms": 132, "min_k_steps": 2, "proj_atomic": True, "fc_splits": 0, "fc_stages": 0}
 MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2
 
 
@@ -1041,19 +1048,24 @@ def moe_decode_reference(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     return (ys.view(N, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
 
 
-def _moe_decode_splits(M: int, N: int, K: int, block_n: int) -> tuple[int, int]:
-    """moe_decode's (K splits, K per split) for M token-slots, N output columns in tiles of block_n, K inputs."""
+def _moe_decode_splits(M: int, N: int, K: int, block_n: int, splits: int = 0) -> tuple[int, int]:
+    """moe_decode's (K splits, K per split) for M token-slots, N output columns in tiles of block_n, K inputs:
+    `splits` if not 0 (fewer if K has fewer block_k steps), else enough for programs_per_sm per SM."""
     cfg = MOE_DECODE_CONFIG
+    if splits:
+        per = triton.cdiv(triton.cdiv(K, splits), cfg["block_k"]) * cfg["block_k"]
+        return triton.cdiv(K, per), per
     return _k_splits(M, N, K, block_n, cfg["block_k"], cfg["programs_per_sm"] * cfg["sms"], cfg["min_k_steps"])
 
 
 if triton is not None:
 
     @triton.jit
-    def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, E, D, sxm, sxd, swe, swd, BLOCK_D: tl.constexpr,
-                           BLOCK_Z: tl.constexpr):
+    def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, out_ptr, n_out, E, D, sxm, sxd, swe, swd,
+                           BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr):
         # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program; the
-        # programs also zero the n_cnt arrival counters of fc and proj, which run after this kernel
+        # programs also zero the n_cnt arrival counters of fc and proj and the n_out elements of the fp32 output
+        # (0 unless proj accumulates it by atomic adds), for the next two launches
         t = tl.program_id(0)
         e = tl.program_id(1)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -1069,6 +1081,9 @@ if triton is not None:
         for z0 in range(pid * BLOCK_Z, n_cnt, n_prog * BLOCK_Z):
             zs = z0 + tl.arange(0, BLOCK_Z)
             tl.store(cnt_ptr + zs, tl.zeros((BLOCK_Z,), dtype=tl.int32), mask=zs < n_cnt)
+        for z0 in range(pid * BLOCK_Z, n_out, n_prog * BLOCK_Z):
+            zs = z0 + tl.arange(0, BLOCK_Z)
+            tl.store(out_ptr + zs, tl.zeros((BLOCK_Z,), dtype=tl.float32), mask=zs < n_out)
 
     @triton.jit
     def _moe_slots(logits_ptr, M, E, TOP_K: tl.constexpr, RENORM: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -1108,10 +1123,12 @@ if triton is not None:
     @triton.jit
     def _moe_decode_mm_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E, k_per_split, sxm, sxk,
                               swg, swk, swn, TOP_K: tl.constexpr, RENORM: tl.constexpr, FC: tl.constexpr,
-                              N_SPLITS: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr):
+                              N_SPLITS: tl.constexpr, ATOMIC: tl.constexpr, DOT_FP32: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              BLOCK_E: tl.constexpr):
         # program (token-slot j, BLOCK_N columns, K split); see the section header. FC: x is the tokens (the row of
-        # slot r is r // TOP_K) and out the hidden h (M, N) in w's dtype; else x is h and out y (M / TOP_K, N) fp32
+        # slot r is r // TOP_K) and out the hidden h (M, N) in w's dtype; else x is h and out y (M / TOP_K, N) fp32,
+        # accumulated by atomic adds (ATOMIC; zeroed by the logits launch) or finished by the last-arriving program
         j = tl.program_id(0)
         nt = tl.program_id(1)
         split = tl.program_id(2)
@@ -1137,44 +1154,54 @@ if triton is not None:
             else:
                 acc = tl.dot(a, b, acc)
         n_tiles = tl.num_programs(1)
+        omask = same[:, None] & nmask[None, :]
         part = part_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]  # + split * M * N: split's partials
         if FC and N_SPLITS == 1:  # the whole sum is here: GeLU, rounded to w's dtype
             h = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
             tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], h.to(out_ptr.dtype.element_ty),
-                     mask=same[:, None] & nmask[None, :])
-        else:
-            # store this split's partials, then count the arrival; the program that arrives last for a unit of
-            # output sums that unit's partials in split order (deterministic) and finishes it. Release: every
-            # thread's stores precede the barrier, the barrier the (acq_rel, gpu-scope) atomic; acquire: the
-            # atomic precedes the barrier, the barrier the loads, which bypass L1 (.cg)
-            tl.store(part + split.to(tl.int64) * M * N, acc, mask=same[:, None] & nmask[None, :])
+                     mask=omask)
+        elif FC:
+            # unit: (slot j, column tile), N_SPLITS arrivals, from j's programs only. Store this split's partials,
+            # then count the arrival; the program that arrives last sums the unit's partials in split order
+            # (deterministic), applies GeLU and stores h. Release: every thread's stores precede the barrier, the
+            # barrier the (acq_rel, gpu-scope) atomic; acquire: the atomic precedes the barrier, the barrier the
+            # loads, which bypass L1 (.cg). A branch (the condition is one value for the program), so that the
+            # programs that do not finish skip the sum
+            tl.store(part + split.to(tl.int64) * M * N, acc, mask=omask)
             tl.debug_barrier()
-            if FC:  # unit: (slot j, column tile), N_SPLITS arrivals, from j's programs only
-                old = tl.atomic_add(cnt_ptr + j * n_tiles + nt, 1, mask=first)
-                fin = tl.where(old == N_SPLITS - 1, same, False)  # (BLOCK_M,): e's slots, if this program arrived last
-                tl.debug_barrier()
+            old = tl.atomic_add(cnt_ptr + j * n_tiles + nt, 1, mask=first)
+            tl.debug_barrier()
+            if first & (old == N_SPLITS - 1):
                 hsum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 for s in tl.static_range(N_SPLITS):
-                    hsum += tl.load(part + s * M * N, mask=fin[:, None] & nmask[None, :], other=0.0,
-                                    cache_modifier=".cg")
+                    hsum += tl.load(part + s * M * N, mask=omask, other=0.0, cache_modifier=".cg")
                 h = 0.5 * hsum * (1.0 + tl.math.erf(hsum * 0.7071067811865476))
                 tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], h.to(out_ptr.dtype.element_ty),
-                         mask=fin[:, None] & nmask[None, :])
-            else:  # unit: (token t, column tile), TOP_K x N_SPLITS arrivals: one per split from each of t's experts
-                tok = rows // TOP_K
-                old = tl.atomic_add(cnt_ptr + tok * n_tiles + nt, 1, mask=same)  # one arrival per slot row
-                fin = same & (old == TOP_K * N_SPLITS - 1)  # row r: token r // TOP_K is complete, finish it here
-                tl.debug_barrier()
-                y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for jj in tl.static_range(TOP_K):  # y[t] = sum_jj weight of slot t*k+jj x the sum of its partials
-                    r2 = tok * TOP_K + jj
-                    w2 = tl.sum(tl.where(rows[None, :] == r2[:, None], slot_w[None, :], 0.0), axis=1)  # slot_w[r2]
-                    ys = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                    for s in tl.static_range(N_SPLITS):
-                        ys += tl.load(part_ptr + (s * M + r2).to(tl.int64)[:, None] * N + cols[None, :],
-                                      mask=fin[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
-                    y += w2[:, None] * ys
-                tl.store(out_ptr + tok.to(tl.int64)[:, None] * N + cols[None, :], y, mask=fin[:, None] & nmask[None, :])
+                         mask=omask)
+        elif ATOMIC:  # y[t] += weight of slot r x this split's partial, for each slot r = t*k+j of e here
+            tok = rows // TOP_K
+            tl.atomic_add(out_ptr + tok.to(tl.int64)[:, None] * N + cols[None, :], acc * slot_w[:, None], mask=omask,
+                          sem="relaxed")
+        else:
+            # unit: (token t, column tile), TOP_K x N_SPLITS arrivals: one per split from each of t's experts; as fc's,
+            # but a program's rows may finish different tokens (masks, not a branch): the last arriver of a token sums
+            # its partials in a fixed order and applies the top-k weighting
+            tl.store(part + split.to(tl.int64) * M * N, acc, mask=omask)
+            tl.debug_barrier()
+            tok = rows // TOP_K
+            old = tl.atomic_add(cnt_ptr + tok * n_tiles + nt, 1, mask=same)  # one arrival per slot row
+            fin = same & (old == TOP_K * N_SPLITS - 1)  # row r: token r // TOP_K is complete, finish it here
+            tl.debug_barrier()
+            y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for jj in tl.static_range(TOP_K):  # y[t] = sum_jj weight of slot t*k+jj x the sum of its partials
+                r2 = tok * TOP_K + jj
+                w2 = tl.sum(tl.where(rows[None, :] == r2[:, None], slot_w[None, :], 0.0), axis=1)  # slot_w[r2]
+                ys = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in tl.static_range(N_SPLITS):
+                    ys += tl.load(part_ptr + (s * M + r2).to(tl.int64)[:, None] * N + cols[None, :],
+                                  mask=fin[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
+                y += w2[:, None] * ys
+            tl.store(out_ptr + tok.to(tl.int64)[:, None] * N + cols[None, :], y, mask=fin[:, None] & nmask[None, :])
 
 
 def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int) -> None:
@@ -1194,6 +1221,12 @@ def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor,
                          f"{x.dtype}, {w_fc.dtype}, {w_proj.dtype}")
 
 
+def _moe_decode_atomic() -> bool:
+    """Whether moe_decode's proj accumulates its output with atomic adds (MOE_DECODE_CONFIG["proj_atomic"], not in
+    deterministic mode) rather than by the last-arriving program of each unit (bitwise reproducible)."""
+    return bool(MOE_DECODE_CONFIG["proj_atomic"]) and not is_deterministic()
+
+
 def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
                          renorm: bool) -> tuple[Tensor, list]:
     """The output (N, D) fp32 and the three launches that fill it, in order (logits, fc, proj), as callables:
@@ -1205,28 +1238,33 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     if N == 0:
         return out, []
     cfg, cuda, dev = MOE_DECODE_CONFIG, x.is_cuda, x.device
-    s_fc, per_fc = _moe_decode_splits(M, Fh, D, cfg["fc_block_n"])
+    s_fc, per_fc = _moe_decode_splits(M, Fh, D, cfg["fc_block_n"], cfg["fc_splits"])
     s_pj, per_pj = _moe_decode_splits(M, D, Fh, cfg["block_n"])
     t_fc, t_pj = triton.cdiv(Fh, cfg["fc_block_n"]), triton.cdiv(D, cfg["block_n"])
+    atomic = _moe_decode_atomic()
     logits = _empty(N, E, dtype=torch.float32, device=dev)
-    cnt = _empty(M * t_fc + N * t_pj, dtype=torch.int32, device=dev)  # arrival counters: fc's, then proj's
+    # arrival counters: fc's (if it splits K), then proj's (unless it adds atomically)
+    n_cfc = M * t_fc if s_fc > 1 else 0
+    cnt = _empty(max(1, n_cfc + (0 if atomic else N * t_pj)), dtype=torch.int32, device=dev)
     h = _empty(M, Fh, dtype=w_fc.dtype, device=dev)  # the slots' hidden activations, after GeLU
-    part_fc = _empty(s_fc, M, Fh, dtype=torch.float32, device=dev)  # unused when s_fc is 1
-    part_pj = _empty(s_pj, M, D, dtype=torch.float32, device=dev)
+    # the split partials (one element where unused: no null pointer for Triton)
+    part_fc = _empty(*((s_fc, M, Fh) if s_fc > 1 else (1,)), dtype=torch.float32, device=dev)
+    part_pj = _empty(*((1,) if atomic else (s_pj, M, D)), dtype=torch.float32, device=dev)
     mm = dict(TOP_K=top_k, RENORM=renorm, DOT_FP32=x.dtype == torch.float32 or not cuda,
               BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_K=cfg["block_k"],
               BLOCK_E=max(16, triton.next_power_of_2(E)), num_warps=cfg["warps"], num_stages=cfg["stages"])
     # the expert weights keep their strides: a copy would read every expert
     return out, [
-        lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), E, D, x.stride(0),
-                        x.stride(1), router_w.stride(0), router_w.stride(1),
-                        BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4),
+        lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), out,
+                        out.numel() if atomic else 0, E, D, x.stride(0), x.stride(1), router_w.stride(0),
+                        router_w.stride(1), BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4),
         lambda: _launch(_moe_decode_mm_kernel, (M, t_fc, s_fc), cuda, x, w_fc, logits, part_fc, cnt, h, M, Fh, D, E,
                         per_fc, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2), FC=True,
-                        N_SPLITS=s_fc, BLOCK_N=cfg["fc_block_n"], **mm),
-        lambda: _launch(_moe_decode_mm_kernel, (M, t_pj, s_pj), cuda, h, w_proj, logits, part_pj, cnt[M * t_fc:], out,
+                        N_SPLITS=s_fc, ATOMIC=False, BLOCK_N=cfg["fc_block_n"],
+                        **{**mm, "num_stages": cfg["fc_stages"] or cfg["stages"]}),
+        lambda: _launch(_moe_decode_mm_kernel, (M, t_pj, s_pj), cuda, h, w_proj, logits, part_pj, cnt[n_cfc:], out,
                         M, D, Fh, E, per_pj, h.stride(0), h.stride(1), w_proj.stride(0), w_proj.stride(1),
-                        w_proj.stride(2), FC=False, N_SPLITS=s_pj, BLOCK_N=cfg["block_n"], **mm),
+                        w_proj.stride(2), FC=False, N_SPLITS=s_pj, ATOMIC=atomic, BLOCK_N=cfg["block_n"], **mm),
     ]
 
 

@@ -35,9 +35,9 @@ BUFS, E, TOP_K, D, FH = 8, 34, 2, 2048, 4864
 QUICK = "--quick" in sys.argv  # two configurations per variant (a smoke test)
 # --sections=plain,layout,finish,layer (default all): which parts to time (see above)
 SECTIONS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--sections=")),
-                ["plain", "layout", "finish", "layer"])
+                ["plain", "layout", "finish", "real", "layer"])
 # the layer section's launch parameters: the defaults, then each of these changes to kernels.MOE_DECODE_CONFIG
-LAYER_CONFIGS = [{}, {"fc_block_n": 32}]
+LAYER_CONFIGS = [{}]
 
 
 @triton.jit
@@ -190,6 +190,27 @@ def main():
                 print(f"{tag}: best {results[0][0]:.1f} us ({results[0][0] / floor:.2f}x floor); top 3 (BLOCK_N, BLOCK_K, "
                       f"warps, programs/SM, splits): {top}; best unsplit: {one}", flush=True)
             del ws
+
+    if "real" in SECTIONS:
+        # kernels.moe_decode's own logits and fc launches on the synthetic buffers above (2 experts, both chosen),
+        # against the synthetic kernel (route, with and without the last-arriver sum) after the same logits launch:
+        # the difference is what the real fc does beyond the synthetic one
+        ws = [torch.randn(2, D, FH, device=dev, dtype=torch.bfloat16) for _ in range(BUFS)]
+        wp = torch.empty(2, FH, D, device=dev, dtype=torch.bfloat16)  # shapes only: proj is not launched
+        xt = torch.randn(1, D, device=dev, dtype=torch.bfloat16)
+        rw = torch.zeros(2, D, device=dev, dtype=torch.bfloat16)  # equal logits: both experts chosen
+        runs = [kernels._moe_decode_launches(xt, rw, w, wp, TOP_K, False) for w in ws]
+        logits_only = time_us(lambda: [ls[0]() for _, ls in runs]) / BUFS
+        real = time_us(lambda: [f() for _, ls in runs for f in ls[:2]]) / BUFS
+        print(f"real launches: logits {logits_only:.1f} us; logits + fc {real:.1f} us (fc {real - logits_only:.1f})",
+              flush=True)
+        for fin in (0, 1):
+            for bn, bk, warps, pps in [(64, 64, 4, 2)]:
+                t = time_us(lambda: [(ls[0](), launch(xt, w, logits, part, cnt, out, D, FH, True, True, fin, bn, bk,
+                                                      warps, pps)) for (_, ls), w in zip(runs, ws)]) / BUFS
+                print(f"logits + synthetic fc {['route', 'route + last-arriver sum'][fin]} {bn, bk, warps, pps}: "
+                      f"{t:.1f} us (the synthetic {t - logits_only:.1f})", flush=True)
+        del ws
 
     if "layer" in SECTIONS:
         # the real layer at 1 token, its launches added one by one (each prefix starts with the logits launch, which

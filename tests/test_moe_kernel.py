@@ -220,6 +220,24 @@ def test_decode_splits():
         assert n == 1 or per >= cfg["block_k"] * cfg["min_k_steps"]
 
 
+def test_decode_atomic_rule():
+    """proj's atomic adds are taken by default and never in deterministic mode (set_deterministic or
+    torch.use_deterministic_algorithms), where the last-arriving program finishes each unit."""
+    pytest.importorskip("triton")
+    assert kernels.MOE_DECODE_CONFIG["proj_atomic"] and kernels._moe_decode_atomic()
+    kernels.set_deterministic(True)
+    try:
+        assert not kernels._moe_decode_atomic()
+    finally:
+        kernels.set_deterministic(False)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not kernels._moe_decode_atomic()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert kernels._moe_decode_atomic()
+
+
 def test_decode_kernels_compile_for_sm90():
     """moe_decode's kernels as the GPU runs them (tl.dot in bf16 and fp32, fc and proj, one and several K splits,
     top-1 and top-2): they must compile for sm_90, which the interpreter does not check."""
@@ -228,17 +246,22 @@ def test_decode_kernels_compile_for_sm90():
         pytest.skip("the kernels are interpreter functions in this process")
     for dt in ("bf16", "fp32"):
         compile_sm90(kernels._moe_logits_kernel, {"x_ptr": f"*{dt}", "rw_ptr": f"*{dt}", "logits_ptr": "*fp32",
-                                                  "cnt_ptr": "*i32", "n_cnt": "i32", "E": "i32", "D": "i32",
-                                                  "sxm": "i32", "sxd": "i32", "swe": "i32", "swd": "i32"},
+                                                  "cnt_ptr": "*i32", "n_cnt": "i32", "out_ptr": "*fp32", "n_out": "i32",
+                                                  "E": "i32", "D": "i32", "sxm": "i32", "sxd": "i32", "swe": "i32",
+                                                  "swd": "i32"},
                      {"BLOCK_D": 2048, "BLOCK_Z": 128})
-        mm = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "logits_ptr": "*fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32",
-              "M": "i32", "N": "i32", "K": "i32", "E": "i32", "k_per_split": "i32", "sxm": "i32", "sxk": "i32",
-              "swg": "i32", "swk": "i32", "swn": "i32"}
-        for fc in (True, False):
-            for splits, top_k in ((1, 2), (3, 2), (2, 1)):
-                compile_sm90(kernels._moe_decode_mm_kernel, {**mm, "out_ptr": f"*{dt}" if fc else "*fp32"},
-                             {"TOP_K": top_k, "RENORM": True, "FC": fc, "N_SPLITS": splits, "DOT_FP32": dt == "fp32",
-                              "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64}, num_stages=4)
+        mm = {"w_ptr": f"*{dt}", "logits_ptr": "*fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32",
+              "N": "i32", "K": "i32", "E": "i32", "k_per_split": "i32", "sxm": "i32", "sxk": "i32", "swg": "i32",
+              "swk": "i32", "swn": "i32"}
+        # (FC, N_SPLITS, ATOMIC, TOP_K): fc unsplit (GeLU at once) and split (the last arriver's sum); proj with the
+        # last-arriver finish or atomic adds, one and several splits, top-1 and top-2
+        for fc, splits, atomic, top_k in ((True, 1, False, 2), (True, 3, False, 2), (False, 1, False, 2),
+                                          (False, 3, False, 2), (False, 2, False, 1), (False, 1, True, 2),
+                                          (False, 5, True, 2), (False, 2, True, 1)):
+            compile_sm90(kernels._moe_decode_mm_kernel, {**mm, "x_ptr": f"*{dt}", "out_ptr": f"*{dt}" if fc else "*fp32"},
+                         {"TOP_K": top_k, "RENORM": True, "FC": fc, "N_SPLITS": splits, "ATOMIC": atomic,
+                          "DOT_FP32": dt == "fp32", "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64},
+                         num_stages=4)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess with env")
@@ -323,9 +346,11 @@ def _interp_main() -> None:
                    f"{kernels._moe_decode_splits(N * k, Fh, D, c['fc_block_n'])[0]}/"
                    f"{kernels._moe_decode_splits(N * k, D, Fh, c['block_n'])[0]}")
             ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm)
-            with torch.no_grad():  # through the op, the expert weights strided
-                wft, wpt = (w.transpose(1, 2).contiguous().transpose(1, 2) for w in (wf, wp))
-                _close(kernels.moe_decode(x, rw, wft, wpt, k, renorm), ref, dtype, tag)  # bf16: the hidden's rounding
+            for atomic in (True, False):  # proj's output by atomic adds, or by the last-arriving program
+                kernels.MOE_DECODE_CONFIG["proj_atomic"] = atomic
+                with torch.no_grad():  # through the op, the expert weights strided
+                    wft, wpt = (w.transpose(1, 2).contiguous().transpose(1, 2) for w in (wf, wp))
+                    _close(kernels.moe_decode(x, rw, wft, wpt, k, renorm), ref, dtype, f"{tag} atomic={atomic}")
         print(f"interp: {tag} ok", flush=True)
     kernels.MOE_DECODE_CONFIG.update(ddefaults)
     # ties: experts 1 and 3 share a router row, so at top-1 they tie for some tokens; the kernels take the first
