@@ -105,14 +105,17 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # stays off, except with bwd_sdot. fwd_sdot (bf16 values) / bwd_sdot (bf16 output gradients): the forward /
 # backward puts the MCS scores into the one-hot operand and feeds the value / output-gradient tile to the tensor
 # cores unconverted (_lookup_fwd_kernel, _lookup_bwd_sorted_kernel); with bf16 scores in one dot. bwd_sdot is
-# taken where the backward's column tile lies inside one MCS core (_bwd_sdot), and then with the column tiles side
+# taken where the backward's column tile lies inside one MCS core, as fwd_sdot with the forward's, bwd_block_d or
+# else the largest power of two of 64 or more dividing the core (_core_tile), and then with the column tiles side
 # by side (in the other order it was no faster: 5.24 against 5.21 ms per column on shape (a), session 13).
 # Defaults: the best of bench.py's sweeps at 32,768 tokens on both shapes (docs/KERNELS.md). Session 12
 # (2026-11-30): fwd_sdot with fwd_cols_inner took shape (a) from 815.6 to 627.4 us (3.72 TB/s useful), and (b)
 # from 1,431 to 1,313 us at 64 columns (its cores of 192 columns then hold whole tiles), in one sweep. Session 13
 # (same day): one dot for bf16 scores, (a) 600 us, (b) 1,130-1,200 us; bwd_sdot, (a)'s backward 5.11 -> 4.49 ms
-# (twice each, alternated); on (b) it is not taken (128-column tiles cross its cores; at 64 columns it was no
-# faster, 4.20 against 4.15 ms).
+# (twice each, alternated); on (b) it was not taken (128-column tiles cross its cores; at 64 columns it was no
+# faster, 4.20 against 4.15 ms). Session 14: with bwd_sdot the backward's loop carries the next step's row
+# numbers (8-9% faster), (a) 4.48 -> 4.13 ms, and (b) takes bwd_sdot at 64 columns, 4.09-4.11 -> 3.90-3.93 ms
+# (twice each, alternated).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
@@ -304,11 +307,20 @@ if triton is not None:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
     @triton.jit
+    def _bwd_slot_rows(srows_ptr, grows_ptr, idx, end):
+        # the sorted backward's slots idx (masked past end): their value rows and output-gradient rows, int64
+        imask = idx < end
+        row = tl.load(srows_ptr + idx, mask=imask, other=0).to(tl.int64)
+        grow = tl.load(grows_ptr + idx, mask=imask, other=0).to(tl.int64)
+        return row, grow
+
+    @triton.jit
     def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
                                   gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
-                                  V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr):
+                                  V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr,
+                                  CARRY: tl.constexpr):
         # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
         # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
         # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
@@ -322,7 +334,11 @@ if triton is not None:
         # SDOT (bwd_sdot; bf16 output gradients, the tile inside one MCS core, taken with COLS_INNER): as the
         # forward's fwd_sdot, the slots' scores go into the one-hot operand and the bf16 output-gradient
         # rows into the dot as loaded (no per-element score tile, multiply or split); the score gradients' row sums
-        # need no per-core select, and the other cores' shares of this column tile are written as zeros
+        # need no per-core select, and the other cores' shares of this column tile are written as zeros.
+        # CARRY (taken with SDOT): each step loads the next step's value and output-gradient row numbers at its
+        # end and carries them into the loop's next turn, instead of loading its own at its start. The same loads
+        # in the same order, compiled differently: with SDOT 8-9% faster on both of bench.py's shapes, without it
+        # 18% slower on shape (b) (H200, session 14, docs/BENCHMARKS.md)
         pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
         n0 = pid * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -344,11 +360,14 @@ if triton is not None:
                 rest = vt - t_hi.to(tl.float32)
                 t_mid = rest.to(tl.bfloat16)
                 t_lo = (rest - t_mid.to(tl.float32)).to(tl.bfloat16)
+        if CARRY:
+            idx = start + tl.arange(0, BLOCK_I)
+            row, grow = _bwd_slot_rows(srows_ptr, grows_ptr, idx, end)
         for i0 in range(start, end, BLOCK_I):
-            idx = i0 + tl.arange(0, BLOCK_I)
+            if not CARRY:
+                idx = i0 + tl.arange(0, BLOCK_I)
+                row, grow = _bwd_slot_rows(srows_ptr, grows_ptr, idx, end)
             imask = idx < end
-            row = tl.load(srows_ptr + idx, mask=imask, other=0).to(tl.int64)
-            grow = tl.load(grows_ptr + idx, mask=imask, other=0).to(tl.int64)
             m2 = imask[:, None] & cmask[None, :]
             g_in = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0)
             g = g_in.to(tl.float32)
@@ -374,6 +393,9 @@ if triton is not None:
                     s = tl.where(in_c, s_c[:, None], s)
                     tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
                 acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
+            if CARRY:
+                idx = idx + BLOCK_I
+                row, grow = _bwd_slot_rows(srows_ptr, grows_ptr, idx, end)
         out = gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :]
         rmask = (n0 + rids) < N
         if SKIP_EMPTY:
@@ -428,13 +450,13 @@ def _block_d(Dv: int, key: str) -> int:
     return min(CONFIG[key], full) if CONFIG[key] else full
 
 
-def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
-    """The forward's (columns per program, fwd_sdot taken). fwd_sdot (bf16 values) needs tiles inside one MCS core:
-    fwd_block_d if it divides the core (or h is 1: one core), else the largest power of two dividing the core if
-    that is 64 or more (shape (b), cores of 192 columns: 64 columns took 1,313 us against 1,378 us for 128 columns
-    without fwd_sdot, session 12), else the per-column path at fwd_block_d."""
-    block_d, chunk = _block_d(Dv, "fwd_block_d"), Dv // h
-    if not (CONFIG["fwd_sdot"] and dtype == torch.bfloat16):
+def _core_tile(Dv: int, h: int, block_d: int, sdot: bool) -> tuple[int, bool]:
+    """(columns per program, scores in the one-hot operand) for a pass whose sdot path is allowed (`sdot`): that path
+    needs tiles inside one MCS core: block_d if it divides the core (or h is 1: one core), else the largest power of
+    two dividing the core if that is 64 or more (shape (b): cores of 192 columns, 64-column tiles), else the
+    per-column path at block_d."""
+    chunk = Dv // h
+    if not sdot:
         return block_d, False
     if h == 1 or chunk % block_d == 0:
         return block_d, True
@@ -442,12 +464,24 @@ def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
     return (tile, True) if tile >= 64 else (block_d, False)
 
 
+def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
+    """The forward's (columns per program, fwd_sdot taken): _core_tile with fwd_block_d, fwd_sdot for bf16 values.
+    On shape (b) 64 columns with fwd_sdot took 1,313 us against 1,378 us for 128 columns without (session 12)."""
+    return _core_tile(Dv, h, _block_d(Dv, "fwd_block_d"), bool(CONFIG["fwd_sdot"]) and dtype == torch.bfloat16)
+
+
 def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:
-    """Whether the sorted backward puts the scores into its one-hot operand (CONFIG["bwd_sdot"]): bf16 output
-    gradients and a column tile of block_d inside one MCS core (h is 1, or block_d divides the core's Dv / h
-    columns). On shape (b) (cores of 192 columns) the default 128-column tile does not; at 64 columns bwd_sdot was
-    no faster there (4.20 against 4.15 ms, session 13), so there is no fallback tile as in _fwd_tile."""
+    """Whether the sorted backward puts the scores into its one-hot operand (CONFIG["bwd_sdot"]) at a column tile of
+    block_d: bf16 output gradients and the tile inside one MCS core (h is 1, or block_d divides the core's Dv / h
+    columns)."""
     return bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16 and (h == 1 or (Dv // h) % block_d == 0)
+
+
+def _bwd_tile(Dv: int, h: int, grad_dtype: torch.dtype) -> tuple[int, bool]:
+    """The sorted backward's (columns per program, bwd_sdot taken): _core_tile with bwd_block_d, bwd_sdot for bf16
+    output gradients. On shape (b) the 64-column tile with bwd_sdot took 3.90 ms against 4.09-4.11 ms for 128 columns
+    without (session 14, with the loop that carries the next step's row numbers; before it, 4.20 against 4.15 ms)."""
+    return _core_tile(Dv, h, _block_d(Dv, "bwd_block_d"), bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16)
 
 
 def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
@@ -495,7 +529,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
-    BLOCK_D = _block_d(Dv, "bwd_block_d")
+    BLOCK_D, sdot = _bwd_tile(Dv, h, grad_out.dtype)
     col_tiles = triton.cdiv(Dv, BLOCK_D)
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
     grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
@@ -504,13 +538,12 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
-        sdot = _bwd_sdot(Dv, h, BLOCK_D, grad_out.dtype)
         inner = bool(CONFIG["bwd_cols_inner"]) or sdot  # bwd_sdot with the column tiles side by side
         _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
-                SDOT=sdot, COLS_INNER=inner, num_warps=CONFIG["bwd_warps"])
+                SDOT=sdot, COLS_INNER=inner, CARRY=sdot, num_warps=CONFIG["bwd_warps"])
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)
     gscores[perm] = gs_sorted  # back to slot order (index_put without accumulation: deterministic)

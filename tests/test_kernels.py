@@ -168,7 +168,7 @@ def test_lookup_kernels_compile_for_sm90():
                         compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
                                      {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True,
                                       "SKIP_EMPTY": False, "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner,
-                                      "SDOT": sdot})
+                                      "SDOT": sdot, "CARRY": sdot})
 
 
 def test_score_dot_is_one_dot_for_bf16_scores():
@@ -191,7 +191,7 @@ def test_score_dot_is_one_dot_for_bf16_scores():
         assert dots(k) == want, f"forward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
         k = compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
                          {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
-                          "VTILE": False, "V16": True, "COLS_INNER": True, "SDOT": sdot})
+                          "VTILE": False, "V16": True, "COLS_INNER": True, "SDOT": sdot, "CARRY": sdot})
         assert dots(k) == want, f"backward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
 
 
@@ -229,6 +229,27 @@ def test_forward_tile_rule():
         assert kernels._fwd_tile(512, 2, torch.float16) == (128, False)
         kernels.CONFIG.update(fwd_sdot=False)
         assert kernels._fwd_tile(512, 2, bf) == (128, False)
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(keep)
+
+
+def test_backward_tile_rule():
+    """kernels._bwd_tile: as the forward's rule (_core_tile), with bwd_block_d and bwd_sdot for bf16 output
+    gradients: shape (b)'s cores of 192 columns take 64-column tiles with bwd_sdot."""
+    keep = dict(kernels.CONFIG)
+    try:
+        kernels.CONFIG.update(bwd_block_d=128, bwd_sdot=True)
+        bf = torch.bfloat16
+        assert kernels._bwd_tile(512, 2, bf) == (128, True)  # shape (a): cores of 256
+        assert kernels._bwd_tile(384, 2, bf) == (64, True)  # shape (b): cores of 192
+        assert kernels._bwd_tile(384, 4, bf) == (128, False)  # cores of 96: 32 would be too narrow
+        assert kernels._bwd_tile(48, 1, bf) == (64, True)  # one core: any tile
+        assert kernels._bwd_tile(512, 2, torch.float32) == (128, False)  # fp32 gradients: the per-column path
+        kernels.CONFIG.update(bwd_sdot=False)
+        assert kernels._bwd_tile(384, 2, bf) == (128, False)
+        kernels.CONFIG.update(bwd_sdot=True, bwd_block_d=0)  # the whole row: 512 columns, wider than a core
+        assert kernels._bwd_tile(384, 2, bf) == (64, True)
     finally:
         kernels.CONFIG.clear()
         kernels.CONFIG.update(keep)
@@ -314,7 +335,10 @@ def _interp_main() -> None:
                     {"bwd_sdot": True, "bwd_block_d": 16},
                     {"bwd_sdot": False, "bwd_block_d": 16},
                     {"bwd_sdot": True, "bwd_block_d": 32, "bwd_cols_inner": True, "bwd_rows": 16, "bwd_block_i": 32},
-                    {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16})
+                    {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16},
+                    # with bwd_sdot the loop carries the next step's row numbers: several slot steps per tile
+                    {"bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 16, "bwd_block_i": 16},
+                    {"bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 32, "bwd_block_i": 16, "bwd_zero_fill": True})
         keep = dict(kernels.CONFIG)
         for variant in variants:
             kernels.CONFIG.update(variant)

@@ -1,13 +1,14 @@
-"""The lookup forward over a grid of kernels.CONFIG entries (run from the repo root on a GPU:
-PYTHONPATH=. python scripts/sweep_lookup_fwd.py ["--grid=fwd_block_k:32,64/fwd_warps:4,8"] [--tokens=32768]
-[--shapes=a,b]).
+"""The lookup forward or sorted backward over a grid of kernels.CONFIG entries (run from the repo root on a GPU:
+PYTHONPATH=. python scripts/sweep_lookup.py ["--grid=fwd_block_k:32,64/fwd_warps:4,8"] [--pass=fwd|bwd]
+[--tokens=32768] [--shapes=a,b] [--dtype=bf16|fp32]).
 
 bench.py's kernel shapes and inputs ((a) 4,194,304 x 512, 64 slots; (b) 652,864 x 384, 160 slots; bf16 values and
-scores, E=4, h=2, random int64 indices), kernels._lookup_triton timed with triton.testing.do_bench (median of 300 ms
-of calls) for every combination of the grid's values, each checked against the defaults' output first (the same
-sums in another order: relative difference under 1e-2). Prints us and TB/s of useful traffic (bench.py's count) per
-configuration, the defaults first. bench.py --mode=kernels runs the fixed sweep of record; this is for
-narrower questions.
+scores (--dtype), E=4, h=2, random int64 indices), kernels._lookup_triton (--pass=fwd, the default) or
+kernels._lookup_bwd_triton (--pass=bwd: value and score gradients) timed with triton.testing.do_bench (median of
+300 ms of calls) for every combination of the grid's values, each checked against the defaults' outputs first (the
+same sums, possibly in another order: relative difference under 1e-2). Prints us and TB/s of useful traffic
+(bench.py's counts) per configuration, the defaults first. bench.py --mode=kernels runs the fixed sweep of record;
+this is for narrower questions.
 """
 import ast
 import itertools
@@ -20,6 +21,9 @@ import kernels
 from bench import SHAPES, _lookup_config
 
 T = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--tokens=")), 32768)
+PASS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--pass=")), "fwd")
+if PASS not in ("fwd", "bwd"):
+    sys.exit(f"--pass={PASS}: fwd or bwd")
 SHAPE_KEYS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--shapes=")), list(SHAPES))
 GRID = {"fwd_block_k": (32, 64)}
 for a in sys.argv:
@@ -30,25 +34,34 @@ for a in sys.argv:
             sys.exit(f"--grid: {', '.join(map(repr, bad))}: need key:v,v,... with keys of kernels.CONFIG "
                      f"({', '.join(kernels.CONFIG)})")
         GRID = {k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, _, vs in items}
-E, h, dev, dt = 4, 2, "cuda", torch.bfloat16
+DTYPE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--dtype=")), "bf16")
+if DTYPE not in ("bf16", "fp32"):
+    sys.exit(f"--dtype={DTYPE}: bf16 or fp32")
+E, h, dev, dt = 4, 2, "cuda", {"bf16": torch.bfloat16, "fp32": torch.float32}[DTYPE]
+el = torch.finfo(dt).bits // 8
 g = torch.Generator(device=dev).manual_seed(0)
-print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, {T} tokens; defaults {kernels.CONFIG}; "
-      f"grid {GRID}", flush=True)
+print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, {T} tokens, {PASS}, {DTYPE}; defaults "
+      f"{kernels.CONFIG}; grid {GRID}", flush=True)
 for shape in SHAPE_KEYS:
     N, Dv, K = SHAPES[shape]
     values = (torch.randn(N, Dv, device=dev, generator=g) * 0.02).to(dt)
     rows = torch.randint(0, N, (T, K), device=dev, generator=g)
     blocks = torch.randint(0, E, (T, K), device=dev, generator=g)
     scores = torch.rand(T, K, h, device=dev, generator=g).to(dt)
-    useful = T * K * Dv * 2 + T * K * (8 + 8 + h * 4) + T * E * Dv * 2  # bench.py's fwd_bytes
-    fn = lambda: kernels._lookup_triton(values, rows, blocks, scores, E)
+    gout = torch.randn(T, E, Dv, device=dev, generator=g).to(dt)
+    if PASS == "fwd":
+        useful = T * K * Dv * el + T * K * (8 + 8 + h * 4) + T * E * Dv * el  # bench.py's fwd_bytes
+        fn = lambda: (kernels._lookup_triton(values, rows, blocks, scores, E),)
+    else:
+        useful = N * Dv * el + 2 * T * K * Dv * el + T * K * (8 + 8 + 2 * h * 4)  # bench.py's bwd_bytes
+        fn = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
     base = fn()
     results = []
     for combo in [()] + list(itertools.product(*GRID.values())):
         change = dict(zip(GRID, combo))
         with _lookup_config(**change):
             try:
-                diff = ((fn().float() - base.float()).norm() / base.float().norm()).item()
+                diff = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(fn(), base))
                 if diff > 1e-2:
                     sys.exit(f"shape ({shape}) {change}: output differs from the defaults' by {diff:.2e}")
                 us = triton.testing.do_bench(fn, warmup=10, rep=300, return_mode="median") * 1e3
@@ -61,5 +74,5 @@ for shape in SHAPE_KEYS:
     best = min(results, key=lambda r: r[0])
     print(f"shape ({shape}) best: {best[1] or '(defaults)'} {best[0]:.1f} us (defaults {results[0][0]:.1f} us)",
           flush=True)
-    del values, rows, blocks, scores, base
+    del values, rows, blocks, scores, gout, base
     torch.cuda.empty_cache()
