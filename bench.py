@@ -89,6 +89,7 @@ sweep too), since single calls there are launch-bound. shapes= (empty) times the
 check_compile, sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
 """
 
+import ast
 import contextlib
 import gc
 import itertools
@@ -607,6 +608,20 @@ def _cuda_graph(fn):
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
+
+
+def parse_grid(flag: str, spec: str, config: dict, name: str) -> dict:
+    """A sweep grid from the command line, "key:v,v/key:v" -> {key: (v, v), key: (v,)}, each value a Python
+    literal and each key one of `config`'s (named `name` in the message); exits with a one-line error otherwise
+    (scripts/bench_moe.py's --fused_grid, scripts/sweep_lookup.py's --grid)."""
+    items = [item.partition(":") for item in spec.split("/")]
+    bad = [k for k, colon, vs in items if not colon or not vs or k not in config]
+    if bad:
+        sys.exit(f"{flag}: {', '.join(map(repr, bad))}: need key:v,v,... with keys of {name} ({', '.join(config)})")
+    try:
+        return {k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, _, vs in items}
+    except (ValueError, SyntaxError) as e:
+        sys.exit(f"{flag}: {spec!r}: the values must be Python literals ({type(e).__name__})")
 
 
 def replay_seconds(fn, iters: int = 50) -> float:

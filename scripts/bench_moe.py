@@ -15,7 +15,6 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [-
    fused takes at most kernels.MOE_DECODE_MAX_SLOTS token-slots).
 2. Whether torch._grouped_mm reads the weights of empty groups: the same rows in 1 group vs spread over all.
 """
-import ast
 import itertools
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from bench import _cuda_graph, replay_seconds
+from bench import _cuda_graph, parse_grid, replay_seconds
 from model import GPTConfig, MoE
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,12 +47,8 @@ FUSED_GRID = {"fc_block_n": (32, 64, 128), "block_n": (32, 64, 128), "block_k": 
 # --fused_grid=fc_block_n:32,64/stages:3,4 sweeps these keys of kernels.MOE_DECODE_CONFIG instead
 for a in sys.argv:
     if a.startswith("--fused_grid="):
-        items = [item.partition(":") for item in a.split("=", 1)[1].split("/")]
-        bad = [k for k, colon, vs in items if not colon or not vs or k not in kernels.MOE_DECODE_CONFIG]
-        if bad:
-            sys.exit(f"--fused_grid: {', '.join(map(repr, bad))}: need key:v,v,... with keys of "
-                     f"kernels.MOE_DECODE_CONFIG ({', '.join(kernels.MOE_DECODE_CONFIG)})")
-        FUSED_GRID = {k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, _, vs in items}
+        FUSED_GRID = parse_grid("--fused_grid", a.split("=", 1)[1], kernels.MOE_DECODE_CONFIG,
+                                "kernels.MOE_DECODE_CONFIG")
 torch.manual_seed(0)
 
 

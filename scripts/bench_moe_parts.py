@@ -27,7 +27,7 @@ import triton.language as tl
 
 import kernels
 from kernels import _moe_slots
-from bench import replay_seconds
+from bench_read_sizes import _read_kernel, time_us  # the plain streaming read; CUDA-graph replay timing
 
 dev = "cuda"
 SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
@@ -90,23 +90,6 @@ def _part_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, N, K, E, 
                 tot += tl.load(part_ptr + s * N + cols, mask=nmask, other=0.0, cache_modifier=".cg")
             tl.store(out_ptr + cols, tot, mask=nmask)
             tl.store(cnt_ptr + nt, 0)
-
-
-@triton.jit
-def _read_kernel(x_ptr, out_ptr, n, per_prog, BLOCK: tl.constexpr):
-    # scripts/bench_read_sizes.py's plain read: program p sums x[p * per_prog : (p + 1) * per_prog]
-    p = tl.program_id(0)
-    start = p.to(tl.int64) * per_prog
-    end = tl.minimum(start + per_prog, n)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for i in range(start, end, BLOCK):
-        offs = i + tl.arange(0, BLOCK)
-        acc += tl.load(x_ptr + offs, mask=offs < end, other=0.0).to(tl.float32)
-    tl.store(out_ptr + p, tl.sum(acc, axis=0))
-
-
-def time_us(fn, iters: int = 50) -> float:
-    return replay_seconds(fn, iters) * 1e6
 
 
 def launch(x, w, logits, part, cnt, out, K, N, dot, route, fin, bn, bk, warps, pps):

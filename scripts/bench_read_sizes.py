@@ -19,7 +19,7 @@ import triton.language as tl
 from bench import replay_seconds
 
 dev = "cuda"
-SMS = torch.cuda.get_device_properties(0).multi_processor_count
+SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
 BUFS = 8
 
 
@@ -46,23 +46,28 @@ def triton_read(x: torch.Tensor, out: torch.Tensor, programs: int, block: int, s
                                                  num_warps=warps)
 
 
-big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
-rate = big.numel() * 2 / (time_us(lambda: big.sum(dtype=torch.float32), iters=10) / 1e6)
-print(f"device {torch.cuda.get_device_name()}, {SMS} SMs, torch {torch.__version__}, triton {triton.__version__}; "
-      f"read rate of a 2 GiB reduction {rate / 1e12:.2f} TB/s")
-del big
-out = torch.empty(1 << 16, device=dev, dtype=torch.float32)
-grid = list(itertools.product((1, 2, 4, 8), (1024, 2048, 4096), (1, 3), (4, 8)))  # programs/SM, BLOCK, stages, warps
-for mb in (19.9, 39.8, 79.6, 159.2):
-    n = int(mb * 1e6 / 2)
-    xs = [torch.randn(n, device=dev, dtype=torch.bfloat16) for _ in range(BUFS)]
-    floor = mb * 1e6 / rate * 1e6
-    t_torch = time_us(lambda: [x.sum(dtype=torch.float32) for x in xs]) / BUFS
-    best1 = min((time_us(lambda c=c: [triton_read(x, out, c[0] * SMS, *c[1:]) for x in xs]) / BUFS, c) for c in grid)
-    halves = [(x[: n // 2], x[n // 2:]) for x in xs]
-    best2 = min((time_us(lambda c=c: [triton_read(h, out, c[0] * SMS, *c[1:]) for pair in halves for h in pair])
-                 / BUFS, c) for c in grid)
-    print(f"{mb:6.1f} MB: floor {floor:6.1f} us; torch sum {t_torch:6.1f} us ({t_torch / floor:.2f}x); triton one launch "
-          f"{best1[0]:6.1f} us ({best1[0] / floor:.2f}x, programs/SM, BLOCK, stages, warps = {best1[1]}); two launches of "
-          f"half {best2[0]:6.1f} us ({best2[0] / floor:.2f}x, {best2[1]})", flush=True)
-    del xs, halves
+def main():
+    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
+    rate = big.numel() * 2 / (time_us(lambda: big.sum(dtype=torch.float32), iters=10) / 1e6)
+    print(f"device {torch.cuda.get_device_name()}, {SMS} SMs, torch {torch.__version__}, triton {triton.__version__}; "
+          f"read rate of a 2 GiB reduction {rate / 1e12:.2f} TB/s")
+    del big
+    out = torch.empty(1 << 16, device=dev, dtype=torch.float32)
+    grid = list(itertools.product((1, 2, 4, 8), (1024, 2048, 4096), (1, 3), (4, 8)))  # programs/SM, BLOCK, stages, warps
+    for mb in (19.9, 39.8, 79.6, 159.2):
+        n = int(mb * 1e6 / 2)
+        xs = [torch.randn(n, device=dev, dtype=torch.bfloat16) for _ in range(BUFS)]
+        floor = mb * 1e6 / rate * 1e6
+        t_torch = time_us(lambda: [x.sum(dtype=torch.float32) for x in xs]) / BUFS
+        best1 = min((time_us(lambda c=c: [triton_read(x, out, c[0] * SMS, *c[1:]) for x in xs]) / BUFS, c) for c in grid)
+        halves = [(x[: n // 2], x[n // 2:]) for x in xs]
+        best2 = min((time_us(lambda c=c: [triton_read(h, out, c[0] * SMS, *c[1:]) for pair in halves for h in pair])
+                     / BUFS, c) for c in grid)
+        print(f"{mb:6.1f} MB: floor {floor:6.1f} us; torch sum {t_torch:6.1f} us ({t_torch / floor:.2f}x); triton one launch "
+              f"{best1[0]:6.1f} us ({best1[0] / floor:.2f}x, programs/SM, BLOCK, stages, warps = {best1[1]}); two launches of "
+              f"half {best2[0]:6.1f} us ({best2[0] / floor:.2f}x, {best2[1]})", flush=True)
+        del xs, halves
+
+
+if __name__ == "__main__":
+    main()

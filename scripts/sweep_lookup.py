@@ -10,7 +10,6 @@ same sums, possibly in another order: relative difference under 1e-2). Prints us
 (bench.py's counts) per configuration, the defaults first. bench.py --mode=kernels runs the fixed sweep of record;
 this is for narrower questions.
 """
-import ast
 import itertools
 import sys
 
@@ -18,7 +17,7 @@ import torch
 import triton.testing
 
 import kernels
-from bench import SHAPES, _lookup_config
+from bench import SHAPES, _lookup_config, parse_grid
 
 T = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--tokens=")), 32768)
 PASS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--pass=")), "fwd")
@@ -28,12 +27,7 @@ SHAPE_KEYS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswi
 GRID = {"fwd_block_k": (32, 64)}
 for a in sys.argv:
     if a.startswith("--grid="):
-        items = [item.partition(":") for item in a.split("=", 1)[1].split("/")]
-        bad = [k for k, colon, vs in items if not colon or not vs or k not in kernels.CONFIG]
-        if bad:
-            sys.exit(f"--grid: {', '.join(map(repr, bad))}: need key:v,v,... with keys of kernels.CONFIG "
-                     f"({', '.join(kernels.CONFIG)})")
-        GRID = {k: tuple(ast.literal_eval(v) for v in vs.split(",")) for k, _, vs in items}
+        GRID = parse_grid("--grid", a.split("=", 1)[1], kernels.CONFIG, "kernels.CONFIG")
 DTYPE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--dtype=")), "bf16")
 if DTYPE not in ("bf16", "fp32"):
     sys.exit(f"--dtype={DTYPE}: bf16 or fp32")

@@ -211,6 +211,19 @@ def test_lookup_config_block_restores_kernel_config():
     assert kernels.CONFIG == keep
 
 
+def test_parse_grid():
+    """The sweep grids of scripts/bench_moe.py (--fused_grid) and scripts/sweep_lookup.py (--grid): key:v,v/key:v
+    with known keys and literal values, else a one-line exit."""
+    import bench as b
+    cfg = {"block_n": 64, "proj_atomic": True}
+    assert b.parse_grid("--g", "block_n:32,64/proj_atomic:0", cfg, "C") == {"block_n": (32, 64), "proj_atomic": (0,)}
+    for spec, said in (("nokey:1", "'nokey': need key:v,v"), ("block_n", "'block_n': need"), ("block_n:", "need"),
+                       ("block_n:x", "must be Python literals")):
+        with pytest.raises(SystemExit) as e:
+            b.parse_grid("--g", spec, cfg, "C")
+        assert said in str(e.value) and "\n" not in str(e.value), (spec, e.value)
+
+
 def test_bad_model_config_is_one_line():
     one_line_error(bench("config/ultramem_small.py", "--n_layer=2", "--device=cpu", check=False), "bad model config")
 

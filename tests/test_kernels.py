@@ -213,43 +213,27 @@ def test_backward_sdot_rule():
         kernels.CONFIG.update(keep)
 
 
-def test_forward_tile_rule():
-    """kernels._fwd_tile: fwd_sdot (bf16 values) takes fwd_block_d where it divides an MCS core or h is 1, else the
-    largest power of two dividing the core if it is 64 or more (shape (b)), else the per-column path."""
+@pytest.mark.parametrize("part", ["fwd", "bwd"])
+def test_tile_rule(part):
+    """kernels._fwd_tile / _bwd_tile (both _core_tile): fwd_sdot (bf16 values) / bwd_sdot (bf16 output gradients)
+    takes the *_block_d tile where it divides an MCS core or h is 1, else the largest power of two dividing the core
+    if it is 64 or more (shape (b)), else the per-column path at *_block_d."""
+    tile = kernels._fwd_tile if part == "fwd" else kernels._bwd_tile
     keep = dict(kernels.CONFIG)
     try:
-        kernels.CONFIG.update(fwd_block_d=128, fwd_sdot=True)
+        kernels.CONFIG.update({f"{part}_block_d": 128, f"{part}_sdot": True})
         bf = torch.bfloat16
-        assert kernels._fwd_tile(512, 2, bf) == (128, True)  # shape (a): cores of 256
-        assert kernels._fwd_tile(384, 2, bf) == (64, True)  # shape (b): cores of 192
-        assert kernels._fwd_tile(384, 4, bf) == (128, False)  # cores of 96: 32 would be too narrow
-        assert kernels._fwd_tile(24, 2, bf) == (32, False)  # cores of 12
-        assert kernels._fwd_tile(48, 1, bf) == (64, True)  # one core: any tile
-        assert kernels._fwd_tile(512, 2, torch.float32) == (128, False)
-        assert kernels._fwd_tile(512, 2, torch.float16) == (128, False)
-        kernels.CONFIG.update(fwd_sdot=False)
-        assert kernels._fwd_tile(512, 2, bf) == (128, False)
-    finally:
-        kernels.CONFIG.clear()
-        kernels.CONFIG.update(keep)
-
-
-def test_backward_tile_rule():
-    """kernels._bwd_tile: as the forward's rule (_core_tile), with bwd_block_d and bwd_sdot for bf16 output
-    gradients: shape (b)'s cores of 192 columns take 64-column tiles with bwd_sdot."""
-    keep = dict(kernels.CONFIG)
-    try:
-        kernels.CONFIG.update(bwd_block_d=128, bwd_sdot=True)
-        bf = torch.bfloat16
-        assert kernels._bwd_tile(512, 2, bf) == (128, True)  # shape (a): cores of 256
-        assert kernels._bwd_tile(384, 2, bf) == (64, True)  # shape (b): cores of 192
-        assert kernels._bwd_tile(384, 4, bf) == (128, False)  # cores of 96: 32 would be too narrow
-        assert kernels._bwd_tile(48, 1, bf) == (64, True)  # one core: any tile
-        assert kernels._bwd_tile(512, 2, torch.float32) == (128, False)  # fp32 gradients: the per-column path
-        kernels.CONFIG.update(bwd_sdot=False)
-        assert kernels._bwd_tile(384, 2, bf) == (128, False)
-        kernels.CONFIG.update(bwd_sdot=True, bwd_block_d=0)  # the whole row: 512 columns, wider than a core
-        assert kernels._bwd_tile(384, 2, bf) == (64, True)
+        assert tile(512, 2, bf) == (128, True)  # shape (a): cores of 256
+        assert tile(384, 2, bf) == (64, True)  # shape (b): cores of 192
+        assert tile(384, 4, bf) == (128, False)  # cores of 96: 32 would be too narrow
+        assert tile(24, 2, bf) == (32, False)  # cores of 12
+        assert tile(48, 1, bf) == (64, True)  # one core: any tile
+        assert tile(512, 2, torch.float32) == (128, False)  # fp32: the per-column path
+        assert tile(512, 2, torch.float16) == (128, False)
+        kernels.CONFIG.update({f"{part}_block_d": 0})  # the whole row: 512 columns, wider than a core
+        assert tile(384, 2, bf) == (64, True)
+        kernels.CONFIG.update({f"{part}_block_d": 128, f"{part}_sdot": False})
+        assert tile(512, 2, bf) == (128, False)
     finally:
         kernels.CONFIG.clear()
         kernels.CONFIG.update(keep)
