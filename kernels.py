@@ -114,8 +114,7 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # (same day): one dot for bf16 scores, (a) 600 us, (b) 1,130-1,200 us; bwd_sdot, (a)'s backward 5.11 -> 4.49 ms
 # (twice each, alternated); on (b) it was not taken (128-column tiles cross its cores; at 64 columns it was no
 # faster, 4.20 against 4.15 ms). Session 14: with bwd_sdot the backward's loop carries the next step's row
-# numbers (8-9% faster), (a) 4.48 -> 4.13 ms, and (b) takes bwd_sdot at 64 columns, 4.09-4.11 -> 3.90-3.93 ms
-# (twice each, alternated).
+# numbers, (a) 4.55 -> 4.19 ms, and (b) takes bwd_sdot at 64 columns, 4.13 -> 3.93 ms (twice each, alternated).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
 CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
@@ -337,8 +336,8 @@ if triton is not None:
         # need no per-core select, and the other cores' shares of this column tile are written as zeros.
         # CARRY (taken with SDOT): each step loads the next step's value and output-gradient row numbers at its
         # end and carries them into the loop's next turn, instead of loading its own at its start. The same loads
-        # in the same order, compiled differently: with SDOT 8-9% faster on both of bench.py's shapes, without it
-        # 18% slower on shape (b) (H200, session 14, docs/BENCHMARKS.md)
+        # in the same order, compiled differently: with SDOT 8% faster on shape (a) (and on (b) at 64 columns),
+        # without it 18% slower on shape (b) (H200, session 14, docs/BENCHMARKS.md)
         pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
         n0 = pid * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -479,7 +478,7 @@ def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:
 
 def _bwd_tile(Dv: int, h: int, grad_dtype: torch.dtype) -> tuple[int, bool]:
     """The sorted backward's (columns per program, bwd_sdot taken): _core_tile with bwd_block_d, bwd_sdot for bf16
-    output gradients. On shape (b) the 64-column tile with bwd_sdot took 3.90 ms against 4.09-4.11 ms for 128 columns
+    output gradients. On shape (b) the 64-column tile with bwd_sdot took 3.93 ms against 4.13 ms for 128 columns
     without (session 14, with the loop that carries the next step's row numbers; before it, 4.20 against 4.15 ms)."""
     return _core_tile(Dv, h, _block_d(Dv, "bwd_block_d"), bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16)
 
@@ -1276,9 +1275,10 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     t_fc, t_pj = triton.cdiv(Fh, cfg["fc_block_n"]), triton.cdiv(D, cfg["block_n"])
     atomic = _moe_decode_atomic()
     logits = _empty(N, E, dtype=torch.float32, device=dev)
-    # arrival counters: fc's (if it splits K), then proj's (unless it adds atomically)
+    # arrival counters: fc's (if it splits K), then proj's (one unused where it adds atomically: proj's slice is never
+    # empty, so Triton gets a pointer inside the allocation)
     n_cfc = M * t_fc if s_fc > 1 else 0
-    cnt = _empty(max(1, n_cfc + (0 if atomic else N * t_pj)), dtype=torch.int32, device=dev)
+    cnt = _empty(n_cfc + (1 if atomic else N * t_pj), dtype=torch.int32, device=dev)
     h = _empty(M, Fh, dtype=w_fc.dtype, device=dev)  # the slots' hidden activations, after GeLU
     # the split partials (one element where unused: no null pointer for Triton)
     part_fc = _empty(*((s_fc, M, Fh) if s_fc > 1 else (1,)), dtype=torch.float32, device=dev)
