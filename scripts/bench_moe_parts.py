@@ -1,5 +1,5 @@
 """Where does the fused MoE decode layer lose its streaming rate at 1 token? (run from the repo root:
-PYTHONPATH=. python scripts/bench_moe_parts.py)
+PYTHONPATH=. python scripts/bench_moe_parts.py [--sections=plain,layout,finish,real,layer] [--quick])
 
 At 1 token kernels.moe_decode's fc and proj launches each read 39.8 MB (two experts' halves of MoE-1.6B-2in34) in
 about 15 us, 2.7 TB/s, where a plain contiguous read of the same bytes takes 11.5 us (scripts/bench_read_sizes.py,
@@ -12,11 +12,17 @@ kernel at a time:
   route  : dot, with the expert taken from the logits by the real routing prologue (kernels._moe_slots);
 each in the model's layout (w (E, K, N), N contiguous: a program reads BLOCK_N x 2 bytes per row, at a row stride of
 N x 2 bytes) and in the transposed layout (w (E, N, K), K contiguous: BLOCK_K x 2 bytes a row, each program walking
-its rows along K). Then the real launches at 1 token (logits; logits + fc; all three) with kernels.MOE_DECODE_CONFIG,
-and the plain contiguous read (scripts/bench_read_sizes.py's kernel) of 39.8 MB.
-Every variant is swept over BLOCK_N, BLOCK_K, warps and programs per SM (the K splits follow as in moe_decode:
-kernels._k_splits), stages 4; the best of each is printed with its configuration, for fc's shape (K 2048, N 4864)
-and proj's (K 4864, N 2048). Each variant's partial sums are checked against torch before it is timed.
+its rows along K). The sections:
+  plain  : the plain contiguous read (scripts/bench_read_sizes.py's kernel) of 39.8 MB;
+  layout : read, dot and route in both layouts;
+  finish : route (model layout), then with the last-arriver finishing step (an arrival counter per column tile, the
+           last program sums the tile's partials) or with atomic adds of the partials into the output instead;
+  real   : moe_decode's own logits and fc launches on the synthetic weights, against the synthetic fc after the
+           same logits launch;
+  layer  : the real layer at 1 token with kernels.MOE_DECODE_CONFIG, its launches added one by one.
+Every synthetic variant is swept over BLOCK_N, BLOCK_K, warps and programs per SM (the K splits follow as in
+moe_decode: kernels._k_splits), stages 4; the best of each is printed with its configuration, for fc's shape (K 2048,
+N 4864) and proj's (K 4864, N 2048). Each variant's sums are checked against torch before it is timed.
 """
 import itertools
 import sys
@@ -33,7 +39,7 @@ dev = "cuda"
 SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
 BUFS, E, TOP_K, D, FH = 8, 34, 2, 2048, 4864
 QUICK = "--quick" in sys.argv  # two configurations per variant (a smoke test)
-# --sections=plain,layout,finish,layer (default all): which parts to time (see above)
+# --sections=plain,layout,finish,real,layer (default all): which parts to time (see above)
 SECTIONS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--sections=")),
                 ["plain", "layout", "finish", "real", "layer"])
 # the layer section's launch parameters: the defaults, then each of these changes to kernels.MOE_DECODE_CONFIG
