@@ -27,6 +27,9 @@ DEFAULTS = dict(
     dtype="auto",  # "auto" (bfloat16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
     compile=None,  # compile the decode step (fullgraph, CUDA graphs on GPU); None means on for CUDA
     mem_decode="",  # TDQKR's no-gradient retrieval: "" = the checkpoint's setting, "plain" | "fused" (memory.py)
+    deterministic=True,  # the same seed gives the same samples, bit for bit, on a GPU too (kernels.set_deterministic:
+    # the MoE decode layer finishes its sums in a fixed order); False lets it add atomically, about 2 us faster per
+    # MoE layer and token at batch 1 (docs/BENCHMARKS.md, MoE, session 14)
 )
 
 
@@ -35,6 +38,8 @@ def main(argv: list[str]) -> None:
     from data.common import get_tokenizer
 
     cfg = configure_or_exit(DEFAULTS, argv, types={"compile": (bool, type(None))})
+    import kernels
+    kernels.set_deterministic(cfg["deterministic"])
     dev = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise Fatal(f"device={dev!r} but no CUDA device is available")

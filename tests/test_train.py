@@ -181,6 +181,10 @@ def test_sample_from_checkpoint(data_dir, tmp_path):
             "--max_new_tokens=5", "--device=cpu", "--compile=False", "--temperature=0",
             "--mem_decode=plain")  # taken (a dense model has no TDQKR to use it; tests/test_eval_text.py checks it)
     assert p.stdout.split("-" * 60 + "\n")[1].startswith("Alia")
+    again = run("sample.py", f"--out_dir={tmp_path}", f"--start=FILE:{prompt}", "--num_samples=1",
+                "--max_new_tokens=5", "--device=cpu", "--compile=False", "--temperature=0", "--mem_decode=plain",
+                "--deterministic=False")  # the MoE decode layer's atomic adds allowed: the same greedy text here
+    assert again.stdout.split("-" * 60 + "\n")[1] == p.stdout.split("-" * 60 + "\n")[1]
     one_line_error(run("sample.py", f"--out_dir={tmp_path}", "--start=FILE:/no/such/prompt", check=False), 1, "prompt file")
     one_line_error(run("sample.py", f"--out_dir={tmp_path / 'nothing'}", check=False), 1, "no checkpoint")
     one_line_error(run("sample.py", f"--out_dir={tmp_path}", "--mem_decode=fast", check=False), 1, "mem_decode must be")
