@@ -27,9 +27,9 @@ DEFAULTS = dict(
     dtype="auto",  # "auto" (bfloat16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
     compile=None,  # compile the decode step (fullgraph, CUDA graphs on GPU); None means on for CUDA
     mem_decode="",  # TDQKR's no-gradient retrieval: "" = the checkpoint's setting, "plain" | "fused" (memory.py)
-    deterministic=True,  # the same seed gives the same samples, bit for bit, on a GPU too (kernels.set_deterministic:
-    # the MoE decode layer finishes its sums in a fixed order); False lets it add atomically, about 2 us faster per
-    # MoE layer and token at batch 1 (docs/BENCHMARKS.md, MoE, session 14)
+    deterministic=True,  # kernels.set_deterministic: the MoE decode layer sums in a fixed order, so that the samples
+    # of a seed do not vary with the order of its additions; False lets it add atomically, about 2 us faster per MoE
+    # layer and token at batch 1 (docs/BENCHMARKS.md, MoE, session 14)
 )
 
 
