@@ -473,7 +473,7 @@ def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:
     """Whether the sorted backward puts the scores into its one-hot operand (CONFIG["bwd_sdot"]) at a column tile of
     block_d: bf16 output gradients and the tile inside one MCS core (h is 1, or block_d divides the core's Dv / h
     columns)."""
-    return bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16 and (h == 1 or (Dv // h) % block_d == 0)
+    return _core_tile(Dv, h, block_d, bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16) == (block_d, True)
 
 
 def _bwd_tile(Dv: int, h: int, grad_dtype: torch.dtype) -> tuple[int, bool]:

@@ -42,8 +42,6 @@ QUICK = "--quick" in sys.argv  # two configurations per variant (a smoke test)
 # --sections=plain,layout,finish,real,layer (default all): which parts to time (see above)
 SECTIONS = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--sections=")),
                 ["plain", "layout", "finish", "real", "layer"])
-# the layer section's launch parameters: the defaults, then each of these changes to kernels.MOE_DECODE_CONFIG
-LAYER_CONFIGS = [{}]
 
 
 @triton.jit
@@ -140,14 +138,16 @@ def main():
     grid = list(itertools.product((32, 64, 128, 256), (64, 128), (4, 8), (2, 4)))  # BLOCK_N, BLOCK_K, warps, pps
     if QUICK:
         grid = [(64, 64, 4, 2), (32, 64, 4, 2)]
-    # (section, K-contiguous layout, dot, route, finish)
-    variants = [("layout", t, d, r, 0) for t in (False, True) for d, r in ((False, False), (True, False), (True, True))]
-    variants += [("finish", False, True, True, f) for f in (0, 1, 2)]
-    variants = [v for i, v in enumerate(variants) if v[0] in SECTIONS and v[1:] not in [u[1:] for u in variants[:i]
-                                                                                  if u[0] in SECTIONS]]
+    # (K-contiguous layout, dot, route, finish); "finish" starts from route in the model's layout, which "layout"
+    # times already when both run
+    variants = []
+    if "layout" in SECTIONS:
+        variants += [(t, d, r, 0) for t in (False, True) for d, r in ((False, False), (True, False), (True, True))]
+    if "finish" in SECTIONS:
+        variants += [(False, True, True, f) for f in ((1, 2) if "layout" in SECTIONS else (0, 1, 2))]
     for name, K, N in (("fc", D, FH), ("proj", FH, D)):
         for trans in (False, True):
-            todo = [v for v in variants if v[1] == trans]
+            todo = [v for v in variants if v[0] == trans]
             if not todo:
                 continue
             # 8 weight buffers of two experts each: (2, K, N), or (2, N, K) viewed as (2, K, N)
@@ -155,7 +155,7 @@ def main():
                   else torch.randn(2, K, N, device=dev, dtype=torch.bfloat16) for _ in range(BUFS)]
             ref_read = ws[0].float().sum(dim=1)  # (2, N)
             ref_dot = torch.einsum("k,ekn->en", x[0, :K].float(), ws[0].float())
-            for _, _, dot, route, fin in todo:
+            for _, dot, route, fin in todo:
                 tag = (f"{name} {'K-contiguous' if trans else 'N-contiguous'} "
                        f"{'route' if route else 'dot' if dot else 'read'}{['', ' + last-arriver sum', ' + atomic adds'][fin]}")
                 results = []
@@ -202,23 +202,17 @@ def main():
         del ws
 
     if "layer" in SECTIONS:
-        # the real layer at 1 token, its launches added one by one (each prefix starts with the logits launch, which
-        # zeroes the arrival counters), 8 layers per graph; with kernels.MOE_DECODE_CONFIG, then with LAYER_CONFIGS'
-        # changes to it
+        # the real layer at 1 token with kernels.MOE_DECODE_CONFIG, its launches added one by one (each prefix starts
+        # with the logits launch, which zeroes what fc and proj need zeroed), 8 layers per graph
         with torch.device(dev):
             layers = [(torch.randn(E, D, dtype=torch.bfloat16) / D**0.5,
                        torch.randn(E, D, FH, dtype=torch.bfloat16) * 0.02,
                        torch.randn(E, FH, D, dtype=torch.bfloat16) * 0.02) for _ in range(BUFS)]
         xt = torch.randn(1, D, device=dev, dtype=torch.bfloat16)
-        default = dict(kernels.MOE_DECODE_CONFIG)
-        for change in LAYER_CONFIGS:
-            kernels.MOE_DECODE_CONFIG.update(default, **change)
-            runs = [kernels._moe_decode_launches(xt, rw, wf, wp, TOP_K, False)[1] for rw, wf, wp in layers]
-            ts = [time_us(lambda: [f() for ls in runs for f in ls[:n]]) / BUFS for n in (1, 2, 3)]
-            print(f"moe_decode at 1 token {change or '(defaults)'}: logits {ts[0]:.1f} us, + fc {ts[1]:.1f}, + proj "
-                  f"{ts[2]:.1f} us ({ts[2] / (2 * floor):.2f}x the floor of both projections, {2 * floor:.1f} us)",
-                  flush=True)
-        kernels.MOE_DECODE_CONFIG.update(default)
+        runs = [kernels._moe_decode_launches(xt, rw, wf, wp, TOP_K, False)[1] for rw, wf, wp in layers]
+        ts = [time_us(lambda: [f() for ls in runs for f in ls[:n]]) / BUFS for n in (1, 2, 3)]
+        print(f"moe_decode at 1 token (defaults): logits {ts[0]:.1f} us, + fc {ts[1]:.1f}, + proj {ts[2]:.1f} us "
+              f"({ts[2] / (2 * floor):.2f}x the floor of both projections, {2 * floor:.1f} us)", flush=True)
 
 
 if __name__ == "__main__":
