@@ -115,12 +115,15 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # (twice each, alternated); on (b) it was not taken (128-column tiles cross its cores; at 64 columns it was no
 # faster, 4.20 against 4.15 ms). Session 14: with bwd_sdot the backward's loop carries the next step's row
 # numbers, (a) 4.55 -> 4.19 ms, and (b) takes bwd_sdot at 64 columns, 4.13 -> 3.93 ms (twice each, alternated).
+# Session 15: fwd_tokens, a forward program's tokens taken one after the other (_fwd_tokens: where that leaves
+# enough programs), 4 with 64 slots per step (fwd_block_k, 32 before): (b) 1,211 -> 1,104 us, (a) 591 -> 581 us.
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
-# flight, was swept twice and never the best: removed in session 6, docs/KERNELS.md.)
-CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
+# flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
+# session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
+CONFIG = {"fwd_block_k": 64, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
-          "bwd_sdot": True, "atomic_warps": 4}
+          "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 4}
 
 
 def parse_config(spec: str) -> dict:
@@ -265,10 +268,10 @@ if triton is not None:
         return b, r, s, kmask
 
     @triton.jit
-    def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, K, Dv, chunk, n_ct,
+    def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, T, K, Dv, chunk, n_ct,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
                            BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr,
-                           SDOT: tl.constexpr):
+                           SDOT: tl.constexpr, TPP: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
         # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
@@ -282,28 +285,30 @@ if triton is not None:
         # program per MCS core, its columns padded to a power of two, in session 13: 2% faster on shape (a), 2%
         # slower on (b), not kept: docs/KERNELS.md.)
         # With bf16 scores (memory.py casts them to the values' dtype) there is no lo part: one dot (_score_dot).
-        t, j = _grid_pos(n_ct, COLS_INNER)
+        # TPP: the program's tokens, TPP consecutive ones, one after the other
+        g, j = _grid_pos(n_ct, COLS_INNER)
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
         core = cols // chunk  # (BLOCK_D,) which MCS score weights each column
         eids = tl.arange(0, E_PAD)
-        base = t * K
-        acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            if SDOT:
-                ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
-                s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
-                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
-                            other=0.0)
-                acc = _score_dot(eids[:, None] == b[None, :], s, v, acc, SPLIT)
-            else:
-                b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K,
-                                             BLOCK_D)
-                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
-                            other=0.0)
-                acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)  # (E_PAD, BLOCK_D)
-        out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
+        for t in range(g * TPP, tl.minimum(g * TPP + TPP, T)):
+            base = t * K
+            acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                if SDOT:
+                    ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
+                    s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
+                    v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
+                                other=0.0)
+                    acc = _score_dot(eids[:, None] == b[None, :], s, v, acc, SPLIT)
+                else:
+                    b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K,
+                                                 BLOCK_D)
+                    v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
+                                other=0.0)
+                    acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)
+            out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
+            tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
     @triton.jit
     def _bwd_slot_rows(srows_ptr, grows_ptr, idx, end):
@@ -469,6 +474,17 @@ def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
     return _core_tile(Dv, h, _block_d(Dv, "fwd_block_d"), bool(CONFIG["fwd_sdot"]) and dtype == torch.bfloat16)
 
 
+FWD_TOKENS_MIN_PROGRAMS = 4096  # _fwd_tokens: the forward's programs that several tokens per program must leave
+
+
+def _fwd_tokens(T: int, n_ct: int) -> int:
+    """The forward's tokens per program: CONFIG["fwd_tokens"], fewer where that would leave under
+    FWD_TOKENS_MIN_PROGRAMS programs (about 31 per SM of the H200; decode sizes take one token per program).
+    Session 15 (H200, 32,768 tokens): 4 tokens per program with 64 slots per step took shape (b) from 1,211 to
+    1,104 us, (a) from 591 to 581 us."""
+    return max(1, min(CONFIG["fwd_tokens"], T * n_ct // FWD_TOKENS_MIN_PROGRAMS))
+
+
 def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:
     """Whether the sorted backward puts the scores into its one-hot operand (CONFIG["bwd_sdot"]) at a column tile of
     block_d: bf16 output gradients and the tile inside one MCS core (h is 1, or block_d divides the core's Dv / h
@@ -494,10 +510,12 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     chunk = Dv // h
     n_ct = triton.cdiv(Dv, BLOCK_D)
     inner = bool(CONFIG["fwd_cols_inner"])
-    _launch(_lookup_fwd_kernel, (T * n_ct,) if inner else (T, n_ct), values.is_cuda, values.contiguous(),
-            rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, K, Dv, chunk, n_ct, E=E, H=h,
+    tpp = _fwd_tokens(T, n_ct)
+    groups = triton.cdiv(T, tpp)
+    _launch(_lookup_fwd_kernel, (groups * n_ct,) if inner else (groups, n_ct), values.is_cuda, values.contiguous(),
+            rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, T, K, Dv, chunk, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, num_warps=CONFIG["fwd_warps"],
+            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, TPP=tpp, num_warps=CONFIG["fwd_warps"],
             num_stages=CONFIG["fwd_stages"])
     return out
 

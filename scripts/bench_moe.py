@@ -5,7 +5,8 @@ python scripts/bench_moe.py [--compile] [--impls=grouped,triton,gather,fused] [-
 1. Decode latency of one MoE layer of MoE-1.6B-2in34 (D 2048, 34 experts of 4864, top-2, bf16), at 1..512
    tokens, replayed as a CUDA graph, against its HBM floor (bytes of the distinct experts the batch touches,
    at the measured read rate). A stack of LAYERS independent layers is timed so that L2 (50 MB) cannot hold
-   the experts between replays; the time per layer is reported. Once per moe_impl in --impls.
+   the experts between replays; the time per layer is reported, alone and with its output added into the residual
+   stream (x + layer(x), as Block.forward takes it). Once per moe_impl in --impls.
    --tune: the Triton kernel alone (both projections) over launch configurations at 8, 64, 512 tokens;
    with gather in --impls, also kernels.moe_gather_mm (both projections) at 1, 2, 4, 8 tokens
    (--gather_tune_tokens=1,2 picks others); with fused in --impls, kernels.moe_decode (the whole layer) at
@@ -82,7 +83,12 @@ def stack(xs):
     return [m(x)[0] for m, x in zip(layers, xs)]
 
 
+def stack_residual(xs):  # as Block.forward takes the layer: its output added into the residual stream
+    return [x + m(x)[0] for m, x in zip(layers, xs)]
+
+
 step = torch.compile(stack, fullgraph=True) if COMPILE else stack
+step_residual = torch.compile(stack_residual, fullgraph=True) if COMPILE else stack_residual
 print(f"MoE layer D={D} E={E} F={Fh} top-{K}: {expert_bytes / 1e6:.1f} MB per expert, "
       f"{E * expert_bytes / 1e9:.3f} GB per layer; {'compiled' if COMPILE else 'eager'} ops in a CUDA graph")
 
@@ -201,16 +207,20 @@ for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels
     print(f"moe_impl={impl}" + (f" {kernels.MOE_CONFIG}" if impl == "triton" else "")
           + (f" {kernels.MOE_GATHER_CONFIG}" if impl == "gather" else "")
           + (f" {kernels.MOE_DECODE_CONFIG}" if impl == "fused" else ""))
-    print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} {'all-expert floor':>16}")
+    # "+ residual": the layer with its output added into the residual stream (x + layer(x), as Block.forward takes
+    # it; compiled, the cast of the layer's fp32 output fuses into that add), its floor the same
+    print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} "
+          f"{'+ residual us':>13} {'x floor':>8} {'all-expert floor':>16}")
     with torch.no_grad():
         for B in [b for b in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] if b <= MAX_TOKENS.get(impl, 512)]:
             xs = [torch.randn(B, 1, D, device=dev, dtype=torch.bfloat16) for _ in layers]
             hit = experts_hit([x[:, 0] for x in xs])
             expected = E * (1 - (1 - K / E) ** B)
             t = time_fn(lambda: step(xs)) / LAYERS
+            t_res = time_fn(lambda: step_residual(xs)) / LAYERS
             floor = (hit * expert_bytes + router_bytes) / bw
             print(f"{B:6d} {hit:11.1f} {expected:7.1f} {t * 1e6:9.1f} {floor * 1e6:9.1f} {t / floor:8.2f} "
-                  f"{E * expert_bytes / bw * 1e6:16.1f}")
+                  f"{t_res * 1e6:13.1f} {t_res / floor:8.2f} {E * expert_bytes / bw * 1e6:16.1f}")
 
 if TUNE:
     with torch.no_grad():

@@ -152,13 +152,13 @@ def test_lookup_kernels_compile_for_sm90():
     for vdt in ("bf16", "fp16", "fp32"):
         for inner in (False, True):
             fwd = {"values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}",
-                   "out_ptr": f"*{vdt}", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
+                   "out_ptr": f"*{vdt}", "T": "i32", "K": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
             for sdot in (False, True) if vdt == "bf16" else (False,):
                 # fwd_sdot with bf16 scores (one dot) and fp32 scores (hi + lo)
                 for sdt in (vdt, "fp32") if sdot else (vdt,):
                     compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
                                  {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
-                                  "COLS_INNER": inner, "SDOT": sdot})
+                                  "COLS_INNER": inner, "SDOT": sdot, "TPP": 1 + inner})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
@@ -179,7 +179,7 @@ def test_score_dot_is_one_dot_for_bf16_scores():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the kernels are interpreter functions in this process")
     dots = lambda k: k.asm["ttir"].count("tt.dot ")
-    fwd = {"values_ptr": "*bf16", "rows_ptr": "*i64", "blocks_ptr": "*i64", "out_ptr": "*bf16", "K": "i32",
+    fwd = {"values_ptr": "*bf16", "rows_ptr": "*i64", "blocks_ptr": "*i64", "out_ptr": "*bf16", "T": "i32", "K": "i32",
            "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
     bwd = {"gout_ptr": "*bf16", "values_ptr": "*bf16", "grows_ptr": "*i32", "srows_ptr": "*i32", "toffs_ptr": "*i64",
            "gvalues_ptr": "*bf16", "gs_part_ptr": "*fp32", "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32",
@@ -187,7 +187,7 @@ def test_score_dot_is_one_dot_for_bf16_scores():
     for sdot, sdt, want in ((True, "bf16", 1), (True, "fp32", 2), (False, "bf16", 2)):
         k = compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
                          {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
-                          "COLS_INNER": True, "SDOT": sdot})
+                          "COLS_INNER": True, "SDOT": sdot, "TPP": 1})
         assert dots(k) == want, f"forward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
         k = compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
                          {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
@@ -322,8 +322,13 @@ def _interp_main() -> None:
                     {"bwd_sdot": True, "bwd_value_tile": True, "bwd_block_d": 16},
                     # with bwd_sdot the loop carries the next step's row numbers: several slot steps per tile
                     {"bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 16, "bwd_block_i": 16},
-                    {"bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 32, "bwd_block_i": 16, "bwd_zero_fill": True})
+                    {"bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 32, "bwd_block_i": 16, "bwd_zero_fill": True},
+                    # several tokens per forward program (the last group partial where 3 does not divide T)
+                    {"fwd_tokens": 3, "fwd_block_k": 4},
+                    {"fwd_tokens": 2, "fwd_cols_inner": False, "fwd_sdot": False, "fwd_block_d": 16},
+                    {"fwd_tokens": 3, "fwd_block_d": 32, "fwd_block_k": 4})  # with fwd_sdot
         keep = dict(kernels.CONFIG)
+        keep_min, kernels.FWD_TOKENS_MIN_PROGRAMS = kernels.FWD_TOKENS_MIN_PROGRAMS, 1  # the variants take fwd_tokens (4 by default) at these small sizes
         for variant in variants:
             kernels.CONFIG.update(variant)
             try:
@@ -336,6 +341,7 @@ def _interp_main() -> None:
             finally:
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
+        kernels.FWD_TOKENS_MIN_PROGRAMS = keep_min
         # the value-tile backward picks each slot's value row exactly: the same gradients bit for bit here (on
         # the GPU only the value gradients are: the score gradients' sums run in the dot's register layout there)
         kernels.CONFIG["bwd_value_tile"] = True
