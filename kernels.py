@@ -87,11 +87,11 @@ _DETERMINISTIC = False
 POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launch, so an unwritten element shows
 # Launch parameters; bench.py may override them to sweep. Chosen for the H200 (docs/KERNELS.md).
 # *_block_d: the value columns per program (0: the whole row in one program); smaller tiles mean fewer registers
-# and more programs (with fwd_sdot the forward may take fewer: the largest power of two dividing an MCS core,
-# _fwd_tile). bwd_rows: value rows per backward program (0: by shape, 32 or 16 with bwd_block_i 16 or 32;
-# set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a memset and let tiles
-# without slots write nothing, instead of every program writing its rows (zeros included). bwd_value_tile: the
-# sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
+# and more programs (with fwd_sdot and without fwd_xcore the forward may take fewer: the largest power of two
+# dividing an MCS core, _fwd_tile). bwd_rows: value rows per backward program (0: by shape, 32 or 16 with
+# bwd_block_i 16 or 32; set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a
+# memset and let tiles without slots write nothing, instead of every program writing its rows (zeros included).
+# bwd_value_tile: the sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
 # instead of gathering a value row per slot: for tables whose rows are selected several times per step
 # (the UltraMem-151M step: 4.3 slots per row, 201.4 against 208.7 ms per step on the H200, session 8: on in
 # config/ultramem_151m.py's lookup_config); off by default (1.5-1.8x slower on uniform random indices, no
@@ -116,14 +116,18 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # faster, 4.20 against 4.15 ms). Session 14: with bwd_sdot the backward's loop carries the next step's row
 # numbers, (a) 4.55 -> 4.19 ms, and (b) takes bwd_sdot at 64 columns, 4.13 -> 3.93 ms (twice each, alternated).
 # Session 15: fwd_tokens, a forward program's tokens taken one after the other (_fwd_tokens: where that leaves
-# enough programs), 4 with 64 slots per step (fwd_block_k, 32 before): (b) 1,211 -> 1,104 us, (a) 591 -> 581 us.
+# enough programs), 2; fwd_xcore, the forward's fwd_sdot path for tiles across MCS cores (_fwd_tile), taking (b) at
+# 128 columns instead of 64; fwd_xcore_cols_inner, fwd_cols_inner for fwd_xcore's tiles, off; fwd_block_k_few, the
+# slots per step at decode sizes (FWD_FEW_PROGRAMS). Together, alternated with the old code: (a) 601 -> 578 us, (b)
+# 1,130 -> 984 us (side by side) and 966 us (the 2-D grid); docs/BENCHMARKS.md.
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
-CONFIG = {"fwd_block_k": 64, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
+CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1,
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
-          "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 4}
+          "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 2, "fwd_xcore": True,
+          "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False}
 
 
 def parse_config(spec: str) -> dict:
@@ -202,11 +206,12 @@ if triton is not None:
 
     @triton.jit
     def _score_dot(hit, s, v, acc, SPLIT: tl.constexpr):
-        # acc += (hit * s) @ v: hit (E_PAD, BLOCK_K) the slots' one-hot blocks, s (BLOCK_K,) their scores, v
+        # acc += (hit * s) @ v: hit (E_PAD, BLOCK_K) the slots' one-hot blocks, s (1, BLOCK_K) their scores (or
+        # (E_PAD, BLOCK_K), a score per row of the operand), v
         # (BLOCK_K, BLOCK_D) bf16 values, unconverted. The (E_PAD, BLOCK_K) fp32 operand is split into bf16 hi + lo
         # (16 of its 24 mantissa bits), or, for bf16 scores (memory.py's, with bf16 values), exact in one bf16 part
         # and one dot; SPLIT=False (the interpreter, whose bf16 dot is broken) takes fp32
-        a = tl.where(hit, s.to(tl.float32)[None, :], 0.0)
+        a = tl.where(hit, s.to(tl.float32), 0.0)
         if not SPLIT:
             return tl.dot(a, v.to(tl.float32), acc, input_precision="ieee")
         if s.dtype == tl.bfloat16:
@@ -271,7 +276,7 @@ if triton is not None:
     def _lookup_fwd_kernel(values_ptr, rows_ptr, blocks_ptr, scores_ptr, out_ptr, T, K, Dv, chunk, n_ct,
                            E: tl.constexpr, H: tl.constexpr, E_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
                            BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, COLS_INNER: tl.constexpr,
-                           SDOT: tl.constexpr, TPP: tl.constexpr):
+                           SDOT: tl.constexpr, TPP: tl.constexpr, XCORE: tl.constexpr, E_P: tl.constexpr):
         # one program per (token, BLOCK_D value columns): BLOCK_K selected rows at a time, each column
         # weighted by the MCS score of its core, then pooled into the E virtual blocks by a one-hot
         # (E_PAD, BLOCK_K) matmul. COLS_INNER: a 1-D grid in which the n_ct column tiles of a token are
@@ -285,6 +290,12 @@ if triton is not None:
         # program per MCS core, its columns padded to a power of two, in session 13: 2% faster on shape (a), 2%
         # slower on (b), not kept: docs/KERNELS.md.)
         # With bf16 scores (memory.py casts them to the values' dtype) there is no lo part: one dot (_score_dot).
+        # XCORE (with SDOT; fwd_xcore, a tile across MCS core boundaries): the small operand's rows are (core c,
+        # block e) pairs, row c * E_P + e holding the one-hot of block e times core c's scores (E_PAD >= H_P * E_P
+        # rows; the tensor cores take 16 rows at least, so for E=4, h=2 no more than SDOT's), one dot as SDOT's,
+        # the big tile as loaded; at the token's end each column keeps the rows of its own core. So any tile width
+        # takes this path: on shape (b) 128 columns (256 B of each row per program) instead of the 64 that fit in
+        # its cores, 986 against 1,103 us (session 15).
         # TPP: the program's tokens, TPP consecutive ones, one after the other
         g, j = _grid_pos(n_ct, COLS_INNER)
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -295,20 +306,38 @@ if triton is not None:
             base = t * K
             acc = tl.zeros((E_PAD, BLOCK_D), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
-                if SDOT:
+                if XCORE:  # operand row c * E_P + e: block e weighted by core c's scores (rows past H * E_P zero)
+                    ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
+                    v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
+                                other=0.0)
+                    c_r = eids // E_P
+                    sw = tl.zeros((E_PAD, BLOCK_K), dtype=scores_ptr.dtype.element_ty)  # the scores' dtype
+                    for c in tl.static_range(H):
+                        s_c = tl.load(scores_ptr + (base + ks) * H + c, mask=kmask, other=0.0)
+                        sw = tl.where((c_r == c)[:, None], s_c[None, :], sw)
+                    acc = _score_dot(((eids % E_P)[:, None] == b[None, :]) & (c_r < H)[:, None], sw, v, acc, SPLIT)
+                elif SDOT:
                     ks, kmask, b, r = _slot_ids(rows_ptr, blocks_ptr, base, k0, K, BLOCK_K)
                     s = tl.load(scores_ptr + (base + ks) * H + (j * BLOCK_D) // chunk, mask=kmask, other=0.0)
                     v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                                 other=0.0)
-                    acc = _score_dot(eids[:, None] == b[None, :], s, v, acc, SPLIT)
+                    acc = _score_dot(eids[:, None] == b[None, :], s[None, :], v, acc, SPLIT)
                 else:
                     b, r, s, kmask = _slot_block(rows_ptr, blocks_ptr, scores_ptr, base, k0, K, core, H, BLOCK_K,
                                                  BLOCK_D)
                     v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                                 other=0.0)
                     acc = _segment_dot(eids[:, None] == b[None, :], v.to(tl.float32) * s, acc, SPLIT)
-            out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
-            tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
+            if XCORE:  # each column from the rows of its core
+                acc3 = tl.reshape(acc, (E_PAD // E_P, E_P, BLOCK_D))
+                cid = tl.arange(0, E_PAD // E_P)[:, None, None]
+                res = tl.sum(tl.where(cid == core[None, None, :], acc3, 0.0), axis=0)  # (E_P, BLOCK_D)
+                es = tl.arange(0, E_P)
+                out = out_ptr + (t * E + es[:, None]) * Dv + cols[None, :]
+                tl.store(out, res.to(out_ptr.dtype.element_ty), mask=(es[:, None] < E) & cmask[None, :])
+            else:
+                out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
+                tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
 
     @triton.jit
     def _bwd_slot_rows(srows_ptr, grows_ptr, idx, end):
@@ -388,7 +417,7 @@ if triton is not None:
                 for c in tl.static_range(H):
                     tl.store(gs_part + idx * H + c, tl.where(c == c_tile, gs_row, 0.0), mask=imask)
                 s_t = tl.load(sscores_ptr + idx * H + c_tile, mask=imask, other=0.0)
-                acc = _score_dot(onehot, s_t, g_in, acc, SPLIT)  # (R, BLOCK_D)
+                acc = _score_dot(onehot, s_t[None, :], g_in, acc, SPLIT)  # (R, BLOCK_D)
             else:
                 s = tl.zeros((BLOCK_I, BLOCK_D), dtype=tl.float32)
                 for c in tl.static_range(H):
@@ -468,21 +497,32 @@ def _core_tile(Dv: int, h: int, block_d: int, sdot: bool) -> tuple[int, bool]:
     return (tile, True) if tile >= 64 else (block_d, False)
 
 
-def _fwd_tile(Dv: int, h: int, dtype: torch.dtype) -> tuple[int, bool]:
-    """The forward's (columns per program, fwd_sdot taken): _core_tile with fwd_block_d, fwd_sdot for bf16 values.
-    On shape (b) 64 columns with fwd_sdot took 1,313 us against 1,378 us for 128 columns without (session 12)."""
-    return _core_tile(Dv, h, _block_d(Dv, "fwd_block_d"), bool(CONFIG["fwd_sdot"]) and dtype == torch.bfloat16)
+FWD_FEW_PROGRAMS = 4096  # the forward's programs below which (decode sizes) it keeps one token per program
+# (_fwd_tokens), tiles inside the MCS cores (_fwd_tile) and fwd_block_k_few slots per step
 
 
-FWD_TOKENS_MIN_PROGRAMS = 4096  # _fwd_tokens: the forward's programs that several tokens per program must leave
+def _fwd_tile(Dv: int, h: int, dtype: torch.dtype, T: int | None = None) -> tuple[int, bool, bool]:
+    """The forward's (columns per program, fwd_sdot taken, across MCS cores) for T tokens (None: many): fwd_sdot for
+    bf16 values; with fwd_xcore at fwd_block_d, the tile across core boundaries where it does not lie inside one
+    core, unless the programs would be few (under FWD_FEW_PROGRAMS: decode sizes); else _core_tile's rule.
+    On shape (b), cores of 192 columns, at 32,768 tokens: 64 columns with fwd_sdot took 1,313 us against 1,378 us
+    for 128 columns without (session 12); 128 columns across the cores 986 us against 1,103-1,215 us for 64 inside
+    them (session 15). At 1 and 64 tokens 64 columns inside them were faster: 10.0 / 11.9 against 10.8 / 12.7 us
+    (CUDA graph, 32 slots per step)."""
+    sdot, block_d = bool(CONFIG["fwd_sdot"]) and dtype == torch.bfloat16, _block_d(Dv, "fwd_block_d")
+    many = T is None or T * triton.cdiv(Dv, block_d) >= FWD_FEW_PROGRAMS
+    if sdot and CONFIG["fwd_xcore"] and h > 1 and (Dv // h) % block_d and many:
+        return block_d, True, True
+    return (*_core_tile(Dv, h, block_d, sdot), False)
 
 
 def _fwd_tokens(T: int, n_ct: int) -> int:
     """The forward's tokens per program: CONFIG["fwd_tokens"], fewer where that would leave under
-    FWD_TOKENS_MIN_PROGRAMS programs (about 31 per SM of the H200; decode sizes take one token per program).
+    FWD_FEW_PROGRAMS programs (about 31 per SM of the H200; decode sizes take one token per program).
     Session 15 (H200, 32,768 tokens): 4 tokens per program with 64 slots per step took shape (b) from 1,211 to
-    1,104 us, (a) from 591 to 581 us."""
-    return max(1, min(CONFIG["fwd_tokens"], T * n_ct // FWD_TOKENS_MIN_PROGRAMS))
+    1,104 us, (a) from 591 to 581 us; with fwd_xcore on (b) 1 to 8 tokens per program were within 1% (982-991 us),
+    2 and 4 the best on (b) and (a) respectively, within 1% of each other."""
+    return max(1, min(CONFIG["fwd_tokens"], T * n_ct // FWD_FEW_PROGRAMS))
 
 
 def _bwd_sdot(Dv: int, h: int, block_d: int, grad_dtype: torch.dtype) -> bool:
@@ -506,17 +546,23 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     out = _empty(T, E, Dv, dtype=values.dtype, device=values.device)
     if T == 0:
         return out
-    BLOCK_D, sdot = _fwd_tile(Dv, h, values.dtype)
+    BLOCK_D, sdot, xcore = _fwd_tile(Dv, h, values.dtype, T)
     chunk = Dv // h
+    E_P = triton.next_power_of_2(E)
     n_ct = triton.cdiv(Dv, BLOCK_D)
-    inner = bool(CONFIG["fwd_cols_inner"])
+    # the grid's order: with tiles across the cores the 2-D grid was faster (shape (b), 966 against 984 us), inside
+    # them the column tiles side by side (shape (a), 578 against 600 us; session 15)
+    inner = bool(CONFIG["fwd_xcore_cols_inner" if xcore else "fwd_cols_inner"])
     tpp = _fwd_tokens(T, n_ct)
     groups = triton.cdiv(T, tpp)
+    # few programs (decode sizes): more slots per step, fewer dependent round trips per program. Session 15, shape
+    # (b) at 1 / 64 tokens under a CUDA graph: 8.7 / 10.9 us with 64 slots against 10.0 / 11.9 with 32
+    block_k = CONFIG["fwd_block_k_few" if T * n_ct < FWD_FEW_PROGRAMS else "fwd_block_k"]
     _launch(_lookup_fwd_kernel, (groups * n_ct,) if inner else (groups, n_ct), values.is_cuda, values.contiguous(),
             rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, T, K, Dv, chunk, n_ct, E=E, H=h,
-            E_PAD=max(16, triton.next_power_of_2(E)), BLOCK_K=CONFIG["fwd_block_k"], BLOCK_D=BLOCK_D,
-            SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, TPP=tpp, num_warps=CONFIG["fwd_warps"],
-            num_stages=CONFIG["fwd_stages"])
+            E_PAD=max(16, triton.next_power_of_2(h) * E_P if xcore else E_P), BLOCK_K=block_k,
+            BLOCK_D=BLOCK_D, SPLIT=values.is_cuda, COLS_INNER=inner, SDOT=sdot, TPP=tpp, XCORE=xcore, E_P=E_P,
+            num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"])
     return out
 
 

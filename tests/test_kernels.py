@@ -158,7 +158,8 @@ def test_lookup_kernels_compile_for_sm90():
                 for sdt in (vdt, "fp32") if sdot else (vdt,):
                     compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
                                  {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
-                                  "COLS_INNER": inner, "SDOT": sdot, "TPP": 1 + inner})
+                                  "COLS_INNER": inner, "SDOT": sdot, "TPP": 1 + inner,
+                                  "XCORE": sdot and inner, "E_P": 4})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                        "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "gs_part_ptr": "*fp32",
@@ -185,10 +186,11 @@ def test_score_dot_is_one_dot_for_bf16_scores():
            "gvalues_ptr": "*bf16", "gs_part_ptr": "*fp32", "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32",
            "n_ct": "i32"}
     for sdot, sdt, want in ((True, "bf16", 1), (True, "fp32", 2), (False, "bf16", 2)):
-        k = compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
-                         {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
-                          "COLS_INNER": True, "SDOT": sdot, "TPP": 1})
-        assert dots(k) == want, f"forward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
+        for xcore in (False, True) if sdot else (False,):  # fwd_xcore: the same dots, over (core, block) rows
+            k = compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
+                             {"E": 4, "H": 2, "E_PAD": 16, "BLOCK_K": 32, "BLOCK_D": 128, "SPLIT": True,
+                              "COLS_INNER": True, "SDOT": sdot, "TPP": 1, "XCORE": xcore, "E_P": 4})
+            assert dots(k) == want, f"forward, sdot={sdot}, xcore={xcore}, {sdt} scores: {dots(k)} dots, want {want}"
         k = compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
                          {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
                           "VTILE": False, "V16": True, "COLS_INNER": True, "SDOT": sdot, "CARRY": sdot})
@@ -215,13 +217,13 @@ def test_backward_sdot_rule():
 
 @pytest.mark.parametrize("part", ["fwd", "bwd"])
 def test_tile_rule(part):
-    """kernels._fwd_tile / _bwd_tile (both _core_tile): fwd_sdot (bf16 values) / bwd_sdot (bf16 output gradients)
-    takes the *_block_d tile where it divides an MCS core or h is 1, else the largest power of two dividing the core
-    if it is 64 or more (shape (b)), else the per-column path at *_block_d."""
-    tile = kernels._fwd_tile if part == "fwd" else kernels._bwd_tile
+    """kernels._fwd_tile (without fwd_xcore) / _bwd_tile (both _core_tile): fwd_sdot (bf16 values) / bwd_sdot (bf16
+    output gradients) takes the *_block_d tile where it divides an MCS core or h is 1, else the largest power of two
+    dividing the core if it is 64 or more (shape (b)), else the per-column path at *_block_d."""
+    tile = (lambda *a: kernels._fwd_tile(*a)[:2]) if part == "fwd" else kernels._bwd_tile
     keep = dict(kernels.CONFIG)
     try:
-        kernels.CONFIG.update({f"{part}_block_d": 128, f"{part}_sdot": True})
+        kernels.CONFIG.update({f"{part}_block_d": 128, f"{part}_sdot": True, "fwd_xcore": False})
         bf = torch.bfloat16
         assert tile(512, 2, bf) == (128, True)  # shape (a): cores of 256
         assert tile(384, 2, bf) == (64, True)  # shape (b): cores of 192
@@ -234,6 +236,28 @@ def test_tile_rule(part):
         assert tile(384, 2, bf) == (64, True)
         kernels.CONFIG.update({f"{part}_block_d": 128, f"{part}_sdot": False})
         assert tile(512, 2, bf) == (128, False)
+    finally:
+        kernels.CONFIG.clear()
+        kernels.CONFIG.update(keep)
+
+
+def test_fwd_xcore_rule():
+    """With fwd_xcore (the default) the forward's fwd_sdot path takes fwd_block_d across MCS core boundaries where the
+    tile does not lie inside one core (shape (b): 128 columns over cores of 192), only for bf16 values and where
+    the programs are many (not at decode sizes)."""
+    keep = dict(kernels.CONFIG)
+    try:
+        kernels.CONFIG.update(fwd_block_d=128, fwd_sdot=True, fwd_xcore=True)
+        bf = torch.bfloat16
+        assert kernels._fwd_tile(512, 2, bf) == (128, True, False)  # shape (a): inside its cores of 256
+        assert kernels._fwd_tile(384, 2, bf) == (128, True, True)  # shape (b): across its cores of 192
+        assert kernels._fwd_tile(24, 2, bf) == (32, True, True)  # cores of 12: the whole row in one tile
+        assert kernels._fwd_tile(48, 1, bf) == (64, True, False)  # one core
+        assert kernels._fwd_tile(384, 2, bf, 32768) == (128, True, True)
+        assert kernels._fwd_tile(384, 2, bf, 64) == (64, True, False)  # decode sizes: more programs
+        assert kernels._fwd_tile(384, 2, torch.float32) == (128, False, False)  # fp32: the per-column path
+        kernels.CONFIG.update(fwd_sdot=False)
+        assert kernels._fwd_tile(384, 2, bf) == (128, False, False)
     finally:
         kernels.CONFIG.clear()
         kernels.CONFIG.update(keep)
@@ -326,9 +350,16 @@ def _interp_main() -> None:
                     # several tokens per forward program (the last group partial where 3 does not divide T)
                     {"fwd_tokens": 3, "fwd_block_k": 4},
                     {"fwd_tokens": 2, "fwd_cols_inner": False, "fwd_sdot": False, "fwd_block_d": 16},
-                    {"fwd_tokens": 3, "fwd_block_d": 32, "fwd_block_k": 4})  # with fwd_sdot
+                    {"fwd_tokens": 3, "fwd_block_d": 32, "fwd_block_k": 4},  # with fwd_sdot
+                    # bf16 tiles across MCS cores: with fwd_xcore (the default; the whole row padded to a power of
+                    # two, or 16 columns), or without it (the largest power of two in a core, or per column)
+                    {"fwd_block_d": 0, "fwd_block_k": 4},
+                    {"fwd_block_d": 16, "fwd_tokens": 2},
+                    {"fwd_block_d": 16, "fwd_xcore_cols_inner": True, "fwd_block_k": 4},
+                    {"fwd_xcore": False, "fwd_block_d": 32, "fwd_block_k": 4})
         keep = dict(kernels.CONFIG)
-        keep_min, kernels.FWD_TOKENS_MIN_PROGRAMS = kernels.FWD_TOKENS_MIN_PROGRAMS, 1  # the variants take fwd_tokens (4 by default) at these small sizes
+        # the variants take fwd_tokens (2 by default) and fwd_xcore at these small sizes
+        keep_min, kernels.FWD_FEW_PROGRAMS = kernels.FWD_FEW_PROGRAMS, 1
         for variant in variants:
             kernels.CONFIG.update(variant)
             try:
@@ -341,7 +372,7 @@ def _interp_main() -> None:
             finally:
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
-        kernels.FWD_TOKENS_MIN_PROGRAMS = keep_min
+        kernels.FWD_FEW_PROGRAMS = keep_min
         # the value-tile backward picks each slot's value row exactly: the same gradients bit for bit here (on
         # the GPU only the value gradients are: the score gradients' sums run in the dot's register layout there)
         kernels.CONFIG["bwd_value_tile"] = True
