@@ -238,6 +238,10 @@ def bench_kernels(cfg: dict) -> dict:
                     row["gv_bwd_percol"], row["gs_bwd_percol"] = rel(gv, gv_ref), rel(gs, gs_ref)
                     gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, s32, E)
                     row["gv_percol_fp32_scores"], row["gs_percol_fp32_scores"] = rel(gv, gv32_ref), rel(gs, gs32_ref)
+                # the score gradients by their own kernel (bwd_split_scores), the value gradients without them
+                with _lookup_config(bwd_split_scores=not kernels.CONFIG["bwd_split_scores"]):
+                    gv, gs = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+                    row["gv_bwd_other_split"], row["gs_bwd_other_split"] = rel(gv, gv_ref), rel(gs, gs_ref)
                 gv1, gs1 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
                 gv2, gs2 = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
                 row["sorted_bitwise_repeat"] = bool(torch.equal(gv1, gv2) and torch.equal(gs1, gs2))
@@ -264,7 +268,8 @@ def bench_kernels(cfg: dict) -> dict:
     # us (session 15, after a check at 8,192 tokens)
     res["checks"] = checks
     if checks:
-        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_bwd_percol"],
+        worst = max(max(r["fwd"], r["fwd_percol"], r["fwd_fp32_scores"], r["gv_bwd_percol"], r["gv_bwd_other_split"],
+                        r["gs_bwd_other_split"],
                         r["gs_bwd_percol"], r["gv_fp32_scores"], r["gs_fp32_scores"], r["gv_sorted"], r["gs_sorted"],
                         r["gv_atomic"], r["gs_atomic"]) for r in checks)
         res["check_ok"] = bool(worst < 1e-2 and all(r["finite_sorted"] and r["finite_atomic"] and r["sorted_bitwise_repeat"]
@@ -296,6 +301,9 @@ def bench_kernels(cfg: dict) -> dict:
             r["triton_bwd_sorted_ms"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
             with _lookup_config(bwd_value_tile=not kernels.CONFIG["bwd_value_tile"]):  # the other value-row scheme
                 r["triton_bwd_sorted_other_vtile_ms"] = bench(
+                    lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
+            with _lookup_config(bwd_split_scores=not kernels.CONFIG["bwd_split_scores"]):  # the other score scheme
+                r["triton_bwd_sorted_other_split_ms"] = bench(
                     lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
             if T <= 512:  # decode sizes: the launches replayed from a CUDA graph, without Python's overhead
                 try:
@@ -422,12 +430,16 @@ def bench_kernels(cfg: dict) -> dict:
 
     with open(cfg["out"], "w") as f:
         json.dump(res, f, indent=1)
-    print(f"\ncopy {copy_bw:.2f} TB/s; times in us; TB/s = useful bytes / triton time")
-    print(f"{'shape':>5} {'T':>6} {'fwd':>8} {'fwd_gr':>8} {'bwd_gr':>8} {'TB/s':>5} {'bwd_sort':>9} {'bwd_atom':>9} {'bwTB/s':>6} {'eb_fwd':>8} {'eb_bwd':>8} {'ref_fwd':>8} {'ref_bwd':>8}")
+    print(f"\ncopy {copy_bw:.2f} TB/s; times in us; TB/s = useful bytes / triton time; bwd_split: the sorted backward "
+          f"with the other bwd_split_scores setting")
+    print(f"{'shape':>5} {'T':>6} {'fwd':>8} {'fwd_gr':>8} {'bwd_gr':>8} {'TB/s':>5} {'bwd_sort':>9} {'bwd_split':>9} "
+          f"{'bwd_atom':>9} {'bwTB/s':>6} {'eb_fwd':>8} {'eb_bwd':>8} {'ref_fwd':>8} {'ref_bwd':>8}")
     for r in res["rows"]:
         u = lambda k: f"{r[k] * 1e3:8.1f}" if k in r else f"{'-':>8}"
-        print(f"{r['shape']:>5} {r['T']:>6} {u('triton_fwd_ms')} {u('triton_fwd_graph_ms')} {u('triton_bwd_graph_ms')} {r['fwd_TBps']:5.2f} {u('triton_bwd_sorted_ms'):>9} "
-              f"{u('triton_bwd_atomic_ms'):>9} {r['bwd_TBps']:6.2f} {u('embag_fwd_ms')} {u('embag_bwd_ms')} {u('ref_fwd_ms')} {u('ref_bwd_ms')}")
+        print(f"{r['shape']:>5} {r['T']:>6} {u('triton_fwd_ms')} {u('triton_fwd_graph_ms')} {u('triton_bwd_graph_ms')} "
+              f"{r['fwd_TBps']:5.2f} {u('triton_bwd_sorted_ms'):>9} {u('triton_bwd_sorted_other_split_ms'):>9} "
+              f"{u('triton_bwd_atomic_ms'):>9} {r['bwd_TBps']:6.2f} {u('embag_fwd_ms')} {u('embag_bwd_ms')} "
+              f"{u('ref_fwd_ms')} {u('ref_bwd_ms')}")
     return res
 
 

@@ -120,6 +120,13 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # 128 columns instead of 64; fwd_xcore_cols_inner, fwd_cols_inner for fwd_xcore's tiles, off; fwd_block_k_few, the
 # slots per step at decode sizes (FWD_FEW_PROGRAMS). Together, alternated with the old code: (a) 601 -> 578 us, (b)
 # 1,130 -> 984 us (side by side) and 966 us (the 2-D grid); docs/BENCHMARKS.md.
+# bwd_split_scores (off: written in session 15 without GPU time left, interpreter-tested and compiled for sm_90, not
+# timed): the sorted backward leaves the score gradients to _lookup_bwd_scores_kernel, shaped like the forward (one
+# program per token, whole value rows, bwd_gs_block_k slots x bwd_gs_block_d columns at a time, in slot order), and
+# gathers no value rows itself. Why it may pay: on shape (b) the sorted kernel gathers each slot's value row in
+# 128 B pieces for the score gradients alone, and they cost a (column tiles, T*K, h) fp32 buffer, its sum and a
+# permutation back (about 0.5 ms of 3.9); the forward gathers the same rows at 4.3 TB/s. bench.py --mode=kernels
+# checks it against float64 and times it beside the default (bwd_split).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -127,7 +134,8 @@ CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
           "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 2, "fwd_xcore": True,
-          "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False}
+          "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False, "bwd_split_scores": False, "bwd_gs_block_k": 16,
+          "bwd_gs_block_d": 128}
 
 
 def parse_config(spec: str) -> dict:
@@ -353,7 +361,7 @@ if triton is not None:
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
                                   V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr,
-                                  CARRY: tl.constexpr):
+                                  CARRY: tl.constexpr, GS: tl.constexpr):
         # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
         # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
         # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
@@ -368,6 +376,8 @@ if triton is not None:
         # forward's fwd_sdot, the slots' scores go into the one-hot operand and the bf16 output-gradient
         # rows into the dot as loaded (no per-element score tile, multiply or split); the score gradients' row sums
         # need no per-core select, and the other cores' shares of this column tile are written as zeros.
+        # GS: the score gradients here; without it (bwd_split_scores) _lookup_bwd_scores_kernel computes them and
+        # this kernel gathers no value rows (VTILE is then off).
         # CARRY (taken with SDOT): each step loads the next step's value and output-gradient row numbers at its
         # end and carries them into the loop's next turn, instead of loading its own at its start. The same loads
         # in the same order, compiled differently: with SDOT 8% faster on shape (a) (and on (b) at 64 columns),
@@ -404,18 +414,20 @@ if triton is not None:
             m2 = imask[:, None] & cmask[None, :]
             g_in = tl.load(gout_ptr + grow[:, None] * Dv + cols[None, :], mask=m2, other=0.0)
             g = g_in.to(tl.float32)
-            if VTILE:
-                pick = (rids[None, :] == (row - n0)[:, None]) & imask[:, None]  # (BLOCK_I, R)
-                v = _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT, V16)
-            else:
-                v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            gv = g * v
+            if GS:
+                if VTILE:
+                    pick = (rids[None, :] == (row - n0)[:, None]) & imask[:, None]  # (BLOCK_I, R)
+                    v = _pick_rows(pick, t_hi, t_mid, t_lo, SPLIT, V16)
+                else:
+                    v = tl.load(values_ptr + row[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+                gv = g * v
             onehot = (rids[:, None] == (row - n0)[None, :]) & imask[None, :]
             if SDOT:
                 c_tile = (j * BLOCK_D) // chunk
-                gs_row = tl.sum(gv, axis=1)
-                for c in tl.static_range(H):
-                    tl.store(gs_part + idx * H + c, tl.where(c == c_tile, gs_row, 0.0), mask=imask)
+                if GS:
+                    gs_row = tl.sum(gv, axis=1)
+                    for c in tl.static_range(H):
+                        tl.store(gs_part + idx * H + c, tl.where(c == c_tile, gs_row, 0.0), mask=imask)
                 s_t = tl.load(sscores_ptr + idx * H + c_tile, mask=imask, other=0.0)
                 acc = _score_dot(onehot, s_t[None, :], g_in, acc, SPLIT)  # (R, BLOCK_D)
             else:
@@ -424,7 +436,8 @@ if triton is not None:
                     in_c = core[None, :] == c
                     s_c = tl.load(sscores_ptr + idx * H + c, mask=imask, other=0.0).to(tl.float32)
                     s = tl.where(in_c, s_c[:, None], s)
-                    tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
+                    if GS:
+                        tl.store(gs_part + idx * H + c, tl.sum(tl.where(in_c, gv, 0.0), axis=1), mask=imask)
                 acc = _segment_dot(onehot, g * s, acc, SPLIT)  # (R, BLOCK_D)
             if CARRY:
                 idx = idx + BLOCK_I
@@ -434,6 +447,36 @@ if triton is not None:
         if SKIP_EMPTY:
             rmask = rmask & (rids * 0 + start < end)
         tl.store(out, acc.to(gvalues_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _lookup_bwd_scores_kernel(gout_ptr, values_ptr, rows_ptr, blocks_ptr, gscores_ptr, K, Dv, chunk,
+                                  E: tl.constexpr, H: tl.constexpr, H_P: tl.constexpr, BLOCK_K: tl.constexpr,
+                                  BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr):
+        # the score gradients alone (bwd_split_scores), shaped like the forward: one program per token, BLOCK_K
+        # slots at a time, each slot's value row gathered whole (N_CHUNKS tiles of BLOCK_D columns, unrolled, so
+        # their loads are in flight together) against its output-gradient row (the token's E rows, from L1/L2):
+        # gscores[t, k, c] = sum over core c's columns of values[rows[t, k]] * grad_out[t, blocks[t, k]], in fp32,
+        # in a fixed order, written in slot order (no partial sums, no permutation)
+        t = tl.program_id(0).to(tl.int64)
+        hs = tl.arange(0, H_P)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            b = tl.load(blocks_ptr + t * K + ks, mask=kmask, other=0).to(tl.int64)
+            r = tl.load(rows_ptr + t * K + ks, mask=kmask, other=0).to(tl.int64)
+            acc = tl.zeros((BLOCK_K, H_P), dtype=tl.float32)
+            for ch in tl.static_range(N_CHUNKS):
+                cols = ch * BLOCK_D + tl.arange(0, BLOCK_D)
+                core = cols // chunk
+                m2 = kmask[:, None] & (cols < Dv)[None, :]
+                v = tl.load(values_ptr + r[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+                g = tl.load(gout_ptr + (t * E + b)[:, None] * Dv + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+                p = v * g
+                for c in tl.static_range(H):
+                    part = tl.sum(tl.where(core[None, :] == c, p, 0.0), axis=1)
+                    acc = tl.where(hs[None, :] == c, acc + part[:, None], acc)
+            tl.store(gscores_ptr + (t * K + ks)[:, None] * H + hs[None, :], acc,
+                     mask=kmask[:, None] & (hs < H)[None, :])
 
     @triton.jit
     def _lookup_bwd_atomic_kernel(gout_ptr, values_ptr, rows_ptr, blocks_ptr, scores_ptr, gvalues_ptr, gscores_ptr,
@@ -597,7 +640,9 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
     grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
     sscores = scores.reshape(T * K, h)[perm]
-    gs_part = _empty(col_tiles, T * K, h, dtype=torch.float32, device=values.device)  # each column tile's share
+    split = bool(CONFIG["bwd_split_scores"])  # the score gradients by _lookup_bwd_scores_kernel
+    # each column tile's share of the score gradients (one element where unused: no null pointer for Triton)
+    gs_part = _empty(*((1,) if split else (col_tiles, T * K, h)), dtype=torch.float32, device=values.device)
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
     if N > 0:
@@ -605,8 +650,16 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
         _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
-                VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
-                SDOT=sdot, COLS_INNER=inner, CARRY=sdot, num_warps=CONFIG["bwd_warps"])
+                VTILE=bool(CONFIG["bwd_value_tile"]) and not split, V16=values.dtype in (torch.bfloat16, torch.float16),
+                SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split, num_warps=CONFIG["bwd_warps"])
+    if split:
+        gscores = _empty(T * K, h, dtype=torch.float32, device=values.device)
+        if T > 0:
+            bd = _block_d(Dv, "bwd_gs_block_d")
+            _launch(_lookup_bwd_scores_kernel, (T,), on_cuda, grad_out, values, rows.contiguous(), blocks, gscores, K,
+                    Dv, Dv // h, E=E, H=h, H_P=triton.next_power_of_2(h), BLOCK_K=CONFIG["bwd_gs_block_k"],
+                    BLOCK_D=bd, N_CHUNKS=triton.cdiv(Dv, bd), num_warps=CONFIG["bwd_warps"])
+        return gvalues, gscores.view(T, K, h).to(scores.dtype)
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)
     gscores[perm] = gs_sorted  # back to slot order (index_put without accumulation: deterministic)

@@ -169,7 +169,12 @@ def test_lookup_kernels_compile_for_sm90():
                         compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
                                      {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True,
                                       "SKIP_EMPTY": False, "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner,
-                                      "SDOT": sdot, "CARRY": sdot})
+                                      "SDOT": sdot, "CARRY": sdot, "GS": not (vtile and inner)})
+            # bwd_split_scores: the score gradients' own kernel (the sorted kernel above without them: GS False)
+            compile_sm90(kernels._lookup_bwd_scores_kernel,
+                         {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64",
+                          "gscores_ptr": "*fp32", "K": "i32", "Dv": "i32", "chunk": "i32"},
+                         {"E": 4, "H": 2, "H_P": 2, "BLOCK_K": 16, "BLOCK_D": 128, "N_CHUNKS": 3 + inner})
 
 
 def test_score_dot_is_one_dot_for_bf16_scores():
@@ -193,7 +198,7 @@ def test_score_dot_is_one_dot_for_bf16_scores():
             assert dots(k) == want, f"forward, sdot={sdot}, xcore={xcore}, {sdt} scores: {dots(k)} dots, want {want}"
         k = compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
                          {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True, "SKIP_EMPTY": False,
-                          "VTILE": False, "V16": True, "COLS_INNER": True, "SDOT": sdot, "CARRY": sdot})
+                          "VTILE": False, "V16": True, "COLS_INNER": True, "SDOT": sdot, "CARRY": sdot, "GS": True})
         assert dots(k) == want, f"backward, sdot={sdot}, {sdt} scores: {dots(k)} dots, expected {want}"
 
 
@@ -356,7 +361,11 @@ def _interp_main() -> None:
                     {"fwd_block_d": 0, "fwd_block_k": 4},
                     {"fwd_block_d": 16, "fwd_tokens": 2},
                     {"fwd_block_d": 16, "fwd_xcore_cols_inner": True, "fwd_block_k": 4},
-                    {"fwd_xcore": False, "fwd_block_d": 32, "fwd_block_k": 4})
+                    {"fwd_xcore": False, "fwd_block_d": 32, "fwd_block_k": 4},
+                    # the score gradients by their own kernel: several slot blocks and column tiles, one of each
+                    {"bwd_split_scores": True, "bwd_gs_block_k": 4, "bwd_gs_block_d": 16, "bwd_block_d": 16},
+                    {"bwd_split_scores": True, "bwd_sdot": False, "bwd_rows": 16, "bwd_block_i": 16},
+                    {"bwd_split_scores": True, "bwd_gs_block_k": 64, "bwd_value_tile": True})
         keep = dict(kernels.CONFIG)
         # the variants take fwd_tokens (2 by default) and fwd_xcore at these small sizes
         keep_min, kernels.FWD_FEW_PROGRAMS = kernels.FWD_FEW_PROGRAMS, 1
