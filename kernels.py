@@ -120,13 +120,13 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # 128 columns instead of 64; fwd_xcore_cols_inner, fwd_cols_inner for fwd_xcore's tiles, off; fwd_block_k_few, the
 # slots per step at decode sizes (FWD_FEW_PROGRAMS). Together, alternated with the old code: (a) 601 -> 578 us, (b)
 # 1,130 -> 984 us (side by side) and 966 us (the 2-D grid); docs/BENCHMARKS.md.
-# bwd_split_scores (off: written in session 15 without GPU time left, interpreter-tested and compiled for sm_90, not
-# timed): the sorted backward leaves the score gradients to _lookup_bwd_scores_kernel, shaped like the forward (one
-# program per token, whole value rows, bwd_gs_block_k slots x bwd_gs_block_d columns at a time, in slot order), and
-# gathers no value rows itself. Why it may pay: on shape (b) the sorted kernel gathers each slot's value row in
-# 128 B pieces for the score gradients alone, and they cost a (column tiles, T*K, h) fp32 buffer, its sum and a
-# permutation back (about 0.5 ms of 3.9); the forward gathers the same rows at 4.3 TB/s. bench.py --mode=kernels
-# checks it against float64 and times it beside the default (bwd_split).
+# bwd_split_scores (session 15, on unless bwd_value_tile is): the sorted backward leaves the score gradients to
+# _lookup_bwd_scores_kernel, shaped like the forward (one program per token, whole value rows, bwd_gs_block_k slots
+# x bwd_gs_block_d columns at a time, written in slot order), and gathers no value rows itself. The sorted kernel
+# gathered each slot's value row in 128 B pieces (shape (b)) for the score gradients alone, and they cost a (column
+# tiles, T*K, h) fp32 buffer, its sum and a permutation back. H200, 32,768 tokens, alternated: (a) 4,117-4,133 ->
+# 3,068-3,075 us, (b) 3,909-3,929 -> 2,993-2,998 us (docs/BENCHMARKS.md). bench.py --mode=kernels checks both
+# settings against float64 and times the other beside the default (bwd_split).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -134,7 +134,7 @@ CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1
           "bwd_rows": 0, "bwd_block_i": 16, "bwd_warps": 4, "bwd_block_d": 128, "bwd_zero_fill": False,
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
           "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 2, "fwd_xcore": True,
-          "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False, "bwd_split_scores": False, "bwd_gs_block_k": 16,
+          "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False, "bwd_split_scores": True, "bwd_gs_block_k": 16,
           "bwd_gs_block_d": 128}
 
 
@@ -640,7 +640,8 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
     grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
     sscores = scores.reshape(T * K, h)[perm]
-    split = bool(CONFIG["bwd_split_scores"])  # the score gradients by _lookup_bwd_scores_kernel
+    # the score gradients by _lookup_bwd_scores_kernel, unless the value tile is asked for (it serves them here)
+    split = bool(CONFIG["bwd_split_scores"]) and not CONFIG["bwd_value_tile"]
     # each column tile's share of the score gradients (one element where unused: no null pointer for Triton)
     gs_part = _empty(*((1,) if split else (col_tiles, T * K, h)), dtype=torch.float32, device=values.device)
     zero_fill = CONFIG["bwd_zero_fill"]
@@ -650,7 +651,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
         _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
-                VTILE=bool(CONFIG["bwd_value_tile"]) and not split, V16=values.dtype in (torch.bfloat16, torch.float16),
+                VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
                 SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split, num_warps=CONFIG["bwd_warps"])
     if split:
         gscores = _empty(T * K, h, dtype=torch.float32, device=values.device)

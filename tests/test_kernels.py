@@ -362,10 +362,14 @@ def _interp_main() -> None:
                     {"fwd_block_d": 16, "fwd_tokens": 2},
                     {"fwd_block_d": 16, "fwd_xcore_cols_inner": True, "fwd_block_k": 4},
                     {"fwd_xcore": False, "fwd_block_d": 32, "fwd_block_k": 4},
-                    # the score gradients by their own kernel: several slot blocks and column tiles, one of each
-                    {"bwd_split_scores": True, "bwd_gs_block_k": 4, "bwd_gs_block_d": 16, "bwd_block_d": 16},
-                    {"bwd_split_scores": True, "bwd_sdot": False, "bwd_rows": 16, "bwd_block_i": 16},
-                    {"bwd_split_scores": True, "bwd_gs_block_k": 64, "bwd_value_tile": True})
+                    # the score gradients by their own kernel (bwd_split_scores, the default unless the value tile
+                    # is on): several slot blocks and column tiles, one of each; or in the sorted kernel, with
+                    # bwd_sdot (one and several slot steps) and per column
+                    {"bwd_gs_block_k": 4, "bwd_gs_block_d": 16, "bwd_block_d": 16},
+                    {"bwd_sdot": False, "bwd_rows": 16, "bwd_block_i": 16, "bwd_gs_block_k": 64},
+                    {"bwd_split_scores": False},
+                    {"bwd_split_scores": False, "bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 16, "bwd_block_i": 16},
+                    {"bwd_split_scores": False, "bwd_sdot": False, "bwd_block_d": 16})
         keep = dict(kernels.CONFIG)
         # the variants take fwd_tokens (2 by default) and fwd_xcore at these small sizes
         keep_min, kernels.FWD_FEW_PROGRAMS = kernels.FWD_FEW_PROGRAMS, 1
@@ -382,14 +386,17 @@ def _interp_main() -> None:
                 kernels.CONFIG.clear()
                 kernels.CONFIG.update(keep)
         kernels.FWD_FEW_PROGRAMS = keep_min
-        # the value-tile backward picks each slot's value row exactly: the same gradients bit for bit here (on
-        # the GPU only the value gradients are: the score gradients' sums run in the dot's register layout there)
-        kernels.CONFIG["bwd_value_tile"] = True
+        # the value-tile backward picks each slot's value row exactly: the same gradients bit for bit here as the
+        # sorted kernel's own score gradients (on the GPU only the value gradients are: the score gradients' sums
+        # run in the dot's register layout there)
+        kernels.CONFIG["bwd_split_scores"] = False
         try:
+            gathered = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+            kernels.CONFIG["bwd_value_tile"] = True
             vt = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
         finally:
             kernels.CONFIG.update(keep)
-        assert torch.equal(vt[0], grads["sorted"][0]) and torch.equal(vt[1], grads["sorted"][1]), f"{tag}: value tile"
+        assert torch.equal(vt[0], gathered[0]) and torch.equal(vt[1], gathered[1]), f"{tag}: value tile"
         if dtype == torch.bfloat16:  # fp32 scores with bf16 values and output gradients (the sdot paths' hi + lo)
             s32 = scores.float() * 1.37
             ref32 = kernels.mem_lookup_reference(values.float(), rows, blocks, s32, E)
