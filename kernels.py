@@ -91,8 +91,8 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # dividing an MCS core, _fwd_tile). bwd_rows: value rows per backward program (0: by shape, 32 or 16 with
 # bwd_block_i 16 or 32; set both to fix them, as bench.py's sweep does). bwd_zero_fill: zero the gradient with a
 # memset and let tiles without slots write nothing, instead of every program writing its rows (zeros included).
-# bwd_value_tile: the sorted backward reads each tile's R value rows once and picks the slots' rows from them (a one-hot dot)
-# instead of gathering a value row per slot: for tables whose rows are selected several times per step
+# bwd_value_tile: the sorted backward reads each tile's R value rows once and picks the slots' rows from them (a
+# one-hot dot) instead of gathering a value row per slot: for tables whose rows are selected several times per step
 # (the UltraMem-151M step: 4.3 slots per row, 201.4 against 208.7 ms per step on the H200, session 8: on in
 # config/ultramem_151m.py's lookup_config); off by default (1.5-1.8x slower on uniform random indices, no
 # faster for the small models; docs/BENCHMARKS.md). fwd_cols_inner / bwd_cols_inner: the

@@ -3,8 +3,8 @@ PYTHONPATH=. python scripts/profile_lookup_bwd.py [--tokens=32768]).
 
 bench.py's two kernel shapes ((a) 4,194,304 x 512, 64 slots; (b) 652,864 x 384, 160 slots; bf16, E=4, h=2,
 random indices), kernels._lookup_bwd_triton with the defaults under torch.profiler: device time per kernel
-(the sort, the searchsorted bounds, the gathers into row order, the Triton kernel, the score-gradient sum and
-scatter), over 10 calls after a warm-up.
+(the sort, the searchsorted bounds, the gathers into row order, the Triton kernels: the value gradients', and the
+score gradients' own with bwd_split_scores, else their sum and scatter), over 10 calls after a warm-up.
 """
 import sys
 
