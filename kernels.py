@@ -540,8 +540,15 @@ def _core_tile(Dv: int, h: int, block_d: int, sdot: bool) -> tuple[int, bool]:
     return (tile, True) if tile >= 64 else (block_d, False)
 
 
-FWD_FEW_PROGRAMS = 4096  # the forward's programs below which (decode sizes) it keeps one token per program
-# (_fwd_tokens), tiles inside the MCS cores (_fwd_tile) and fwd_block_k_few slots per step
+FWD_FEW_PROGRAMS = 4096  # the forward's programs (at one token per program and fwd_block_d columns: _fwd_few)
+# below which (decode sizes) it keeps tiles inside the MCS cores (_fwd_tile) and takes fwd_block_k_few slots per
+# step; and the programs that several tokens per program must leave (_fwd_tokens)
+
+
+def _fwd_few(T: int, Dv: int) -> bool:
+    """Whether the forward's programs are few (decode sizes): T tokens x fwd_block_d column tiles under
+    FWD_FEW_PROGRAMS."""
+    return T * triton.cdiv(Dv, _block_d(Dv, "fwd_block_d")) < FWD_FEW_PROGRAMS
 
 
 def _fwd_tile(Dv: int, h: int, dtype: torch.dtype, T: int | None = None) -> tuple[int, bool, bool]:
@@ -553,8 +560,7 @@ def _fwd_tile(Dv: int, h: int, dtype: torch.dtype, T: int | None = None) -> tupl
     them (session 15). At 1 and 64 tokens 64 columns inside them were faster: 10.0 / 11.9 against 10.8 / 12.7 us
     (CUDA graph, 32 slots per step)."""
     sdot, block_d = bool(CONFIG["fwd_sdot"]) and dtype == torch.bfloat16, _block_d(Dv, "fwd_block_d")
-    many = T is None or T * triton.cdiv(Dv, block_d) >= FWD_FEW_PROGRAMS
-    if sdot and CONFIG["fwd_xcore"] and h > 1 and (Dv // h) % block_d and many:
+    if sdot and CONFIG["fwd_xcore"] and h > 1 and (Dv // h) % block_d and (T is None or not _fwd_few(T, Dv)):
         return block_d, True, True
     return (*_core_tile(Dv, h, block_d, sdot), False)
 
@@ -582,6 +588,12 @@ def _bwd_tile(Dv: int, h: int, grad_dtype: torch.dtype) -> tuple[int, bool]:
     return _core_tile(Dv, h, _block_d(Dv, "bwd_block_d"), bool(CONFIG["bwd_sdot"]) and grad_dtype == torch.bfloat16)
 
 
+def _bwd_split() -> bool:
+    """Whether the sorted backward leaves the score gradients to _lookup_bwd_scores_kernel: bwd_split_scores, unless
+    the value tile (bwd_value_tile, which reads the value rows for them in the sorted kernel) is asked for."""
+    return bool(CONFIG["bwd_split_scores"]) and not CONFIG["bwd_value_tile"]
+
+
 def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
     T, K = rows.shape
     N, Dv = values.shape
@@ -600,7 +612,7 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     groups = triton.cdiv(T, tpp)
     # few programs (decode sizes): more slots per step, fewer dependent round trips per program. Session 15, shape
     # (b) at 1 / 64 tokens under a CUDA graph: 8.7 / 10.9 us with 64 slots against 10.0 / 11.9 with 32
-    block_k = CONFIG["fwd_block_k_few" if T * n_ct < FWD_FEW_PROGRAMS else "fwd_block_k"]
+    block_k = CONFIG["fwd_block_k_few" if _fwd_few(T, Dv) else "fwd_block_k"]
     _launch(_lookup_fwd_kernel, (groups * n_ct,) if inner else (groups, n_ct), values.is_cuda, values.contiguous(),
             rows.contiguous(), blocks.contiguous(), scores.contiguous(), out, T, K, Dv, chunk, n_ct, E=E, H=h,
             E_PAD=max(16, triton.next_power_of_2(h) * E_P if xcore else E_P), BLOCK_K=block_k,
@@ -641,7 +653,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
     sscores = scores.reshape(T * K, h)[perm]
     # the score gradients by _lookup_bwd_scores_kernel, unless the value tile is asked for (it serves them here)
-    split = bool(CONFIG["bwd_split_scores"]) and not CONFIG["bwd_value_tile"]
+    split = _bwd_split()
     # each column tile's share of the score gradients (one element where unused: no null pointer for Triton)
     gs_part = _empty(*((1,) if split else (col_tiles, T * K, h)), dtype=torch.float32, device=values.device)
     zero_fill = CONFIG["bwd_zero_fill"]

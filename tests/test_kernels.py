@@ -166,11 +166,13 @@ def test_lookup_kernels_compile_for_sm90():
                        "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
                 for sdot in (False, True) if vdt == "bf16" else (False,):
                     for sdt in (vdt, "fp32") if sdot else (vdt,):  # bwd_sdot with bf16 and fp32 scores
-                        compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
-                                     {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True,
-                                      "SKIP_EMPTY": False, "VTILE": vtile, "V16": vdt != "fp32", "COLS_INNER": inner,
-                                      "SDOT": sdot, "CARRY": sdot, "GS": not (vtile and inner)})
-            # bwd_split_scores: the score gradients' own kernel (the sorted kernel above without them: GS False)
+                        # GS False: without the score gradients (bwd_split_scores, never with the value tile)
+                        for gs in (True, False) if not vtile else (True,):
+                            compile_sm90(kernels._lookup_bwd_sorted_kernel, {**bwd, "sscores_ptr": f"*{sdt}"},
+                                         {"H": 2, "R": 16, "BLOCK_I": 32, "BLOCK_D": 128, "SPLIT": True,
+                                          "SKIP_EMPTY": False, "VTILE": vtile, "V16": vdt != "fp32",
+                                          "COLS_INNER": inner, "SDOT": sdot, "CARRY": sdot, "GS": gs})
+            # bwd_split_scores: the score gradients' own kernel
             compile_sm90(kernels._lookup_bwd_scores_kernel,
                          {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64",
                           "gscores_ptr": "*fp32", "K": "i32", "Dv": "i32", "chunk": "i32"},
@@ -299,6 +301,7 @@ CASES = [  # N, Dv, T, K, E, h, dtype
     (41, 128, 3, 21, 4, 2, torch.bfloat16),  # cores of 64 columns: fwd_sdot's path (64-column tiles by default,
                                              # 16 and 32 in the variants)
     (33, 48, 2, 19, 1, 1, torch.bfloat16),   # E = 1, h = 1: fwd_sdot with a tile wider than the row
+    (40, 36, 5, 13, 3, 3, torch.bfloat16),   # E = 3, h = 3: fwd_xcore's operand rows with padding in both
 ]
 
 
