@@ -342,12 +342,13 @@ def bench_kernels(cfg: dict) -> dict:
                             continue  # fwd_sdot would run another tile (or none) here: timed under its own name
                         tag = ("_inner" if inner else "") + ("_sdot" if sdot else "")
                         r[f"sweep_fwd{tag}_d{bd}_k{bk}_w4"] = timed(fwd_lookup, kernels.CONFIG)
-                # bwd_sdot (its column tiles side by side) at the widest tile up to 128 inside an MCS core
+                # bwd_sdot (its column tiles side by side) at the widest tile up to 128 inside an MCS core, at 2
+                # and 4 warps (with the split score gradients it takes bwd_split_warps, 2 since session 16)
                 bd = next((b for b in (128, 64, 32) if kernels._bwd_sdot(Dv, h, b, dtype)), None)
-                for R, bi in itertools.product((16, 32), (16, 32)) if bd else ():
-                    with _lookup_config(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
-                                        bwd_value_tile=False, bwd_sdot=True):
-                        r[f"sweep_bwd_sdot_d{bd}_r{R}_i{bi}_w4"] = timed(bwd_lookup, kernels.CONFIG)
+                for R, bi, w in itertools.product((16, 32), (16, 32), (2, 4)) if bd else ():
+                    with _lookup_config(bwd_block_d=bd, bwd_rows=R, bwd_block_i=bi, bwd_warps=w, bwd_split_warps=w,
+                                        bwd_zero_fill=False, bwd_value_tile=False, bwd_sdot=True):
+                        r[f"sweep_bwd_sdot_d{bd}_r{R}_i{bi}_w{w}"] = timed(bwd_lookup, kernels.CONFIG)
                 for R, bi, vt, inner in itertools.product((16, 32), (16, 32), (False, True), (False, True)):
                     with _lookup_config(bwd_block_d=128, bwd_rows=R, bwd_block_i=bi, bwd_warps=4, bwd_zero_fill=False,
                                         bwd_value_tile=vt, bwd_cols_inner=inner, bwd_sdot=False):

@@ -127,6 +127,14 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # tiles, T*K, h) fp32 buffer, its sum and a permutation back. H200, 32,768 tokens, alternated: (a) 4,117-4,133 ->
 # 3,068-3,075 us, (b) 3,909-3,929 -> 2,993-2,998 us (docs/BENCHMARKS.md). bench.py --mode=kernels checks both
 # settings against float64 and times the other beside the default (bwd_split).
+# Session 16: bwd_prep, the per-slot inputs put in row order by one kernel (_bwd_prep_kernel) instead of six PyTorch
+# ones: (b) 3,004-3,009 -> 2,908 us, (a) 3,100 -> 3,044 us (alternated twice). bwd_split_warps, the sorted kernel's
+# warps on the bwd_sdot path (bf16 output gradients) when it computes no score gradients (bwd_split_scores): 2;
+# bf16 (b) 2,908 -> 2,634 us, (a) 3,045 -> 2,940 us (the sweep over warps x rows x slots per step, whose best tiles
+# at 2 warps are the ones bwd_rows=0 picks; 1 warp: (b) 2,601, (a) 3,104 us). With fp32 values (the per-column
+# path) 2 warps were slower, (b) 5,468 -> 5,702 us, (a) 6,306 -> 6,702 us: it keeps bwd_warps (4), as do the
+# other paths. bwd_gs_warps, the score kernel's warps: 4 (its sweep over
+# warps x slots x columns found the defaults best within 0.4%).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -135,7 +143,8 @@ CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1
           "bwd_value_tile": False, "fwd_cols_inner": True, "bwd_cols_inner": False, "fwd_sdot": True,
           "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 2, "fwd_xcore": True,
           "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False, "bwd_split_scores": True, "bwd_gs_block_k": 16,
-          "bwd_gs_block_d": 128}
+          "bwd_gs_block_d": 128, "bwd_gs_warps": 4, "bwd_prep": True,
+          "bwd_split_warps": 2}
 
 
 def parse_config(spec: str) -> dict:
@@ -346,6 +355,22 @@ if triton is not None:
             else:
                 out = out_ptr + (t * E + eids[:, None]) * Dv + cols[None, :]
                 tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(eids[:, None] < E) & cmask[None, :])
+
+    @triton.jit
+    def _bwd_prep_kernel(perm_ptr, blocks_ptr, scores_ptr, grows_ptr, sscores_ptr, NK, K, E: tl.constexpr,
+                         H: tl.constexpr, H_P: tl.constexpr, BLOCK: tl.constexpr):
+        # the sorted backward's per-slot inputs in row order (bwd_prep), one pass instead of six PyTorch kernels:
+        # for sorted position i with slot p = perm[i] (slot p is token p // K, its k-th choice),
+        # grows[i] = (p // K) * E + blocks[p] (the slot's output-gradient row) and sscores[i] = scores[p]
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = i < NK
+        p = tl.load(perm_ptr + i, mask=m, other=0)
+        b = tl.load(blocks_ptr + p, mask=m, other=0)
+        tl.store(grows_ptr + i, ((p // K) * E + b).to(tl.int32), mask=m)
+        hs = tl.arange(0, H_P)
+        m2 = m[:, None] & (hs < H)[None, :]
+        s = tl.load(scores_ptr + p[:, None] * H + hs[None, :], mask=m2, other=0.0)
+        tl.store(sscores_ptr + i[:, None] * H + hs[None, :], s, mask=m2)
 
     @triton.jit
     def _bwd_slot_rows(srows_ptr, grows_ptr, idx, end):
@@ -650,8 +675,14 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     BLOCK_D, sdot = _bwd_tile(Dv, h, grad_out.dtype)
     col_tiles = triton.cdiv(Dv, BLOCK_D)
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
-    grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
-    sscores = scores.reshape(T * K, h)[perm]
+    if CONFIG["bwd_prep"] and T * K > 0:  # one kernel instead of six PyTorch ones
+        grows = _empty(T * K, dtype=torch.int32, device=values.device)
+        sscores = _empty(T * K, h, dtype=scores.dtype, device=values.device)
+        _launch(_bwd_prep_kernel, (triton.cdiv(T * K, 1024),), on_cuda, perm, blocks, scores, grows, sscores, T * K,
+                K, E=E, H=h, H_P=triton.next_power_of_2(h), BLOCK=1024, num_warps=4)
+    else:
+        grows = (torch.div(perm, K, rounding_mode="floor") * E + blocks.reshape(-1)[perm]).to(torch.int32)
+        sscores = scores.reshape(T * K, h)[perm]
     # the score gradients by _lookup_bwd_scores_kernel, unless the value tile is asked for (it serves them here)
     split = _bwd_split()
     # each column tile's share of the score gradients (one element where unused: no null pointer for Triton)
@@ -664,14 +695,15 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
                 values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
-                SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split, num_warps=CONFIG["bwd_warps"])
+                SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split,
+                num_warps=CONFIG["bwd_split_warps" if split and sdot else "bwd_warps"])
     if split:
         gscores = _empty(T * K, h, dtype=torch.float32, device=values.device)
         if T > 0:
             bd = _block_d(Dv, "bwd_gs_block_d")
             _launch(_lookup_bwd_scores_kernel, (T,), on_cuda, grad_out, values, rows.contiguous(), blocks, gscores, K,
                     Dv, Dv // h, E=E, H=h, H_P=triton.next_power_of_2(h), BLOCK_K=CONFIG["bwd_gs_block_k"],
-                    BLOCK_D=bd, N_CHUNKS=triton.cdiv(Dv, bd), num_warps=CONFIG["bwd_warps"])
+                    BLOCK_D=bd, N_CHUNKS=triton.cdiv(Dv, bd), num_warps=CONFIG["bwd_gs_warps"])
         return gvalues, gscores.view(T, K, h).to(scores.dtype)
     gs_sorted = gs_part[0] if col_tiles == 1 else gs_part.sum(0)  # a fixed order: deterministic
     gscores = torch.empty_like(gs_sorted)
@@ -683,8 +715,21 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
 # ---------------------------------------------------------------------------------------------------
 # Custom ops: forward, backward, autograd
 
+def _config_key() -> str:
+    """Everything in this module that picks the lookup's kernels and launch parameters, as one string. mem_lookup
+    passes it to the ops, which ignore it: it is there so that a compiled graph records the configuration it was
+    traced with. Inductor expands a triton_op into its kernel launches when it compiles the graph, reading CONFIG
+    then; without the key in the graph, torch.compile's caches (AOTAutogradCache, on by default) would hand a run
+    with another lookup_config, backward scheme or deterministic mode the kernels compiled for an earlier run's
+    (seen on the H200 in session 16: a run with bwd_value_tile=1 ran the kernels of the run before it, with 0).
+    Dynamo reads the globals while tracing mem_lookup, so a change within a process recompiles too."""
+    cfg = ",".join(f"{k}={v}" for k, v in CONFIG.items())
+    return f"{_IMPL}|{_BWD_SCHEME}|{_DETERMINISTIC}|{POISON_OUTPUTS}|{FWD_FEW_PROGRAMS}|{cfg}"
+
+
 @torch.library.triton_op("ultramem::mem_lookup", mutates_args=())
-def _mem_lookup_op(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
+def _mem_lookup_op(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int, config: str) -> Tensor:
+    # config: _config_key() at the call (unused here; it keys compiled graphs)
     if _use_triton(values):
         return _lookup_triton(values, rows, blocks, scores, E)
     return mem_lookup_reference(values, rows, blocks, scores, E)
@@ -692,23 +737,24 @@ def _mem_lookup_op(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
 
 @torch.library.triton_op("ultramem::mem_lookup_bwd", mutates_args=())
 def _mem_lookup_bwd_op(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
-                       E: int) -> tuple[Tensor, Tensor]:
+                       E: int, config: str) -> tuple[Tensor, Tensor]:
     if _use_triton(values):
         return _lookup_bwd_triton(grad_out, values, rows, blocks, scores, E)
     return mem_lookup_bwd_reference(grad_out, values, rows, blocks, scores, E)
 
 
 def _setup_context(ctx, inputs, output):
-    values, rows, blocks, scores, E = inputs
+    values, rows, blocks, scores, E, config = inputs
     ctx.save_for_backward(values, rows, blocks, scores)
-    ctx.E = E
+    ctx.E, ctx.config = E, config
 
 
 def _backward(ctx, grad_out):
     values, rows, blocks, scores = ctx.saved_tensors
-    grad_values, grad_scores = torch.ops.ultramem.mem_lookup_bwd(grad_out, values, rows, blocks, scores, ctx.E)
+    grad_values, grad_scores = torch.ops.ultramem.mem_lookup_bwd(grad_out, values, rows, blocks, scores, ctx.E,
+                                                                 ctx.config)
     return (grad_values if ctx.needs_input_grad[0] else None, None, None,
-            grad_scores if ctx.needs_input_grad[3] else None, None)
+            grad_scores if ctx.needs_input_grad[3] else None, None, None)
 
 
 _mem_lookup_op.register_autograd(_backward, setup_context=_setup_context)
@@ -717,7 +763,7 @@ _mem_lookup_op.register_autograd(_backward, setup_context=_setup_context)
 def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
     """The one entry point memory.py calls: the custom op (Triton on CUDA, reference on CPU)."""
     _check(values, rows, blocks, scores, E)
-    return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E)
+    return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E, _config_key())
 
 
 # ===================================================================================================

@@ -24,7 +24,8 @@ mem_knum = 1100
 mem_kdim = 192
 mem_heads = 2
 mem_topm = 80
-# the lookup backward reading each value tile once (kernels.CONFIG["bwd_value_tile"]): this model's step 201.4 ms
-# against 208.7 ms without, on the H200 (session 8, docs/BENCHMARKS.md); off by default elsewhere (slower on
-# uniform random indices, no gain for the small models)
-lookup_config = "bwd_value_tile=1"
+# the lookup backward: the defaults (score gradients by their own kernel, bwd_split_scores). Until session 16 this
+# config asked for the value tile (lookup_config = "bwd_value_tile=1", session 8: step 201.4 against 208.7 ms); on
+# session 16's code the step took 196.4 ms with the defaults against 215.2 ms with the value tile (H200,
+# docs/BENCHMARKS.md)
+lookup_config = ""

@@ -186,13 +186,15 @@ def test_lookup_config_sets_kernel_config():
                    "lookup_config")
 
 
-def test_lookup_config_of_a_config_file_is_its_models():
-    """A config file's lookup_config (config/ultramem_151m.py: the value tile) is its model's in train mode; the
-    command line's overrides it."""
+def test_lookup_config_of_a_config_file_is_its_models(tmp_path):
+    """A config file's lookup_config (here the value tile, which config/ultramem_151m.py asked for until session 16)
+    is its model's in train mode; the command line's overrides it."""
     import bench as b
-    _, models = b.parse(["config/ultramem_151m.py", "config/dense_151m.py"])
-    assert [m["lookup_config"] for _, m in models] == ["bwd_value_tile=1", ""]
-    run, models = b.parse(["config/ultramem_151m.py", "--lookup_config=bwd_cols_inner=1"])
+    cfg = tmp_path / "ultramem_vtile.py"
+    cfg.write_text(open("config/ultramem_151m.py").read() + '\nlookup_config = "bwd_value_tile=1"\n')
+    _, models = b.parse([str(cfg), "config/dense_151m.py", "config/ultramem_151m.py"])
+    assert [m["lookup_config"] for _, m in models] == ["bwd_value_tile=1", "", ""]
+    run, models = b.parse([str(cfg), "--lookup_config=bwd_cols_inner=1"])
     assert run["lookup_config"] == models[0][1]["lookup_config"] == "bwd_cols_inner=1"
     assert b.lookup_overrides(models[0][1]["lookup_config"]) == {"bwd_cols_inner": True}
 

@@ -107,6 +107,40 @@ def test_compile_fullgraph_cpu():
     _close(gs, rs, torch.float32, "compiled grad scores")
 
 
+def test_compiled_graph_records_the_lookup_config():
+    """The lookup's kernels.CONFIG, backward scheme and deterministic mode are part of the compiled graph (the ops'
+    config argument): changing them recompiles, and the graphs (what torch.compile's caches key on) differ. Without
+    it a cached graph ran an earlier run's kernels on the H200 (session 16)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    values, rows, blocks, scores, _ = _inputs(50, 16, 6, 8, 4, 2, torch.float32, 5)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    counter = CompileCounterWithBackend(backend)
+    torch._dynamo.reset()
+    f = torch.compile(lambda v, s: kernels.mem_lookup(v, rows, blocks, s, 4), backend=counter, fullgraph=True)
+    keep = dict(kernels.CONFIG)
+    try:
+        f(values, scores)
+        f(values, scores)
+        assert counter.frame_count == 1
+        kernels.CONFIG["bwd_value_tile"] = not keep["bwd_value_tile"]
+        f(values, scores)
+        assert counter.frame_count == 2, "a lookup_config change did not recompile"
+        kernels.CONFIG.update(keep)
+        kernels.set_deterministic(True)
+        f(values, scores)
+        assert counter.frame_count == 3, "set_deterministic did not recompile"
+    finally:
+        kernels.set_deterministic(False)
+        kernels.CONFIG.update(keep)
+        torch._dynamo.reset()
+    assert len(set(graphs)) == 3 and all("bwd_value_tile=" in g for g in graphs), graphs
+
+
 def test_topk_indices_torch_path_and_checks():
     x = torch.randn(3, 4, 50)
     assert torch.equal(kernels.topk_indices(x, 7), x.topk(7, dim=-1).indices)
@@ -177,6 +211,11 @@ def test_lookup_kernels_compile_for_sm90():
                          {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "rows_ptr": "*i64", "blocks_ptr": "*i64",
                           "gscores_ptr": "*fp32", "K": "i32", "Dv": "i32", "chunk": "i32"},
                          {"E": 4, "H": 2, "H_P": 2, "BLOCK_K": 16, "BLOCK_D": 128, "N_CHUNKS": 3 + inner})
+            # bwd_prep: the per-slot inputs in row order
+            compile_sm90(kernels._bwd_prep_kernel,
+                         {"perm_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}", "grows_ptr": "*i32",
+                          "sscores_ptr": f"*{vdt}", "NK": "i32", "K": "i32"},
+                         {"E": 4, "H": 2 - inner, "H_P": 2 - inner, "BLOCK": 1024})
 
 
 def test_score_dot_is_one_dot_for_bf16_scores():
@@ -400,6 +439,15 @@ def _interp_main() -> None:
         finally:
             kernels.CONFIG.update(keep)
         assert torch.equal(vt[0], gathered[0]) and torch.equal(vt[1], gathered[1]), f"{tag}: value tile"
+        # the per-slot inputs put in row order by _bwd_prep_kernel (bwd_prep, the default) or by PyTorch: the same
+        # inputs, so the same gradients bit for bit
+        kernels.CONFIG["bwd_prep"] = False
+        try:
+            torch_prep = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+        finally:
+            kernels.CONFIG.update(keep)
+        fused = kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+        assert torch.equal(fused[0], torch_prep[0]) and torch.equal(fused[1], torch_prep[1]), f"{tag}: bwd_prep"
         if dtype == torch.bfloat16:  # fp32 scores with bf16 values and output gradients (the sdot paths' hi + lo)
             s32 = scores.float() * 1.37
             ref32 = kernels.mem_lookup_reference(values.float(), rows, blocks, s32, E)
