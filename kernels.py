@@ -191,6 +191,19 @@ def is_deterministic() -> bool:
     return _DETERMINISTIC or torch.are_deterministic_algorithms_enabled()
 
 
+def _config_key(config: dict) -> str:
+    """What picks an op's kernels and launch parameters (its config dict, and this module's implementation,
+    backward scheme, deterministic mode, output poisoning and FWD_FEW_PROGRAMS), as one string. Every public
+    function here passes it to its custom op, which ignores it: it is there so that a compiled graph records the
+    configuration it was traced with. Inductor expands a triton_op into its kernel launches when it compiles the
+    graph, reading the configuration then; without the key in the graph, torch.compile's caches (AOTAutogradCache,
+    on by default) would hand a run with another lookup_config or deterministic mode the kernels compiled for an
+    earlier run (seen on the H200 in session 16: a run with bwd_value_tile=1 ran the kernels of the run before it,
+    with 0). Dynamo reads the globals while tracing the caller, so a change within a process recompiles too."""
+    cfg = ",".join(f"{k}={v}" for k, v in config.items())
+    return f"{_IMPL}|{_BWD_SCHEME}|{_DETERMINISTIC}|{POISON_OUTPUTS}|{FWD_FEW_PROGRAMS}|{cfg}"
+
+
 def _use_triton(t: Tensor) -> bool:
     if _IMPL == "reference":
         return False
@@ -715,21 +728,9 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
 # ---------------------------------------------------------------------------------------------------
 # Custom ops: forward, backward, autograd
 
-def _config_key() -> str:
-    """Everything in this module that picks the lookup's kernels and launch parameters, as one string. mem_lookup
-    passes it to the ops, which ignore it: it is there so that a compiled graph records the configuration it was
-    traced with. Inductor expands a triton_op into its kernel launches when it compiles the graph, reading CONFIG
-    then; without the key in the graph, torch.compile's caches (AOTAutogradCache, on by default) would hand a run
-    with another lookup_config, backward scheme or deterministic mode the kernels compiled for an earlier run's
-    (seen on the H200 in session 16: a run with bwd_value_tile=1 ran the kernels of the run before it, with 0).
-    Dynamo reads the globals while tracing mem_lookup, so a change within a process recompiles too."""
-    cfg = ",".join(f"{k}={v}" for k, v in CONFIG.items())
-    return f"{_IMPL}|{_BWD_SCHEME}|{_DETERMINISTIC}|{POISON_OUTPUTS}|{FWD_FEW_PROGRAMS}|{cfg}"
-
-
 @torch.library.triton_op("ultramem::mem_lookup", mutates_args=())
 def _mem_lookup_op(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int, config: str) -> Tensor:
-    # config: _config_key() at the call (unused here; it keys compiled graphs)
+    # config: _config_key(CONFIG) at the call (unused here; it keys compiled graphs), as in the other ops
     if _use_triton(values):
         return _lookup_triton(values, rows, blocks, scores, E)
     return mem_lookup_reference(values, rows, blocks, scores, E)
@@ -763,7 +764,7 @@ _mem_lookup_op.register_autograd(_backward, setup_context=_setup_context)
 def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int) -> Tensor:
     """The one entry point memory.py calls: the custom op (Triton on CUDA, reference on CPU)."""
     _check(values, rows, blocks, scores, E)
-    return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E, _config_key())
+    return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E, _config_key(CONFIG))
 
 
 # ===================================================================================================
@@ -871,7 +872,7 @@ def _topk_triton(x: Tensor, k: int) -> Tensor:
 
 
 @torch.library.triton_op("ultramem::topk_indices", mutates_args=())
-def _topk_indices_op(x: Tensor, k: int) -> Tensor:
+def _topk_indices_op(x: Tensor, k: int, config: str) -> Tensor:
     if _use_triton(x):
         return _topk_triton(x, k)
     return topk_indices_reference(x, k)
@@ -908,7 +909,7 @@ def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> 
         raise ValueError(f"topk_indices: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     if not _topk_kernel_takes(L, x.dtype):
         raise ValueError(f"topk_indices: the kernel takes rows of at most {TOPK_MAX_L} floats, got {L} x {x.dtype}")
-    idx = torch.ops.ultramem.topk_indices(x, k)
+    idx = torch.ops.ultramem.topk_indices(x, k, _config_key(TOPK_CONFIG))
     if sorted:  # the k winners by value, largest first; stable, so equal values keep index order
         idx = idx.gather(-1, x.gather(-1, idx).argsort(dim=-1, descending=True, stable=True))
     return idx
@@ -1038,7 +1039,7 @@ def _(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
 
 
 @torch.library.triton_op("ultramem::moe_grouped_mm", mutates_args=())
-def _moe_grouped_mm_op(x: Tensor, w: Tensor, offs: Tensor, gelu: bool) -> Tensor:
+def _moe_grouped_mm_op(x: Tensor, w: Tensor, offs: Tensor, gelu: bool, config: str) -> Tensor:
     if _use_triton(x):
         return _moe_grouped_mm_triton(x, w, offs, gelu)
     return torch.ops.ultramem.moe_grouped_mm_reference(x, w, offs, gelu)
@@ -1052,7 +1053,7 @@ def moe_grouped_mm(x: Tensor, w: Tensor, offs: Tensor, gelu: bool = False) -> Te
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         raise RuntimeError("moe_grouped_mm is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
-    return torch.ops.ultramem.moe_grouped_mm(x, w, offs, gelu)
+    return torch.ops.ultramem.moe_grouped_mm(x, w, offs, gelu, _config_key(MOE_CONFIG))
 
 
 # ===================================================================================================
@@ -1169,7 +1170,7 @@ def _moe_gather_mm_triton(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> Tens
 
 
 @torch.library.triton_op("ultramem::moe_gather_mm", mutates_args=())
-def _moe_gather_mm_op(x: Tensor, w: Tensor, ids: Tensor, x_div: int) -> Tensor:
+def _moe_gather_mm_op(x: Tensor, w: Tensor, ids: Tensor, x_div: int, config: str) -> Tensor:
     if _use_triton(x):
         return _moe_gather_mm_triton(x, w, ids, x_div)
     return moe_gather_mm_reference(x, w, ids, x_div)
@@ -1183,7 +1184,7 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         raise RuntimeError("moe_gather_mm is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
-    return torch.ops.ultramem.moe_gather_mm(x, w, ids, x_div)
+    return torch.ops.ultramem.moe_gather_mm(x, w, ids, x_div, _config_key(MOE_GATHER_CONFIG))
 
 
 # ===================================================================================================
@@ -1486,7 +1487,8 @@ def _moe_decode_triton(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor
 
 
 @torch.library.triton_op("ultramem::moe_decode", mutates_args=())
-def _moe_decode_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool) -> Tensor:
+def _moe_decode_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool,
+                   config: str) -> Tensor:
     if _use_triton(x):
         return _moe_decode_triton(x, router_w, w_fc, w_proj, top_k, renorm)
     return moe_decode_reference(x, router_w, w_fc, w_proj, top_k, renorm)
@@ -1500,7 +1502,8 @@ def moe_decode(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k:
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, router_w, w_fc, w_proj)):
         raise RuntimeError("moe_decode is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
-    return torch.ops.ultramem.moe_decode(x, router_w, w_fc, w_proj, top_k, renorm)
+    return torch.ops.ultramem.moe_decode(x, router_w, w_fc, w_proj, top_k, renorm,
+                                         _config_key(MOE_DECODE_CONFIG))
 
 
 # ===================================================================================================
@@ -1726,7 +1729,7 @@ def _decode_attention_triton(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor)
 
 
 @torch.library.triton_op("ultramem::decode_attention", mutates_args=())
-def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
+def _decode_attention_op(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor, config: str) -> Tensor:
     if _use_triton(q):
         return _decode_attention_triton(q, k, v, input_pos)
     return decode_attention_reference(q, k, v, input_pos)
@@ -1741,4 +1744,4 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tens
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise RuntimeError("decode_attention is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
-    return torch.ops.ultramem.decode_attention(q, k, v, input_pos)
+    return torch.ops.ultramem.decode_attention(q, k, v, input_pos, _config_key(DECODE_ATTN_CONFIG))

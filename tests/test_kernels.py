@@ -139,6 +139,29 @@ def test_compiled_graph_records_the_lookup_config():
         kernels.CONFIG.update(keep)
         torch._dynamo.reset()
     assert len(set(graphs)) == 3 and all("bwd_value_tile=" in g for g in graphs), graphs
+    # the same for the inference ops, e.g. the MoE decode layer's deterministic mode (sample.py's default) and the
+    # top-k kernel's configuration
+    x, rw = torch.randn(3, 16), torch.randn(4, 16)
+    w_fc, w_proj = torch.randn(4, 16, 24), torch.randn(4, 24, 16)
+    for fn, config, key in ((lambda x: kernels.moe_decode(x, rw, w_fc, w_proj, 2, True), kernels.MOE_DECODE_CONFIG,
+                             "proj_atomic"),
+                            (lambda x: kernels.topk_indices(x, 3, impl="triton"), kernels.TOPK_CONFIG, "bits")):
+        counter = CompileCounterWithBackend("eager")
+        torch._dynamo.reset()
+        f = torch.compile(fn, backend=counter, fullgraph=True)
+        keep = dict(config)
+        try:
+            with torch.no_grad():
+                want = fn(x)
+                assert torch.equal(f(x), want) and counter.frame_count == 1
+                config[key] = 1 - int(keep[key])
+                assert torch.equal(f(x), want) and counter.frame_count == 2, f"{key}: no recompile"
+                kernels.set_deterministic(True)
+                assert torch.equal(f(x), want) and counter.frame_count == 3, "set_deterministic: no recompile"
+        finally:
+            kernels.set_deterministic(False)
+            config.update(keep)
+            torch._dynamo.reset()
 
 
 def test_topk_indices_torch_path_and_checks():
