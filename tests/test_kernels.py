@@ -344,6 +344,18 @@ def test_value_tile_split_is_exact():
     assert torch.equal((hi.float() + mid.float()) + lo.float(), v)
 
 
+def test_check_lookup_gpu_script_under_interpreter():
+    """scripts/check_lookup_gpu.py (the GPU's check on random odd shapes) runs, and passes, on the CPU under the
+    interpreter with --cpu: 3 small cases."""
+    pytest.importorskip("triton")
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "scripts/check_lookup_gpu.py", "--cpu", "--cases=3", "--seed=1"], cwd=root,
+                       env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": root}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "3 of 3 cases ok" in r.stdout, r.stdout + r.stderr
+
+
 def test_triton_interpreter_against_reference():
     pytest.importorskip("triton")
     run_interpreter_checks(__file__)
