@@ -133,8 +133,8 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # bf16 (b) 2,908 -> 2,634 us, (a) 3,045 -> 2,940 us (the sweep over warps x rows x slots per step, whose best tiles
 # at 2 warps are the ones bwd_rows=0 picks; 1 warp: (b) 2,601, (a) 3,104 us). With fp32 values (the per-column
 # path) 2 warps were slower, (b) 5,468 -> 5,702 us, (a) 6,306 -> 6,702 us: it keeps bwd_warps (4), as do the
-# other paths. bwd_gs_warps, the score kernel's warps: 4 (its sweep over
-# warps x slots x columns found the defaults best within 0.4%).
+# other paths. bwd_gs_warps, the score kernel's warps: 4 (its sweep over warps x slots x columns found the
+# defaults best within 0.4%).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -201,7 +201,7 @@ def _config_key(config: dict) -> str:
     earlier run (seen on the H200 in session 16: a run with bwd_value_tile=1 ran the kernels of the run before it,
     with 0). Dynamo reads the globals while tracing the caller, so a change within a process recompiles too."""
     cfg = ",".join(f"{k}={v}" for k, v in config.items())
-    return f"{_IMPL}|{_BWD_SCHEME}|{_DETERMINISTIC}|{POISON_OUTPUTS}|{FWD_FEW_PROGRAMS}|{cfg}"
+    return f"{_IMPL}|{_BWD_SCHEME}|{is_deterministic()}|{POISON_OUTPUTS}|{FWD_FEW_PROGRAMS}|{cfg}"
 
 
 def _use_triton(t: Tensor) -> bool:

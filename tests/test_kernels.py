@@ -158,7 +158,11 @@ def test_compiled_graph_records_the_lookup_config():
                 assert torch.equal(f(x), want) and counter.frame_count == 2, f"{key}: no recompile"
                 kernels.set_deterministic(True)
                 assert torch.equal(f(x), want) and counter.frame_count == 3, "set_deterministic: no recompile"
+                kernels.set_deterministic(False)
+                torch.use_deterministic_algorithms(True)  # is_deterministic() too
+                assert torch.equal(f(x), want) and counter.frame_count == 4, "torch's deterministic mode: no recompile"
         finally:
+            torch.use_deterministic_algorithms(False)
             kernels.set_deterministic(False)
             config.update(keep)
             torch._dynamo.reset()
