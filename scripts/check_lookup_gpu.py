@@ -8,8 +8,8 @@ within and across tokens), runs kernels.mem_lookup forward and backward through 
 takes) with the kernels' outputs poisoned with NaN before each launch, and compares the output and both gradients
 with kernels.mem_lookup_reference / mem_lookup_bwd_reference in float64: relative error (norm of the difference
 over the norm of the reference) at most 4e-3 for bf16 results (their rounding; 6e-3 under the interpreter, which
-truncates), 2e-5 for fp32 ones (the kernels' split of fp32 operands into two bf16 parts keeps 16 mantissa bits). Also: the sorted backward
-bitwise equal on repeat. Prints one line per case; exits 1 if any fails.
+truncates), 2e-5 for fp32 ones (the kernels' split of fp32 operands into two bf16 parts keeps 16 mantissa bits).
+Also: the sorted backward bitwise equal on repeat. Prints one line per case; exits 1 if any fails.
 """
 import sys
 

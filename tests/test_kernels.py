@@ -146,7 +146,8 @@ def test_compiled_graph_records_the_lookup_config():
     for fn, config, key in ((lambda x: kernels.moe_decode(x, rw, w_fc, w_proj, 2, True), kernels.MOE_DECODE_CONFIG,
                              "proj_atomic"),
                             (lambda x: kernels.topk_indices(x, 3, impl="triton"), kernels.TOPK_CONFIG, "bits")):
-        counter = CompileCounterWithBackend("eager")
+        graphs.clear()
+        counter = CompileCounterWithBackend(backend)
         torch._dynamo.reset()
         f = torch.compile(fn, backend=counter, fullgraph=True)
         keep = dict(config)
@@ -166,6 +167,9 @@ def test_compiled_graph_records_the_lookup_config():
             kernels.set_deterministic(False)
             config.update(keep)
             torch._dynamo.reset()
+        # every setting its own graph; torch's deterministic mode (graph 4) is in the key too, not only in Dynamo's
+        # guards: its graph differs from graph 2's, the same settings without it
+        assert len(set(graphs[:3])) == 3 and graphs[3] != graphs[1], f"{key}: graphs {graphs}"
 
 
 def test_topk_indices_torch_path_and_checks():
