@@ -371,13 +371,14 @@ def bench_kernels(cfg: dict) -> dict:
     # small configs: 1136 (the x3 sparsity config's 2 x 568; the small PKM's 1,100 is close) and 32 x 32; the small
     # UltraMem's 2 x 1136 = 2272 is close to 2200), after decoding's shapes, in bf16 (UltraMem-1.6B at batch 1 and 64: the
     # row and column pre-selections of 2 heads in one call, 2 x 1788 = 3576 scores each, and the 42 x 42 grid);
-    # last, the training pre-selections again in bf16, their dtype under autocast (the kernel's 16-bit keys)
+    # last, the training pre-selections and the grid again in bf16, their dtype under autocast (16-bit keys)
     res["topk"] = []
     for rows_, L, k, dt in ((4, 3576, 42, torch.bfloat16), (256, 3576, 42, torch.bfloat16),
                             (2, 1764, 42, torch.bfloat16), (128, 1764, 42, torch.bfloat16),
                             (65536, 2200, 80, torch.float32), (65536, 6400, 80, torch.float32),
                             (65536, 1136, 32, torch.float32), (65536, 1024, 32, torch.float32),
-                            (65536, 2200, 80, torch.bfloat16), (65536, 1136, 32, torch.bfloat16)):
+                            (65536, 2200, 80, torch.bfloat16), (65536, 6400, 80, torch.bfloat16),
+                            (65536, 1136, 32, torch.bfloat16)):
         r = {"rows": rows_, "L": L, "k": k, "dtype": str(dt)[6:]}
         try:  # report a failure and go on: the lookup numbers above are still worth having
             x = torch.randn(rows_, L, device=dev, generator=g).to(dt)
@@ -393,14 +394,21 @@ def bench_kernels(cfg: dict) -> dict:
                 r["torch_unsorted_graph_ms"] = graph_ms(lambda: x.topk(k, dim=-1, sorted=False))
                 r["triton_graph_ms"] = graph_ms(lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"))
             r["read_floor_ms"] = rows_ * L * x.element_size() / copy_bw / 1e9  # each row read once, at the copy bandwidth
-            if cfg["sweep"]:  # bits per search pass (1, 2: compares; 4, 8: histograms) x warps per row
+            if cfg["sweep"]:  # the register kernel (filter=0): bits per search pass (1, 2: compares; 4, 8:
+                # histograms) x warps per row; the filter kernel: elements per block x warps
                 tk = dict(kernels.TOPK_CONFIG)
                 # at most 32 elements of the padded row per thread: fewer warps did not finish a shape's sweep
                 # in 110 s on the H200 (2026-11-29)
                 least = triton.next_power_of_2(L) // 1024
                 for bits, warps in itertools.product((1, 2, 4, 8), [w for w in (1, 2, 4, 8, 16) if w >= least]):
-                    kernels.TOPK_CONFIG.update(bits=bits, warps=warps)
+                    kernels.TOPK_CONFIG.update(filter=0, bits=bits, warps=warps)
                     r[f"sweep_b{bits}_w{warps}_ms"] = timed(
+                        lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), kernels.TOPK_CONFIG,
+                        graph_ms if small else None)
+                kernels.TOPK_CONFIG.update(tk)
+                for block, warps in itertools.product((128, 512, 1024), (2, 4)):
+                    kernels.TOPK_CONFIG.update(block=block, filter_warps=warps)
+                    r[f"sweep_filter_block{block}_w{warps}_ms"] = timed(
                         lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), kernels.TOPK_CONFIG,
                         graph_ms if small else None)
                 kernels.TOPK_CONFIG.update(tk)

@@ -776,28 +776,35 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # under no_grad and gathers what needs a gradient). sorted=True: by value, largest first (torch.topk's
 # order); sorted=False: any order (the kernel's is increasing index; ties go to the lower index). Why:
 # torch.topk's radix select reads a row several times over several kernels (42 ms of a 276 ms
-# UltraMem-151M step, docs/BENCHMARKS.md). Here one program holds one row in registers and finds the k-th
-# largest by a bitwise search over order-preserving integer keys (TOPK_CONFIG["bits"] bits per pass), then
-# writes the winners' positions by a prefix sum: the row is read from memory once. L up to 16,384.
-# impl: "torch" (torch.topk), "triton" (the kernel), or "auto" (the memory layers' default, mem_topk): the
-# kernel on CUDA where it was measured faster, torch.topk elsewhere (topk_auto_impl).
+# UltraMem-151M step, docs/BENCHMARKS.md). Two kernels, one program per row, over order-preserving integer keys:
+# - the filter kernel (TOPK_CONFIG["filter"], the default where k <= its groups): a lower bound of the k-th
+#   largest from the maxima of disjoint groups of the row, then the positions of the keys at or above it (about
+#   1.2-1.5 k on random rows) compacted in index order, and the exact selection on those alone. The row is read a
+#   block at a time, so its length is not padded to a power of two. 2.4-3.4x faster than torch.topk on the
+#   UltraMem-151M's training rows (65,536 of 2,200 and 6,400) and 1.6-4x at decoding's sizes (docs/KERNELS.md).
+# - the register kernel: the whole row (padded to a power of two, L up to 16,384) in registers, the k-th largest
+#   by a radix select (TOPK_CONFIG["bits"] bits per pass), the winners' positions by a prefix sum; slower than
+#   torch.topk on long rows (1.6x at 2,200 and 6,400), kept for k above the filter's groups.
+# impl: "torch" (torch.topk), "triton" (the kernels), or "auto" (the memory layers' default, mem_topk): the
+# kernels on CUDA where they were measured faster, torch.topk elsewhere (topk_auto_impl).
 
 TOPK_MAX_L = 16384
 # bits per search pass (1: 32 reductions of one count; 2: 16 of four; 4 or 8: 8 or 4 histograms of 16 or 256
-# bins over the keys that share the prefix so far; half as many passes on bf16 rows) and warps per row (0: one
-# per 512 elements, 1 to 16). Swept on the H200 (docs/KERNELS.md, 2026-11-29 run 2): 4 bits with a warp per 512
-# elements was the best of the sweep on all four training shapes (65,536 rows of 1,024-6,400), 1.2-2.0x faster
-# than the 2-bit compares; against torch.topk's unsorted call it still loses at 2,200 and 6,400 (1.4x, 1.6x)
-# and wins at 1,136 and 1,024 (1.3x, 2.5x).
-TOPK_CONFIG = {"bits": 4, "warps": 0}
-# "auto" picks the kernel for rows of at most TOPK_AUTO_L, or for at most TOPK_AUTO_ROWS rows (of a length the
-# kernel takes). Short rows: the small PKM (1,100), the ladder's rows without IVE (998-1,411), the x3 sparsity
-# config (2 x 568) and every small grid (32 x 32); the small UltraMem's 2 x 1,136 = 2,272 stay on torch.topk.
-# Measured on the H200 (docs/KERNELS.md, 2026-11-29): at 65,536 rows the kernel wins at 1,024 and 1,136 (2.5x,
-# 1.3x) and loses at 2,200 and 6,400 (1.4x, 1.6x, the UltraMem-151M's training rows); at decoding's sizes (4 and
-# 256 rows of 3,576, 2 and 128 rows of 1,764, timed per call in a CUDA graph) it takes 6-15 us against
-# torch.topk's 14-43 us, and UltraMem-1.6B's decode step went from 1.33x to 1.28x Dense's at batch 1. The row
-# bound covers decoding at batch 1,024 (4,096 rows of 3,576; timed in the whole step only).
+# bins over the keys that share the prefix so far; half as many passes on bf16 rows) and the register kernel's
+# warps per row (0: one per 512 elements, 1 to 16). Swept on the H200 (docs/KERNELS.md, 2026-11-29 run 2): 4 bits
+# with a warp per 512 elements was the register kernel's best on all four training shapes.
+# The filter kernel (filter=1; it needs bits >= 3, histogram passes): `block` elements read per step, `groups`
+# for the lower bound (k must be at most groups, else the register kernel runs), `cap` survivors at most for the
+# fast path (more: the selection runs over the whole row, a block at a time; cap is raised to k's power of two),
+# `filter_warps` (0: 4 for at most TOPK_AUTO_ROWS rows, decoding, else 2). Swept on the H200 (docs/KERNELS.md,
+# session 17: blocks of 128-2,048, 128 or 256 groups, 1-8 warps): blocks of 512 with 2 warps were best or within
+# 6% on the training rows of 1,136-6,400 except 2,200 (128-element blocks 15% faster there), 4 warps at decode.
+TOPK_CONFIG = {"bits": 4, "warps": 0, "filter": 1, "block": 512, "groups": 256, "cap": 256, "filter_warps": 0}
+# "auto" picks the kernel wherever the filter kernel applies (k <= groups); else the register kernel for rows of at
+# most TOPK_AUTO_L or for at most TOPK_AUTO_ROWS rows, torch.topk otherwise. Measured on the H200 (docs/KERNELS.md,
+# 2026-11-29): the register kernel wins at 1,024 and 1,136 (2.5x, 1.3x) and loses at 2,200 and 6,400 (1.4x, 1.6x);
+# at decoding's sizes (4 and 256 rows of 3,576, 2 and 128 rows of 1,764, timed per call in a CUDA graph) it takes
+# 6-15 us against torch.topk's 14-43 us. The row bound covers decoding at batch 1,024 (4,096 rows of 3,576).
 TOPK_AUTO_L, TOPK_AUTO_ROWS = 1536, 4096
 
 
@@ -810,53 +817,145 @@ def topk_indices_reference(x: Tensor, k: int, sorted: bool = True) -> Tensor:
 if triton is not None:
 
     @triton.jit
-    def _topk_kernel(x_ptr, out_ptr, L, k, BLOCK_L: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
-        # one program per row: order-preserving uint32 keys (negative floats: all bits flipped; positive:
-        # the sign bit set), the k-th largest key found BITS bits at a time from the top (the largest prefix
-        # with at least k keys at or above it: 2**BITS candidate counts per pass, in one reduction), then every
-        # key above it and the first k - (number above) keys equal to it, in index order. KEY_BITS 16 (bf16
-        # rows): only the keys' top 16 bits differ between values, so they are searched alone, in half the passes
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.arange(0, BLOCK_L)
-        mask = offs < L
-        x = tl.load(x_ptr + row * L + offs, mask=mask, other=0.0).to(tl.float32)
-        bits = x.to(tl.uint32, bitcast=True)
+    def _topk_keys(x, KEY_BITS: tl.constexpr):
+        # order-preserving unsigned keys: negative floats get all bits flipped, positive ones the sign bit set.
+        # KEY_BITS 16 (bf16 rows): only the keys' top 16 bits differ between values, so they are searched alone
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
         key = tl.where((bits >> 31) == 1, ~bits, bits | 0x80000000)
         if KEY_BITS == 16:
             key = key >> 16
-        key = tl.where(mask, key, 0)  # padding: at or below every real key, and masked out of the selection
+        return key
+
+    @triton.jit
+    def _topk_kth(key, live, k, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
+        # the k-th largest of the live keys (at least k are live), found BITS bits at a time from the top: the
+        # largest prefix with at least k live keys at or above it
         digits = tl.arange(0, 1 << BITS).to(tl.uint32)
         prefix = tl.zeros((), dtype=tl.uint32)
-        if BITS <= 2:  # counting by comparison: a (2**BITS, BLOCK_L) matrix of compares per pass
+        if BITS <= 2:  # counting by comparison: a (2**BITS, n) matrix of compares per pass
             for p in tl.static_range(KEY_BITS // BITS):
                 cand = prefix | (digits << (KEY_BITS - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
-                count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)  # count[0] >= k always
+                count = tl.sum(((key[None, :] >= cand[:, None]) & live[None, :]).to(tl.int32), axis=1)  # [0] >= k
                 prefix = tl.max(tl.where(count >= k, cand, 0), axis=0)
-        else:  # counting by histogram (radix select): the keys that share the prefix found so far, binned by
+        else:  # counting by histogram (radix select): the live keys that share the prefix found so far, binned by
             # their next BITS bits; the largest digit with at least `need` keys at or above it extends the prefix
             need = k
             for p in tl.static_range(KEY_BITS // BITS):
                 shift = KEY_BITS - BITS * (p + 1)
                 if p == 0:
-                    live = mask
+                    on = live
                 else:
-                    live = mask & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
-                hist = tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=live)
+                    on = live & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
+                hist = tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=on)
                 at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # per digit; [0] >= need
                 d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)
                 need -= tl.sum(tl.where(digits > d, hist, 0), axis=0)
                 prefix = prefix | (d << shift)
-        above = key > prefix
-        equal = (key == prefix) & mask
+        return prefix
+
+    @triton.jit
+    def _topk_take(key, live, idx, k, kth, out_row):
+        # writes the positions idx of every live key above kth and of the first k - (number above) equal to it,
+        # in the order given (increasing index)
+        above = (key > kth) & live
+        equal = (key == kth) & live
         n_above = tl.sum(above.to(tl.int32), axis=0)
         eq_rank = tl.cumsum(equal.to(tl.int32), axis=0)  # 1-based rank among the equal keys
         take = above | (equal & (eq_rank <= k - n_above))
         pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
-        tl.store(out_ptr + row * k + pos, offs.to(tl.int64), mask=take)
+        tl.store(out_row + pos, idx.to(tl.int64), mask=take)
+
+    @triton.jit
+    def _topk_kernel(x_ptr, out_ptr, L, k, BLOCK_L: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
+        # one program per row, the whole row in registers: the k-th largest key (_topk_kth), then every key
+        # above it and the first k - (number above) keys equal to it, in index order
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK_L)
+        mask = offs < L
+        key = tl.where(mask, _topk_keys(tl.load(x_ptr + row * L + offs, mask=mask, other=0.0), KEY_BITS), 0)
+        _topk_take(key, mask, offs, k, _topk_kth(key, mask, k, BITS, KEY_BITS), out_ptr + row * k)
+
+    @triton.jit
+    def _topk_filter_kernel(x_ptr, out_ptr, scratch_ptr, L, k, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
+                            CAP: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
+        # one program per row, read BLOCK elements at a time. (1) A lower bound t0 of the k-th largest key: the
+        # k-th largest of the maxima of GROUPS disjoint groups of the row (k groups have a maximum >= t0, so k
+        # keys are >= t0). (2) The survivors (keys >= t0: every winner and every key tied with the k-th) have
+        # their positions written in index order to this row's CAP slots of scratch. (3) If at most CAP survived
+        # (random rows: about 1.2-1.5 k), the selection runs on them alone; otherwise on the whole row, a chunk at
+        # a time (ties, adversarial orders). Either way the result is _topk_kernel's.
+        row = tl.program_id(0).to(tl.int64)
+        x_row = x_ptr + row * L
+        out_row = out_ptr + row * k
+        scr = scratch_ptr + row * CAP
+        offs = tl.arange(0, BLOCK)
+        gmax = tl.zeros([BLOCK], dtype=tl.uint32)
+        for start in range(0, L, BLOCK):  # element i belongs to column i % BLOCK: BLOCK strided groups
+            m = start + offs < L
+            gmax = tl.maximum(gmax, tl.where(m, _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0),
+                                                           KEY_BITS), 0))
+        g = tl.max(tl.reshape(gmax, [GROUPS, BLOCK // GROUPS], ), axis=1)  # GROUPS runs of columns
+        t0 = _topk_kth(g, tl.arange(0, GROUPS) < GROUPS, k, BITS, KEY_BITS)
+        count = tl.zeros((), dtype=tl.int32)
+        for start in range(0, L, BLOCK):
+            m = start + offs < L
+            key = _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0), KEY_BITS)
+            s = (key >= t0) & m
+            pos = count + tl.cumsum(s.to(tl.int32), axis=0) - 1
+            tl.store(scr + pos, start + offs, mask=s & (pos < CAP))
+            count += tl.sum(s.to(tl.int32), axis=0)
+        tl.debug_barrier()  # the survivors' positions, written by every thread, are read by others
+        if count <= CAP:
+            c = tl.arange(0, CAP)
+            live = c < count
+            idx = tl.load(scr + c, mask=live, other=0)
+            key = tl.where(live, _topk_keys(tl.load(x_row + idx, mask=live, other=0.0), KEY_BITS), 0)
+            _topk_take(key, live, idx, k, _topk_kth(key, live, k, BITS, KEY_BITS), out_row)
+        else:  # the radix select of _topk_kth over the whole row, a chunk at a time, then the same writes
+            digits = tl.arange(0, 1 << BITS).to(tl.uint32)
+            prefix = tl.zeros((), dtype=tl.uint32)
+            need = k
+            for p in tl.static_range(KEY_BITS // BITS):
+                shift = KEY_BITS - BITS * (p + 1)
+                hist = tl.zeros([1 << BITS], dtype=tl.int32)
+                for start in range(0, L, BLOCK):
+                    m = start + offs < L
+                    key = _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0), KEY_BITS)
+                    on = m & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
+                    hist += tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=on)
+                at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
+                d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)
+                need -= tl.sum(tl.where(digits > d, hist, 0), axis=0)
+                prefix = prefix | (d << shift)
+            need_eq = need  # how many keys equal to the k-th are taken (the first ones, in index order)
+            seen = tl.zeros((), dtype=tl.int32)
+            written = tl.zeros((), dtype=tl.int32)
+            for start in range(0, L, BLOCK):
+                m = start + offs < L
+                key = _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0), KEY_BITS)
+                equal = (key == prefix) & m
+                take = ((key > prefix) & m) | (equal & (seen + tl.cumsum(equal.to(tl.int32), axis=0) <= need_eq))
+                pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
+                tl.store(out_row + pos, (start + offs).to(tl.int64), mask=take)
+                seen += tl.sum(equal.to(tl.int32), axis=0)
+                written += tl.sum(take.to(tl.int32), axis=0)
 
 
 def _topk_warps(BLOCK_L: int) -> int:
     return TOPK_CONFIG["warps"] or min(16, max(1, BLOCK_L // 512))
+
+
+def _topk_filter_shape(L: int, k: int) -> tuple[int, int, int] | None:
+    """(BLOCK, GROUPS, CAP) of the filter kernel for rows of L and top k, or None where it does not apply
+    (TOPK_CONFIG["filter"] off, histogram passes off (bits < 3), or k above the groups)."""
+    c = TOPK_CONFIG
+    if not c["filter"] or c["bits"] < 3:
+        return None
+    block = min(c["block"], 1 << (L - 1).bit_length())  # powers of two
+    groups = min(c["groups"], block)
+    if k > groups:
+        return None
+    return block, groups, max(c["cap"], 1 << (k - 1).bit_length())
 
 
 def _topk_triton(x: Tensor, k: int) -> Tensor:
@@ -865,9 +964,18 @@ def _topk_triton(x: Tensor, k: int) -> Tensor:
     out = _empty(*x.shape[:-1], k, dtype=torch.int64, device=x.device)
     if rows == 0 or k == 0:
         return out
+    key_bits = 16 if x.dtype == torch.bfloat16 else 32
+    shape = _topk_filter_shape(L, k)
+    if shape is not None:
+        block, groups, cap = shape
+        scratch = torch.empty(rows, cap, dtype=torch.int32, device=x.device)
+        _launch(_topk_filter_kernel, (rows,), x.is_cuda, x.contiguous(), out, scratch, L, k, BLOCK=block,
+                GROUPS=groups, CAP=cap, BITS=TOPK_CONFIG["bits"], KEY_BITS=key_bits,
+                num_warps=TOPK_CONFIG["filter_warps"] or (4 if rows <= TOPK_AUTO_ROWS else 2))
+        return out
     BLOCK_L = triton.next_power_of_2(L)
     _launch(_topk_kernel, (rows,), x.is_cuda, x.contiguous(), out, L, k, BLOCK_L=BLOCK_L, BITS=TOPK_CONFIG["bits"],
-            KEY_BITS=16 if x.dtype == torch.bfloat16 else 32, num_warps=_topk_warps(BLOCK_L))
+            KEY_BITS=key_bits, num_warps=_topk_warps(BLOCK_L))
     return out
 
 
@@ -878,18 +986,23 @@ def _topk_indices_op(x: Tensor, k: int, config: str) -> Tensor:
     return topk_indices_reference(x, k)
 
 
-def _topk_kernel_takes(L: int, dtype: torch.dtype) -> bool:
-    return L <= TOPK_MAX_L and dtype in (torch.float32, torch.bfloat16, torch.float16)
+def _topk_kernel_takes(L: int, k: int, dtype: torch.dtype) -> bool:
+    """Whether a kernel takes the top k of rows of L: a float dtype of 16 or 32 bits, and L below 2**31 for the
+    filter kernel (it reads a block at a time) or at most TOPK_MAX_L for the register kernel."""
+    fits = L < 2**31 if _topk_filter_shape(L, k) is not None else L <= TOPK_MAX_L
+    return fits and dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
-def topk_auto_impl(shape: tuple[int, ...], dtype: torch.dtype, cuda: bool) -> str:
-    """impl="auto"'s choice for rows of the given shape (..., L) and dtype: "triton" on CUDA for short rows or
-    few rows (TOPK_AUTO_L, TOPK_AUTO_ROWS) that the kernel takes (L <= TOPK_MAX_L, a float dtype of 16 or 32
-    bits, triton installed), else "torch" (on the CPU always: there the custom op runs torch.topk anyway)."""
+def topk_auto_impl(shape: tuple[int, ...], k: int, dtype: torch.dtype, cuda: bool) -> str:
+    """impl="auto"'s choice for the top k of rows of the given shape (..., L) and dtype: "triton" on CUDA where the
+    kernels take the rows (_topk_kernel_takes, triton installed) and the filter kernel
+    applies (k <= its groups) or the rows are short or few (TOPK_AUTO_L, TOPK_AUTO_ROWS), else "torch" (on the CPU
+    always: there the custom op runs torch.topk anyway)."""
     L = shape[-1]
     rows = math.prod(shape[:-1])
-    fits = triton is not None and _topk_kernel_takes(L, dtype)
-    return "triton" if cuda and fits and (L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS) else "torch"
+    if not (cuda and triton is not None and _topk_kernel_takes(L, k, dtype)):
+        return "torch"
+    return "triton" if _topk_filter_shape(L, k) is not None or L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS else "torch"
 
 
 def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> Tensor:
@@ -902,13 +1015,14 @@ def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> 
         raise ValueError(f"topk_indices: k={k} must be in [1, L={L}]")
     x = x.detach()
     if impl == "auto":
-        impl = topk_auto_impl(tuple(x.shape), x.dtype, x.is_cuda)
+        impl = topk_auto_impl(tuple(x.shape), k, x.dtype, x.is_cuda)
     if impl == "torch":
         return topk_indices_reference(x, k, sorted)
     if impl != "triton":
         raise ValueError(f"topk_indices: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-    if not _topk_kernel_takes(L, x.dtype):
-        raise ValueError(f"topk_indices: the kernel takes rows of at most {TOPK_MAX_L} floats, got {L} x {x.dtype}")
+    if not _topk_kernel_takes(L, k, x.dtype):
+        raise ValueError(f"topk_indices: the kernels take rows of float32/bf16/fp16 (at most {TOPK_MAX_L} for k above "
+                         f"TOPK_CONFIG's groups), got {L} x {x.dtype} with k={k}")
     idx = torch.ops.ultramem.topk_indices(x, k, _config_key(TOPK_CONFIG))
     if sorted:  # the k winners by value, largest first; stable, so equal values keep index order
         idx = idx.gather(-1, x.gather(-1, idx).argsort(dim=-1, descending=True, stable=True))

@@ -54,9 +54,9 @@ class MemoryConfig:
     mem_tucker_alpha: float = 0.001  # Tucker aux loss weight (paper); 0 = off (the released code has it commented out)
     mem_tucker_tau: float = 0.15  # its margin tau
     mem_topk: str = "auto"  # the retrieval's top-m (PKM and TDQKR): "auto" | "torch" (torch.topk) | "triton"
-    # (kernels.topk_indices' kernel). "auto": the kernel on CUDA for rows of at most 1,536 (e.g. the small PKM's
-    # 1,100 and every 32 x 32 grid) and for at most 4,096 rows (decoding), torch.topk otherwise (training rows
-    # of 2,200-6,400, where the kernel is 1.4-1.6x slower) and on the CPU; measured in docs/KERNELS.md
+    # (kernels.topk_indices' kernels). "auto": the kernels on CUDA wherever they were measured faster (the filter
+    # kernel: every m up to 128, 2.4-3.4x torch.topk on the UltraMem-151M's training rows), torch.topk on the CPU
+    # and for larger m on many long rows; kernels.topk_auto_impl, measured in docs/KERNELS.md
     mem_decode: str = "fused"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "fused"
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
     # per layer and step; "plain" runs the training path's code (as does the init's calibration, so the weights
@@ -231,7 +231,7 @@ def tdqkr_retrieve_fused(q: Tensor, keys: Tensor, cores: Tensor, u: Tensor, t: T
     s = s.view(H, 2, T, n, r)  # contiguous: [head, side, token] rows
     pre = _rdot(s, torch.stack([u, t], 1).to(s.dtype)[:, :, None, None, :])  # (H, 2, T, n) rank-1 scores
     # the implementation the plain path's two calls get ("auto" decides on the rows per side, not the stacked 2x)
-    pre_impl = kernels.topk_auto_impl((H, T, n), pre.dtype, pre.is_cuda) if topk == "auto" else topk
+    pre_impl = kernels.topk_auto_impl((H, T, n), m, pre.dtype, pre.is_cuda) if topk == "auto" else topk
     sel = kernels.topk_indices(pre, m, False, pre_impl)  # (H, 2, T, m) rows' and columns' candidates, one call
     g = s.gather(3, sel.unsqueeze(-1).expand(H, 2, T, m, r))  # (H, 2, T, m, r) their scores
     cores_t = cores.to(s.dtype).transpose(-1, -2)[:, None, :, None]  # (H, 1, h, 1, r, r)

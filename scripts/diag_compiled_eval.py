@@ -71,7 +71,7 @@ def parts(layer, x, ac, path: str) -> None:
         print(f"    part tdqkr_retrieve: winners overlap {report(path, 'part tdqkr_retrieve', overlap(key(rc), key(re))):.4f}", flush=True)
         pre = memory._rdot(se[0], layer.u.to(se[0].dtype)[None, :, None, :])  # the rows' rank-1 scores
         top = lambda p: memory.kernels.topk_indices(p, layer.m, False, layer.topk)
-        impl = memory.kernels.topk_auto_impl(tuple(pre.shape), pre.dtype, pre.is_cuda) if layer.topk == "auto" else layer.topk
+        impl = memory.kernels.topk_auto_impl(tuple(pre.shape), layer.m, pre.dtype, pre.is_cuda) if layer.topk == "auto" else layer.topk
         print(f"    part top-k of the rows' pre-selection {tuple(pre.shape)} {pre.dtype} ({impl}): overlap "
               f"{report(path, 'part top-k', overlap(torch.compile(top)(pre), top(pre))):.4f}, against torch.topk "
               f"{overlap(top(pre), pre.topk(layer.m).indices):.4f}",

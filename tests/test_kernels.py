@@ -187,20 +187,29 @@ def test_topk_indices_torch_path_and_checks():
 
 
 def test_topk_auto_picks_the_measured_winner():
-    """mem_topk="auto" (the memory layers' default): the kernel on CUDA for short rows or few rows, where it was
-    measured faster (docs/KERNELS.md), torch.topk for many long rows and on the CPU."""
-    pick = lambda shape, cuda, dtype=torch.bfloat16: kernels.topk_auto_impl(shape, dtype, cuda)
-    assert pick((1, 2, 2, 3576), True) == "triton"  # UltraMem-1.6B decoding at batch 1: rows and columns at once
-    assert pick((1024, 2, 2, 3576), True) == "triton"  # batch 1,024: 4,096 rows
-    assert pick((2048, 2, 2, 3576), True) == "torch"
-    assert pick((65536, 2, 1100), True) == "triton"  # the small PKM's training rows
-    assert pick((65536, 2, 1024), True, torch.float32) == "triton"  # the small configs' 32 x 32 grids
-    assert pick((65536, 2, 2272), True) == "torch"  # the small UltraMem's rows (2 x 1,136)
-    assert pick((65536, 2, 2200), True) == "torch"  # the 151M's training rows (and its 80 x 80 grid)
-    assert pick((65536, 2, 6400), True) == "torch"
-    assert pick((4, 20000), True) == "torch"  # longer than the kernel takes
-    assert pick((4, 1000), True, torch.float64) == "torch"  # a dtype it does not take
-    assert pick((1, 2, 2, 3576), False) == "torch"  # CPU
+    """mem_topk="auto" (the memory layers' default): the kernels on CUDA where they were measured faster
+    (docs/KERNELS.md): the filter kernel for k up to its groups, any length; for larger k the register kernel on
+    short or few rows; torch.topk for larger k on many long rows and on the CPU."""
+    pick = lambda shape, k, cuda, dtype=torch.bfloat16: kernels.topk_auto_impl(shape, k, dtype, cuda)
+    assert pick((1, 2, 2, 3576), 42, True) == "triton"  # UltraMem-1.6B decoding at batch 1: rows and columns at once
+    assert pick((2048, 2, 2, 3576), 42, True) == "triton"  # and at batch 2,048
+    assert pick((65536, 2, 2200), 80, True) == "triton"  # the 151M's training rows and its 80 x 80 grid
+    assert pick((65536, 2, 6400), 80, True, torch.float32) == "triton"
+    assert pick((4, 20000), 80, True) == "triton"  # the filter kernel takes any length
+    groups = kernels.TOPK_CONFIG["groups"]  # above the filter's groups: the register kernel's rules
+    assert pick((2048, 2, 2, 3576), groups + 1, True) == "torch"
+    assert pick((1024, 2, 2, 3576), groups + 1, True) == "triton"  # at most 4,096 rows
+    assert pick((65536, 2, 1100), groups + 1, True) == "triton"  # rows of at most 1,536
+    assert pick((65536, 2, 2200), groups + 1, True) == "torch"
+    assert pick((4, 20000), groups + 1, True) == "torch"  # longer than the register kernel takes
+    assert pick((4, 1000), 80, True, torch.float64) == "torch"  # a dtype they do not take
+    assert pick((1, 2, 2, 3576), 42, False) == "torch"  # CPU
+    keep = dict(kernels.TOPK_CONFIG)
+    try:
+        kernels.TOPK_CONFIG["filter"] = 0
+        assert pick((65536, 2, 2200), 80, True) == "torch" and pick((65536, 2, 1100), 80, True) == "triton"
+    finally:
+        kernels.TOPK_CONFIG.update(keep)
     x = torch.randn(4, 3, 50)  # on the CPU "auto" is torch.topk, sorted or not
     assert torch.equal(kernels.topk_indices(x, 7, impl="auto"), x.topk(7, dim=-1).indices)
     assert torch.equal(kernels.topk_indices(x, 7, False).sort(-1).values, x.topk(7, dim=-1).indices.sort(-1).values)
@@ -524,18 +533,26 @@ def _interp_topk() -> None:
 
     g = torch.Generator().manual_seed(5)
     keep = dict(kernels.TOPK_CONFIG)
-    cases = ((37, 5, torch.float32, 2), (1100, 80, torch.float32, 2), (64, 64, torch.float32, 1),
-             (300, 1, torch.bfloat16, 2), (513, 40, torch.bfloat16, 1),  # L, k, dtype, bits per search pass:
-             (1100, 80, torch.float32, 8), (37, 37, torch.float32, 8), (513, 40, torch.bfloat16, 4),  # 4, 8: histograms
-             (700, 42, torch.bfloat16, 8))
-    for L, k, dtype, bits in cases:
-        kernels.TOPK_CONFIG["bits"] = bits
+    reg, small = {"filter": 0}, {"block": 128, "groups": 64, "cap": 64}
+    # L, k, dtype, bits per search pass (1, 2: compares; 4, 8: histograms), TOPK_CONFIG changes. The filter kernel
+    # (the default for bits >= 3 and k <= groups) at its defaults: blocks of 512, so 1, 2 or 3 of them per row; with
+    # `small`, rows of several blocks whose survivors overflow the cap (the whole-row selection) on random rows too;
+    # k above the groups falls back to the register kernel; a row longer than the register kernel takes
+    cases = ((37, 5, torch.float32, 2, {}), (1100, 80, torch.float32, 2, {}), (64, 64, torch.float32, 1, {}),
+             (300, 1, torch.bfloat16, 2, {}), (513, 40, torch.bfloat16, 1, {}),
+             (1100, 80, torch.float32, 8, reg), (37, 37, torch.float32, 8, reg), (513, 40, torch.bfloat16, 4, reg),
+             (1100, 80, torch.float32, 8, {}), (37, 37, torch.float32, 8, {}), (513, 40, torch.bfloat16, 4, {}),
+             (700, 42, torch.bfloat16, 8, {}), (513, 40, torch.bfloat16, 4, small), (1100, 60, torch.float32, 4, small),
+             (300, 100, torch.float32, 4, {"groups": 64}), (20000, 9, torch.bfloat16, 4, {}))
+    for L, k, dtype, bits, change in cases:
+        kernels.TOPK_CONFIG.update(change, bits=bits)
         x = torch.randn(7, L, generator=g).to(dtype)
         x[0, : min(L, 10)] = 1.5  # ties at the top
         x[1] = 0.0  # a row of equal values
         x[2, : L // 2] = -x[2, : L // 2].abs()  # negatives and
         x[2, 0], x[2, 1] = -0.0, float("-inf")  # signed zero, -inf
         x[3, L // 2] = float("inf")
+        x[4] = torch.arange(L, dtype=torch.float32).to(dtype)  # increasing (in bf16 with runs of ties)
         for sorted_ in (False, True):
             got = kernels.topk_indices(x.view(7, 1, L), k, sorted=sorted_, impl="triton").view(7, k)
             vals = x.gather(-1, got).float()
@@ -546,8 +563,20 @@ def _interp_topk() -> None:
                 assert (vals.diff(dim=-1) <= 0).all(), "sorted: not by value"
             else:
                 assert (got.diff(dim=-1) > 0).all(), "unsorted: the kernel's index order"
-        print(f"interp: topk L={L} k={k} {dtype} bits={bits} ok", flush=True)
-    kernels.TOPK_CONFIG.update(keep)
+        print(f"interp: topk L={L} k={k} {dtype} bits={bits} {change} ok", flush=True)
+        kernels.TOPK_CONFIG.clear()
+        kernels.TOPK_CONFIG.update(keep)
+    # the filter kernel with exactly `cap` survivors (the fast path's last slot): 256 keys at or above the lower bound
+    # 5.0 (the 40th largest of the maxima of 128 groups of 4 columns), one of them, in the last slot, the largest
+    x = torch.randn(3, 1100, generator=g) * 0.5
+    x[:, :256] = 5.0
+    x[:, 255] = 6.0
+    kernels.TOPK_CONFIG.update(block=512, groups=128, cap=256)
+    try:
+        got = kernels.topk_indices(x, 40, sorted=False, impl="triton")
+    finally:
+        kernels.TOPK_CONFIG.update(keep)
+    assert torch.equal(got, torch.tensor([*range(39), 255]).expand(3, 40)), "topk: cap survivors"
     # TDQKR through the kernel equals TDQKR through torch.topk (random scores: no ties)
     T, H, n, r, h, m = 5, 2, 40, 2, 2, 6
     s_row, s_col, cores = torch.randn(T, H, n, r, generator=g), torch.randn(T, H, n, r, generator=g), torch.randn(H, h, r, r, generator=g)
