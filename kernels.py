@@ -882,8 +882,8 @@ if triton is not None:
         # k-th largest of the maxima of GROUPS disjoint groups of the row (k groups have a maximum >= t0, so k
         # keys are >= t0). (2) The survivors (keys >= t0: every winner and every key tied with the k-th) have
         # their positions written in index order to this row's CAP slots of scratch. (3) If at most CAP survived
-        # (random rows: about 1.2-1.5 k), the selection runs on them alone; otherwise on the whole row, a chunk at
-        # a time (ties, adversarial orders). Either way the result is _topk_kernel's.
+        # (1.2-1.5 k on random rows and on the UltraMem-151M's at init), the selection runs on them alone; otherwise
+        # on the whole row, a block at a time (ties, adversarial orders). Either way the result is _topk_kernel's.
         row = tl.program_id(0).to(tl.int64)
         x_row = x_ptr + row * L
         out_row = out_ptr + row * k
@@ -894,7 +894,7 @@ if triton is not None:
             m = start + offs < L
             gmax = tl.maximum(gmax, tl.where(m, _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0),
                                                            KEY_BITS), 0))
-        g = tl.max(tl.reshape(gmax, [GROUPS, BLOCK // GROUPS], ), axis=1)  # GROUPS runs of columns
+        g = tl.max(tl.reshape(gmax, [GROUPS, BLOCK // GROUPS]), axis=1)  # GROUPS runs of columns
         t0 = _topk_kth(g, tl.arange(0, GROUPS) < GROUPS, k, BITS, KEY_BITS)
         count = tl.zeros((), dtype=tl.int32)
         for start in range(0, L, BLOCK):
@@ -921,7 +921,10 @@ if triton is not None:
                 for start in range(0, L, BLOCK):
                     m = start + offs < L
                     key = _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0), KEY_BITS)
-                    on = m & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
+                    if p == 0:  # (a shift by the keys' full width would be undefined)
+                        on = m
+                    else:
+                        on = m & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
                     hist += tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=on)
                 at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
                 d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)

@@ -218,7 +218,7 @@ def test_topk_auto_picks_the_measured_winner():
 def test_lookup_kernels_compile_for_sm90():
     """The lookup's forward and sorted backward, as the GPU runs them (SPLIT=True), for every values dtype and
     the launch options (value tile, column tiles side by side, and for bf16 the scores in the one-hot operand, with
-    bf16 and fp32 scores): they must compile for sm_90 (an fp16 value tile once did not: a bf16 x fp16 dot in code after a
+    bf16 and fp32 scores), and the top-k kernels: they must compile for sm_90 (an fp16 value tile once did not: a bf16 x fp16 dot in code after a
     constexpr return)."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -256,6 +256,14 @@ def test_lookup_kernels_compile_for_sm90():
                          {"perm_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                           "sscores_ptr": f"*{vdt}", "NK": "i32", "K": "i32"},
                          {"E": 4, "H": 2 - inner, "H_P": 2 - inner, "BLOCK": 1024})
+    # the retrieval's top-k: the filter kernel (its whole-row path included) and the register kernel, on 16-bit (bf16)
+    # and 32-bit keys
+    for xdt, key_bits in (("bf16", 16), ("fp32", 32), ("fp16", 32)):
+        compile_sm90(kernels._topk_filter_kernel, {"x_ptr": f"*{xdt}", "out_ptr": "*i64", "scratch_ptr": "*i32",
+                                                   "L": "i32", "k": "i32"},
+                     {"BLOCK": 512, "GROUPS": 256, "CAP": 256, "BITS": 4, "KEY_BITS": key_bits}, num_warps=2)
+        compile_sm90(kernels._topk_kernel, {"x_ptr": f"*{xdt}", "out_ptr": "*i64", "L": "i32", "k": "i32"},
+                     {"BLOCK_L": 4096, "BITS": 4, "KEY_BITS": key_bits}, num_warps=8)
 
 
 def test_score_dot_is_one_dot_for_bf16_scores():
