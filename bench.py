@@ -84,9 +84,10 @@ on the same rows and the first score. The sorted backward is also timed with the
 tokens it also times 12 forward and 16 backward launch configurations (kernels.CONFIG: column tile, slot block,
 grid order; row tile, slot block, value tile, grid order) and prints the best of each. Then the retrieval's top-k kernel
 (kernels.topk_indices) against torch.topk on the models' row lengths, with a sweep (sweep=True) of the register
-kernel's bits per pass and warps and of the filter kernel's block and warps; at decoding's few rows, per call within a CUDA graph of 20 calls as well (*_graph_ms; the
-sweep too), since single calls there are launch-bound. shapes= (empty) times the top-k alone. Keys: shapes, tokens, E, h, max_baseline_tokens,
-check_compile, sweep; dtype auto means bfloat16 here. Config files are not used by this mode.
+kernel's bits per pass and warps and of the filter kernel's block and warps; at decoding's few rows, per call
+within a CUDA graph of 20 calls as well (*_graph_ms; the sweep too), since single calls there are launch-bound.
+shapes= (empty) times the top-k alone. Keys: shapes, tokens, E, h, max_baseline_tokens, check_compile, sweep; dtype
+auto means bfloat16 here. Config files are not used by this mode.
 """
 
 import ast

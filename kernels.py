@@ -777,14 +777,16 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
 # order); sorted=False: any order (the kernel's is increasing index; ties go to the lower index). Why:
 # torch.topk's radix select reads a row several times over several kernels (42 ms of a 276 ms
 # UltraMem-151M step, docs/BENCHMARKS.md). Two kernels, one program per row, over order-preserving integer keys:
-# - the filter kernel (TOPK_CONFIG["filter"], the default where k <= its groups): a lower bound of the k-th
-#   largest from the maxima of disjoint groups of the row, then the positions of the keys at or above it (about
-#   1.2-1.5 k on random rows) compacted in index order, and the exact selection on those alone. The row is read a
-#   block at a time, so its length is not padded to a power of two. 2.4-3.4x faster than torch.topk on the
-#   UltraMem-151M's training rows (65,536 of 2,200 and 6,400) and 1.6-4x at decoding's sizes (docs/KERNELS.md).
+# - the filter kernel (TOPK_CONFIG["filter"], the default where k is at most half its groups): a lower bound of
+#   the k-th largest from the maxima of disjoint groups of the row, then the positions of the keys at or above it
+#   (about 1.2-1.5 k on random rows) compacted in index order, and the exact selection on those alone. The row is
+#   read a block at a time, so its length is not padded to a power of two. 2.4-3.3x faster than torch.topk on the
+#   UltraMem-151M's training rows (65,536 of 2,200 and 6,400) and 2.0-4.1x at decoding's sizes (docs/KERNELS.md).
 # - the register kernel: the whole row (padded to a power of two, L up to 16,384) in registers, the k-th largest
 #   by a radix select (TOPK_CONFIG["bits"] bits per pass), the winners' positions by a prefix sum; slower than
-#   torch.topk on long rows (1.6x at 2,200 and 6,400), kept for k above the filter's groups.
+#   torch.topk on long rows (1.6x at 2,200 and 6,400), kept for larger k.
+# Keys order values as torch.topk does, except that -0.0 ranks below +0.0 and a NaN ranks by its sign bit (above
+# +inf if positive, below -inf if negative; torch.topk ranks every NaN highest).
 # impl: "torch" (torch.topk), "triton" (the kernels), or "auto" (the memory layers' default, mem_topk): the
 # kernels on CUDA where they were measured faster, torch.topk elsewhere (topk_auto_impl).
 
@@ -793,18 +795,20 @@ TOPK_MAX_L = 16384
 # bins over the keys that share the prefix so far; half as many passes on bf16 rows) and the register kernel's
 # warps per row (0: one per 512 elements, 1 to 16). Swept on the H200 (docs/KERNELS.md, 2026-11-29 run 2): 4 bits
 # with a warp per 512 elements was the register kernel's best on all four training shapes.
-# The filter kernel (filter=1; it needs bits >= 3, histogram passes): `block` elements read per step, `groups`
-# for the lower bound (k must be at most groups, else the register kernel runs), `cap` survivors at most for the
-# fast path (more: the selection runs over the whole row, a block at a time; cap is raised to k's power of two),
-# `filter_warps` (0: 4 for at most TOPK_AUTO_ROWS rows, decoding, else 2). Swept on the H200 (docs/KERNELS.md,
-# session 17: blocks of 128-2,048, 128 or 256 groups, 1-8 warps): blocks of 512 with 2 warps were best or within
-# 6% on the training rows of 1,136-6,400 except 2,200 (128-element blocks 15% faster there), 4 warps at decode.
+# The filter kernel (filter=1; it needs bits 4 or 8, histogram passes): `block` elements read per step, `groups`
+# for the lower bound (k must be at most groups / 2, else the register kernel runs: with k near the groups the bound
+# lets most of the row survive), `cap` survivors at most for the fast path (more: the selection runs over the whole
+# row, a block at a time; cap is raised to 2 k's power of two), `filter_warps` (0: 4 for at most TOPK_AUTO_ROWS
+# rows, decoding, else 2); block, groups and cap powers of two. Swept on the H200 (docs/KERNELS.md, session 17:
+# blocks of 128-2,048, 128 or 256 groups, 1-8 warps, 4 or 8 bits): blocks of 512 with 2 warps were best or within 5%
+# on the training rows of 6,400 (bf16, fp32), blocks of 128 15-28% faster on rows of 1,136 and 2,200 (not taken: 128
+# groups at most there, too few for the 151M's grids), 4 warps at decode.
 TOPK_CONFIG = {"bits": 4, "warps": 0, "filter": 1, "block": 512, "groups": 256, "cap": 256, "filter_warps": 0}
-# "auto" picks the kernel wherever the filter kernel applies (k <= groups); else the register kernel for rows of at
-# most TOPK_AUTO_L or for at most TOPK_AUTO_ROWS rows, torch.topk otherwise. Measured on the H200 (docs/KERNELS.md,
-# 2026-11-29): the register kernel wins at 1,024 and 1,136 (2.5x, 1.3x) and loses at 2,200 and 6,400 (1.4x, 1.6x);
-# at decoding's sizes (4 and 256 rows of 3,576, 2 and 128 rows of 1,764, timed per call in a CUDA graph) it takes
-# 6-15 us against torch.topk's 14-43 us. The row bound covers decoding at batch 1,024 (4,096 rows of 3,576).
+# "auto" picks the kernel wherever the filter kernel applies (k <= groups / 2; measured at k = 32-80); else the
+# register kernel for rows of at most TOPK_AUTO_L or for at most TOPK_AUTO_ROWS rows, torch.topk otherwise. Measured
+# on the H200 (docs/KERNELS.md, 2026-11-29): the register kernel wins at 1,024 and 1,136 (2.5x, 1.3x) and loses at
+# 2,200 and 6,400 (1.4x, 1.6x); at decoding's sizes (4 and 256 rows of 3,576, 2 and 128 rows of 1,764, timed per
+# call in a CUDA graph) it takes 6-15 us against torch.topk's 14-43 us. The row bound covers decoding at batch 1,024 (4,096 rows of 3,576).
 TOPK_AUTO_L, TOPK_AUTO_ROWS = 1536, 4096
 
 
@@ -950,15 +954,28 @@ def _topk_warps(BLOCK_L: int) -> int:
 
 def _topk_filter_shape(L: int, k: int) -> tuple[int, int, int] | None:
     """(BLOCK, GROUPS, CAP) of the filter kernel for rows of L and top k, or None where it does not apply
-    (TOPK_CONFIG["filter"] off, histogram passes off (bits < 3), or k above the groups)."""
+    (TOPK_CONFIG["filter"] off, histogram passes off (bits < 3), or k above half the groups)."""
     c = TOPK_CONFIG
+    _check_topk_config()
     if not c["filter"] or c["bits"] < 3:
         return None
     block = min(c["block"], 1 << (L - 1).bit_length())  # powers of two
     groups = min(c["groups"], block)
-    if k > groups:
+    if 2 * k > groups:
         return None
-    return block, groups, max(c["cap"], 1 << (k - 1).bit_length())
+    return block, groups, max(c["cap"], 1 << (2 * k - 1).bit_length())
+
+
+def _check_topk_config() -> None:
+    """TOPK_CONFIG's values that the kernels can run: bits dividing 16 (every key bit searched), powers of two."""
+    c = TOPK_CONFIG
+    pow2 = lambda v: isinstance(v, int) and v > 0 and v & (v - 1) == 0
+    bad = [f"bits={c['bits']} (1, 2, 4 or 8)"] if c["bits"] not in (1, 2, 4, 8) else []
+    bad += [f"{key}={c[key]} (a power of two)" for key in ("block", "groups", "cap") if not pow2(c[key])]
+    bad += [f"{key}={c[key]} (0 or a power of two up to 16)" for key in ("warps", "filter_warps")
+            if not (c[key] == 0 or pow2(c[key]) and c[key] <= 16)]
+    if bad:
+        raise ValueError(f"kernels.TOPK_CONFIG: {', '.join(bad)}")
 
 
 def _topk_triton(x: Tensor, k: int) -> Tensor:
@@ -990,22 +1007,23 @@ def _topk_indices_op(x: Tensor, k: int, config: str) -> Tensor:
 
 
 def _topk_kernel_takes(L: int, k: int, dtype: torch.dtype) -> bool:
-    """Whether a kernel takes the top k of rows of L: a float dtype of 16 or 32 bits, and L below 2**31 for the
+    """Whether a kernel takes the top k of rows of L: a float dtype of 16 or 32 bits, and L at most 2**30 for the
     filter kernel (it reads a block at a time) or at most TOPK_MAX_L for the register kernel."""
-    fits = L < 2**31 if _topk_filter_shape(L, k) is not None else L <= TOPK_MAX_L
+    fits = L <= 2**30 if _topk_filter_shape(L, k) is not None else L <= TOPK_MAX_L  # (int32 block offsets)
     return fits and dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
 def topk_auto_impl(shape: tuple[int, ...], k: int, dtype: torch.dtype, cuda: bool) -> str:
     """impl="auto"'s choice for the top k of rows of the given shape (..., L) and dtype: "triton" on CUDA where the
-    kernels take the rows (_topk_kernel_takes, triton installed) and the filter kernel
-    applies (k <= its groups) or the rows are short or few (TOPK_AUTO_L, TOPK_AUTO_ROWS), else "torch" (on the CPU
+    kernels take the rows (_topk_kernel_takes, triton installed) and the filter kernel applies (k at most half its
+    groups) or the rows are short or few (TOPK_AUTO_L, TOPK_AUTO_ROWS), else "torch" (on the CPU
     always: there the custom op runs torch.topk anyway)."""
     L = shape[-1]
     rows = math.prod(shape[:-1])
     if not (cuda and triton is not None and _topk_kernel_takes(L, k, dtype)):
         return "torch"
-    return "triton" if _topk_filter_shape(L, k) is not None or L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS else "torch"
+    filtered = _topk_filter_shape(L, k) is not None
+    return "triton" if filtered or L <= TOPK_AUTO_L or rows <= TOPK_AUTO_ROWS else "torch"
 
 
 def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> Tensor:

@@ -5,7 +5,8 @@ Each case draws rows x L (1-70,000 rows, 1-20,000 long), k (1-128, at most L), a
 TOPK_CONFIG (the filter kernel with blocks of 64-2,048, 32-256 groups and caps of 32-512 that often overflow, so that
 its whole-row selection runs, or the register kernel); rows mix normal values with ties at the top, a row of equal
 values, an increasing row, signed zeros and infinities. Checks: the same values as torch.topk's (sorted), k distinct
-indices in increasing order, and bitwise-equal repeats. Exits non-zero on the first failure. --cpu: a few small
+indices in increasing order, the filter kernel's positions equal to the register kernel's (ties to the lower
+index), and bitwise-equal repeats. Exits non-zero on the first failure. --cpu: a few small
 cases under the Triton interpreter (TRITON_INTERPRET=1 is set before triton is imported).
 """
 import os
@@ -36,9 +37,11 @@ for case in range(CASES):
     change = rng.choice([{}, {"filter": 0}, {"block": rng.choice([64, 128, 256, 1024, 2048]),
                                              "groups": rng.choice([32, 64, 128, 256]), "cap": rng.choice([32, 64, 512]),
                                              "filter_warps": rng.choice([0, 1, 2, 4, 8]), "bits": rng.choice([4, 8])}])
-    if change.get("filter") == 0 and L > kernels.TOPK_MAX_L:
-        change = {}
     kernels.TOPK_CONFIG.update(change)
+    if kernels._topk_filter_shape(L, k) is None and L > kernels.TOPK_MAX_L:  # the register kernel does not take it
+        kernels.TOPK_CONFIG.clear()
+        kernels.TOPK_CONFIG.update(keep)
+        change = {}
     x = torch.randn(rows, L, device=dev, generator=g)
     x[0, : min(L, 10)] = 1.5
     if rows > 1:
@@ -56,6 +59,9 @@ for case in range(CASES):
     want = x.float().topk(k, dim=-1).values
     ok = (torch.equal(x.gather(-1, got).float().sort(-1, descending=True).values, want)
           and bool((got.diff(dim=-1) > 0).all()) and torch.equal(got, again))
+    if ok and path == "filter" and L <= kernels.TOPK_MAX_L:  # the same positions as the register kernel's
+        kernels.TOPK_CONFIG["filter"] = 0
+        ok = torch.equal(got, kernels.topk_indices(x, k, sorted=False, impl="triton"))
     print(f"{what}: {'ok' if ok else 'FAILED'}", flush=True)
     if not ok:
         sys.exit(f"check_topk_gpu: {what} differs from torch.topk")

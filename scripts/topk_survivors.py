@@ -18,8 +18,8 @@ import model
 
 path = next((a for a in sys.argv[1:] if not a.startswith("--")), "config/ultramem_151m.py")
 T = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--tokens=")), 2048)
-SHAPES = [tuple(map(int, s.split(":"))) for s in
-          next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--shapes=")), "512:256,512:128,128:128").split(",")]
+SPEC = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--shapes=")), "512:256,512:128,128:128")
+SHAPES = [tuple(map(int, s.split(":"))) for s in SPEC.split(",")]
 cfg = {}
 exec(open(path).read(), {}, cfg)
 c = model.GPTConfig(**{k: v for k, v in cfg.items() if k in model.GPTConfig.__dataclass_fields__})

@@ -145,7 +145,7 @@ def test_compiled_graph_records_the_lookup_config():
     w_fc, w_proj = torch.randn(4, 16, 24), torch.randn(4, 24, 16)
     for fn, config, key in ((lambda x: kernels.moe_decode(x, rw, w_fc, w_proj, 2, True), kernels.MOE_DECODE_CONFIG,
                              "proj_atomic"),
-                            (lambda x: kernels.topk_indices(x, 3, impl="triton"), kernels.TOPK_CONFIG, "bits")):
+                            (lambda x: kernels.topk_indices(x, 3, impl="triton"), kernels.TOPK_CONFIG, "filter")):
         graphs.clear()
         counter = CompileCounterWithBackend(backend)
         torch._dynamo.reset()
@@ -188,7 +188,7 @@ def test_topk_indices_torch_path_and_checks():
 
 def test_topk_auto_picks_the_measured_winner():
     """mem_topk="auto" (the memory layers' default): the kernels on CUDA where they were measured faster
-    (docs/KERNELS.md): the filter kernel for k up to its groups, any length; for larger k the register kernel on
+    (docs/KERNELS.md): the filter kernel for k up to half its groups, any length; for larger k the register kernel on
     short or few rows; torch.topk for larger k on many long rows and on the CPU."""
     pick = lambda shape, k, cuda, dtype=torch.bfloat16: kernels.topk_auto_impl(shape, k, dtype, cuda)
     assert pick((1, 2, 2, 3576), 42, True) == "triton"  # UltraMem-1.6B decoding at batch 1: rows and columns at once
@@ -196,12 +196,12 @@ def test_topk_auto_picks_the_measured_winner():
     assert pick((65536, 2, 2200), 80, True) == "triton"  # the 151M's training rows and its 80 x 80 grid
     assert pick((65536, 2, 6400), 80, True, torch.float32) == "triton"
     assert pick((4, 20000), 80, True) == "triton"  # the filter kernel takes any length
-    groups = kernels.TOPK_CONFIG["groups"]  # above the filter's groups: the register kernel's rules
-    assert pick((2048, 2, 2, 3576), groups + 1, True) == "torch"
-    assert pick((1024, 2, 2, 3576), groups + 1, True) == "triton"  # at most 4,096 rows
-    assert pick((65536, 2, 1100), groups + 1, True) == "triton"  # rows of at most 1,536
-    assert pick((65536, 2, 2200), groups + 1, True) == "torch"
-    assert pick((4, 20000), groups + 1, True) == "torch"  # longer than the register kernel takes
+    big = kernels.TOPK_CONFIG["groups"] // 2 + 1  # above half the filter's groups: the register kernel's rules
+    assert pick((2048, 2, 2, 3576), big, True) == "torch"
+    assert pick((1024, 2, 2, 3576), big, True) == "triton"  # at most 4,096 rows
+    assert pick((65536, 2, 1100), big, True) == "triton"  # rows of at most 1,536
+    assert pick((65536, 2, 2200), big, True) == "torch"
+    assert pick((4, 20000), big, True) == "torch"  # longer than the register kernel takes
     assert pick((4, 1000), 80, True, torch.float64) == "torch"  # a dtype they do not take
     assert pick((1, 2, 2, 3576), 42, False) == "torch"  # CPU
     keep = dict(kernels.TOPK_CONFIG)
@@ -218,8 +218,8 @@ def test_topk_auto_picks_the_measured_winner():
 def test_lookup_kernels_compile_for_sm90():
     """The lookup's forward and sorted backward, as the GPU runs them (SPLIT=True), for every values dtype and
     the launch options (value tile, column tiles side by side, and for bf16 the scores in the one-hot operand, with
-    bf16 and fp32 scores), and the top-k kernels: they must compile for sm_90 (an fp16 value tile once did not: a bf16 x fp16 dot in code after a
-    constexpr return)."""
+    bf16 and fp32 scores), and the top-k kernels: they must compile for sm_90 (an fp16 value tile once did not: a
+    bf16 x fp16 dot in code after a constexpr return)."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the kernels are interpreter functions in this process")
@@ -541,17 +541,18 @@ def _interp_topk() -> None:
 
     g = torch.Generator().manual_seed(5)
     keep = dict(kernels.TOPK_CONFIG)
-    reg, small = {"filter": 0}, {"block": 128, "groups": 64, "cap": 64}
+    reg, small = {"filter": 0}, {"block": 128, "groups": 128, "cap": 64}
     # L, k, dtype, bits per search pass (1, 2: compares; 4, 8: histograms), TOPK_CONFIG changes. The filter kernel
-    # (the default for bits >= 3 and k <= groups) at its defaults: blocks of 512, so 1, 2 or 3 of them per row; with
-    # `small`, rows of several blocks whose survivors overflow the cap (the whole-row selection) on random rows too;
-    # k above the groups falls back to the register kernel; a row longer than the register kernel takes
+    # (the default for bits >= 3 and k <= groups / 2) at its defaults: blocks of 512, so 1, 2 or 3 of them per row;
+    # with `small`, rows of several blocks; k above half the groups falls back to the register kernel; a row longer
+    # than the register kernel takes. The rows of ties overflow the cap (the whole-row selection). The filter
+    # kernel's positions must equal the register kernel's (ties to the lower index)
     cases = ((37, 5, torch.float32, 2, {}), (1100, 80, torch.float32, 2, {}), (64, 64, torch.float32, 1, {}),
              (300, 1, torch.bfloat16, 2, {}), (513, 40, torch.bfloat16, 1, {}),
              (1100, 80, torch.float32, 8, reg), (37, 37, torch.float32, 8, reg), (513, 40, torch.bfloat16, 4, reg),
              (1100, 80, torch.float32, 8, {}), (37, 37, torch.float32, 8, {}), (513, 40, torch.bfloat16, 4, {}),
              (700, 42, torch.bfloat16, 8, {}), (513, 40, torch.bfloat16, 4, small), (1100, 60, torch.float32, 4, small),
-             (300, 100, torch.float32, 4, {"groups": 64}), (20000, 9, torch.bfloat16, 4, {}))
+             (300, 40, torch.float32, 4, {"groups": 64}), (20000, 9, torch.bfloat16, 4, {}))
     for L, k, dtype, bits, change in cases:
         kernels.TOPK_CONFIG.update(change, bits=bits)
         x = torch.randn(7, L, generator=g).to(dtype)
@@ -571,6 +572,11 @@ def _interp_topk() -> None:
                 assert (vals.diff(dim=-1) <= 0).all(), "sorted: not by value"
             else:
                 assert (got.diff(dim=-1) > 0).all(), "unsorted: the kernel's index order"
+                if kernels._topk_filter_shape(L, k) is not None and L <= kernels.TOPK_MAX_L:
+                    kernels.TOPK_CONFIG["filter"] = 0
+                    want = kernels.topk_indices(x.view(7, 1, L), k, sorted=False, impl="triton").view(7, k)
+                    kernels.TOPK_CONFIG["filter"] = 1
+                    assert torch.equal(got, want), f"topk L={L} k={k} {dtype} {change}: not the register kernel's"
         print(f"interp: topk L={L} k={k} {dtype} bits={bits} {change} ok", flush=True)
         kernels.TOPK_CONFIG.clear()
         kernels.TOPK_CONFIG.update(keep)
@@ -585,6 +591,20 @@ def _interp_topk() -> None:
     finally:
         kernels.TOPK_CONFIG.update(keep)
     assert torch.equal(got, torch.tensor([*range(39), 255]).expand(3, 40)), "topk: cap survivors"
+    # the whole-row selection on rows of distinct values too: the kernel launched with a cap below k, so that every
+    # row overflows it; positions equal to the register kernel's
+    for L, k, dtype in ((300, 20, torch.float32), (1100, 20, torch.bfloat16), (1100, 33, torch.float32)):
+        x = torch.randn(4, L, generator=g).to(dtype)
+        x[1, :50] = x[1, 50]  # a run of ties
+        out = torch.full((4, k), -1, dtype=torch.int64)
+        kernels._launch(kernels._topk_filter_kernel, (4,), False, x, out, torch.empty(4, 16, dtype=torch.int32), L, k,
+                        BLOCK=128, GROUPS=64, CAP=16, BITS=4, KEY_BITS=16 if dtype == torch.bfloat16 else 32)
+        kernels.TOPK_CONFIG.update(filter=0)
+        try:
+            want = kernels.topk_indices(x, k, sorted=False, impl="triton")
+        finally:
+            kernels.TOPK_CONFIG.update(keep)
+        assert torch.equal(out, want), f"topk whole-row path L={L} k={k} {dtype}"
     # TDQKR through the kernel equals TDQKR through torch.topk (random scores: no ties)
     T, H, n, r, h, m = 5, 2, 40, 2, 2, 6
     s_row, s_col, cores = torch.randn(T, H, n, r, generator=g), torch.randn(T, H, n, r, generator=g), torch.randn(H, h, r, r, generator=g)
