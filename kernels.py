@@ -808,7 +808,8 @@ TOPK_CONFIG = {"bits": 4, "warps": 0, "filter": 1, "block": 512, "groups": 256, 
 # register kernel for rows of at most TOPK_AUTO_L or for at most TOPK_AUTO_ROWS rows, torch.topk otherwise. Measured
 # on the H200 (docs/KERNELS.md, 2026-11-29): the register kernel wins at 1,024 and 1,136 (2.5x, 1.3x) and loses at
 # 2,200 and 6,400 (1.4x, 1.6x); at decoding's sizes (4 and 256 rows of 3,576, 2 and 128 rows of 1,764, timed per
-# call in a CUDA graph) it takes 6-15 us against torch.topk's 14-43 us. The row bound covers decoding at batch 1,024 (4,096 rows of 3,576).
+# call in a CUDA graph) it takes 6-15 us against torch.topk's 14-43 us. The row bound covers decoding at batch
+# 1,024 (4,096 rows of 3,576).
 TOPK_AUTO_L, TOPK_AUTO_ROWS = 1536, 4096
 
 
