@@ -409,6 +409,8 @@ def bench_kernels(cfg: dict) -> dict:
                 kernels.TOPK_CONFIG.update(tk)
                 for block, warps in itertools.product((128, 512, 1024), (2, 4)):
                     kernels.TOPK_CONFIG.update(block=block, filter_warps=warps)
+                    if kernels._topk_filter_shape(L, k) is None:  # k above half the groups this block allows
+                        continue
                     r[f"sweep_filter_block{block}_w{warps}_ms"] = timed(
                         lambda: kernels.topk_indices(x, k, sorted=False, impl="triton"), kernels.TOPK_CONFIG,
                         graph_ms if small else None)

@@ -832,43 +832,59 @@ if triton is not None:
         return key
 
     @triton.jit
+    def _topk_radix_hist(key, live, prefix, p: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
+        # radix pass p's histogram: the live keys that share the prefix found so far (pass 0: all of them; a shift
+        # by the keys' full width would be undefined), binned by their next BITS bits
+        shift = KEY_BITS - BITS * (p + 1)
+        if p == 0:
+            on = live
+        else:
+            on = live & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
+        return tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=on)
+
+    @triton.jit
+    def _topk_radix_digit(hist, need, prefix, p: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
+        # the largest digit with at least `need` keys at or above it extends the prefix; returns the prefix and how
+        # many keys are still needed at or below it (those above it are winners)
+        digits = tl.arange(0, 1 << BITS).to(tl.uint32)
+        at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # per digit; [0] >= need
+        d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)
+        return prefix | (d << (KEY_BITS - BITS * (p + 1))), need - tl.sum(tl.where(digits > d, hist, 0), axis=0)
+
+    @triton.jit
     def _topk_kth(key, live, k, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
         # the k-th largest of the live keys (at least k are live), found BITS bits at a time from the top: the
         # largest prefix with at least k live keys at or above it
-        digits = tl.arange(0, 1 << BITS).to(tl.uint32)
         prefix = tl.zeros((), dtype=tl.uint32)
         if BITS <= 2:  # counting by comparison: a (2**BITS, n) matrix of compares per pass
+            digits = tl.arange(0, 1 << BITS).to(tl.uint32)
             for p in tl.static_range(KEY_BITS // BITS):
                 cand = prefix | (digits << (KEY_BITS - BITS * (p + 1)))  # (2**BITS,): digit 0 is the prefix itself
                 count = tl.sum(((key[None, :] >= cand[:, None]) & live[None, :]).to(tl.int32), axis=1)  # [0] >= k
                 prefix = tl.max(tl.where(count >= k, cand, 0), axis=0)
-        else:  # counting by histogram (radix select): the live keys that share the prefix found so far, binned by
-            # their next BITS bits; the largest digit with at least `need` keys at or above it extends the prefix
+        else:  # counting by histogram (radix select), BITS bits per pass
             need = k
             for p in tl.static_range(KEY_BITS // BITS):
-                shift = KEY_BITS - BITS * (p + 1)
-                if p == 0:
-                    on = live
-                else:
-                    on = live & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
-                hist = tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=on)
-                at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist  # per digit; [0] >= need
-                d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)
-                need -= tl.sum(tl.where(digits > d, hist, 0), axis=0)
-                prefix = prefix | (d << shift)
+                prefix, need = _topk_radix_digit(_topk_radix_hist(key, live, prefix, p, BITS, KEY_BITS), need, prefix,
+                                                 p, BITS, KEY_BITS)
         return prefix
 
     @triton.jit
-    def _topk_take(key, live, idx, k, kth, out_row):
-        # writes the positions idx of every live key above kth and of the first k - (number above) equal to it,
-        # in the order given (increasing index)
-        above = (key > kth) & live
+    def _topk_write(key, live, idx, kth, n_eq, seen, written, out_row):
+        # writes, in the order given (increasing index), the positions idx of every live key above kth and of the
+        # keys equal to it while fewer than n_eq have been (seen: the equal keys before these; written: the
+        # positions written before); returns both counts after these keys
         equal = (key == kth) & live
-        n_above = tl.sum(above.to(tl.int32), axis=0)
-        eq_rank = tl.cumsum(equal.to(tl.int32), axis=0)  # 1-based rank among the equal keys
-        take = above | (equal & (eq_rank <= k - n_above))
-        pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
+        take = ((key > kth) & live) | (equal & (seen + tl.cumsum(equal.to(tl.int32), axis=0) <= n_eq))
+        pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
         tl.store(out_row + pos, idx.to(tl.int64), mask=take)
+        return seen + tl.sum(equal.to(tl.int32), axis=0), written + tl.sum(take.to(tl.int32), axis=0)
+
+    @triton.jit
+    def _topk_take(key, live, idx, k, kth, out_row):
+        # writes the positions idx of every live key above kth and of the first k - (number above) equal to it
+        zero = tl.zeros((), dtype=tl.int32)
+        _topk_write(key, live, idx, kth, k - tl.sum(((key > kth) & live).to(tl.int32), axis=0), zero, zero, out_row)
 
     @triton.jit
     def _topk_kernel(x_ptr, out_ptr, L, k, BLOCK_L: tl.constexpr, BITS: tl.constexpr, KEY_BITS: tl.constexpr):
@@ -916,37 +932,23 @@ if triton is not None:
             idx = tl.load(scr + c, mask=live, other=0)
             key = tl.where(live, _topk_keys(tl.load(x_row + idx, mask=live, other=0.0), KEY_BITS), 0)
             _topk_take(key, live, idx, k, _topk_kth(key, live, k, BITS, KEY_BITS), out_row)
-        else:  # the radix select of _topk_kth over the whole row, a chunk at a time, then the same writes
-            digits = tl.arange(0, 1 << BITS).to(tl.uint32)
+        else:  # _topk_kth's radix select over the whole row, each pass's histogram summed over the blocks, then
+            # the same writes, a block at a time
             prefix = tl.zeros((), dtype=tl.uint32)
             need = k
             for p in tl.static_range(KEY_BITS // BITS):
-                shift = KEY_BITS - BITS * (p + 1)
                 hist = tl.zeros([1 << BITS], dtype=tl.int32)
                 for start in range(0, L, BLOCK):
                     m = start + offs < L
                     key = _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0), KEY_BITS)
-                    if p == 0:  # (a shift by the keys' full width would be undefined)
-                        on = m
-                    else:
-                        on = m & ((key >> (shift + BITS)) == (prefix >> (shift + BITS)))
-                    hist += tl.histogram(((key >> shift) & ((1 << BITS) - 1)).to(tl.int32), 1 << BITS, mask=on)
-                at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
-                d = tl.max(tl.where(at_or_above >= need, digits, 0), axis=0)
-                need -= tl.sum(tl.where(digits > d, hist, 0), axis=0)
-                prefix = prefix | (d << shift)
-            need_eq = need  # how many keys equal to the k-th are taken (the first ones, in index order)
+                    hist += _topk_radix_hist(key, m, prefix, p, BITS, KEY_BITS)
+                prefix, need = _topk_radix_digit(hist, need, prefix, p, BITS, KEY_BITS)
             seen = tl.zeros((), dtype=tl.int32)
             written = tl.zeros((), dtype=tl.int32)
-            for start in range(0, L, BLOCK):
+            for start in range(0, L, BLOCK):  # need: how many keys equal to the k-th are taken, the first ones
                 m = start + offs < L
                 key = _topk_keys(tl.load(x_row + start + offs, mask=m, other=0.0), KEY_BITS)
-                equal = (key == prefix) & m
-                take = ((key > prefix) & m) | (equal & (seen + tl.cumsum(equal.to(tl.int32), axis=0) <= need_eq))
-                pos = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
-                tl.store(out_row + pos, (start + offs).to(tl.int64), mask=take)
-                seen += tl.sum(equal.to(tl.int32), axis=0)
-                written += tl.sum(take.to(tl.int32), axis=0)
+                seen, written = _topk_write(key, m, start + offs, prefix, need, seen, written, out_row)
 
 
 def _topk_warps(BLOCK_L: int) -> int:
@@ -957,7 +959,6 @@ def _topk_filter_shape(L: int, k: int) -> tuple[int, int, int] | None:
     """(BLOCK, GROUPS, CAP) of the filter kernel for rows of L and top k, or None where it does not apply
     (TOPK_CONFIG["filter"] off, histogram passes off (bits < 3), or k above half the groups)."""
     c = TOPK_CONFIG
-    _check_topk_config()
     if not c["filter"] or c["bits"] < 3:
         return None
     block = min(c["block"], 1 << (L - 1).bit_length())  # powers of two
@@ -1042,9 +1043,10 @@ def topk_indices(x: Tensor, k: int, sorted: bool = True, impl: str = "auto") -> 
         return topk_indices_reference(x, k, sorted)
     if impl != "triton":
         raise ValueError(f"topk_indices: impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    _check_topk_config()
     if not _topk_kernel_takes(L, k, x.dtype):
         raise ValueError(f"topk_indices: the kernels take rows of float32/bf16/fp16 (at most {TOPK_MAX_L} for k above "
-                         f"TOPK_CONFIG's groups), got {L} x {x.dtype} with k={k}")
+                         f"half of TOPK_CONFIG's groups), got {L} x {x.dtype} with k={k}")
     idx = torch.ops.ultramem.topk_indices(x, k, _config_key(TOPK_CONFIG))
     if sorted:  # the k winners by value, largest first; stable, so equal values keep index order
         idx = idx.gather(-1, x.gather(-1, idx).argsort(dim=-1, descending=True, stable=True))

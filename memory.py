@@ -55,7 +55,7 @@ class MemoryConfig:
     mem_tucker_tau: float = 0.15  # its margin tau
     mem_topk: str = "auto"  # the retrieval's top-m (PKM and TDQKR): "auto" | "torch" (torch.topk) | "triton"
     # (kernels.topk_indices' kernels). "auto": the kernels on CUDA wherever they were measured faster (the filter
-    # kernel: every m up to 128, 2.4-3.4x torch.topk on the UltraMem-151M's training rows), torch.topk on the CPU
+    # kernel: every m up to 128, 2.4-3.3x torch.topk on the UltraMem-151M's training rows), torch.topk on the CPU
     # and for larger m on many long rows; kernels.topk_auto_impl, measured in docs/KERNELS.md
     mem_decode: str = "fused"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "fused"
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches

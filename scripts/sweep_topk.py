@@ -62,7 +62,8 @@ for rows, L, k, dt in SHAPES:
             ok = (torch.equal(x.gather(-1, got).float().sort(-1, descending=True).values, want)
                   and bool((got.diff(dim=-1) > 0).all()))
             us = ms_of(fn, decode) * 1e3
-            print(f"  {change or 'defaults'}: {us:.1f} us ({t_unsorted / us:.2f}x torch unsorted)"
+            kind = "filter" if kernels._topk_filter_shape(L, k) is not None else "register"
+            print(f"  {change or 'defaults'} ({kind} kernel): {us:.1f} us ({t_unsorted / us:.2f}x torch unsorted)"
                   f"{'' if ok else '  WRONG'}", flush=True)
         except Exception as e:  # report and go on
             print(f"  {change}: {type(e).__name__}: {' | '.join(str(e).splitlines()[:3])[:300]}", flush=True)
