@@ -18,9 +18,11 @@ body runs the Triton kernels on CUDA and the reference on the CPU; `set_impl("tr
 kernels on CPU tensors too, under the interpreter (TRITON_INTERPRET=1 set before triton is imported).
 
 Backward, two schemes for the value gradient (a dense (N, Dv) tensor in values.dtype):
-  "sorted" (default, deterministic): sort the T*K slots by row, then one program per physical row sums
-           its slots' contributions in a fixed order and writes the row once (zeros for untouched rows);
-           the same program computes the slots' score gradients from the row it already holds.
+  "sorted" (default, deterministic): sort the T*K slots by row, then one program per tile of physical rows
+           sums its slots' contributions in a fixed order and writes the rows once (zeros for untouched rows);
+           a tile with more than CONFIG["bwd_max_slots"] slots is split into pieces whose fp32 sums a second
+           kernel adds in order. The score gradients: by their own kernel (bwd_split_scores, the default), or
+           by the same program from the rows it holds.
   "atomic":  fp32 zero buffer + atomic adds per slot, then a cast; refused while deterministic.
 Deterministic mode: set_deterministic(True) or torch.use_deterministic_algorithms(True).
 """
@@ -135,6 +137,14 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # path) 2 warps were slower, (b) 5,468 -> 5,702 us, (a) 6,306 -> 6,702 us: it keeps bwd_warps (4), as do the
 # other paths. bwd_gs_warps, the score kernel's warps: 4 (its sweep over warps x slots x columns found the
 # defaults best within 0.4%).
+# bwd_max_slots (session 18): the most slots one sorted-backward program takes. A row tile with more (rows that many
+# tokens select: real text makes some rows hot, and in bench.py's UltraMem-151M training step, after ten steps on
+# one batch of random tokens, every token selects the same 160 rows) is split into pieces of at most that many, whose
+# fp32 sums _bwd_combine_kernel adds in order (deterministic); 0: one program per tile, however long. H200, the
+# 151M's recorded indices (scripts/lookup_balance.py): per layer, bf16 values 3.2-3.7 -> 2.6-2.7 ms, fp32 6.3-7.0 ->
+# 5.1-5.2 ms; 1,024, 2,048 and 4,096 within 2% of each other; the step 181.4 -> 176.2-177.1 ms. On uniform indices
+# nothing is split; the extra launches (_bwd_items: three) cost eager calls up to 0.2 ms at 32,768 tokens and more
+# at 4,096, where the launches are not hidden (docs/BENCHMARKS.md, session 18).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -144,7 +154,7 @@ CONFIG = {"fwd_block_k": 32, "fwd_warps": 4, "fwd_block_d": 128, "fwd_stages": 1
           "bwd_sdot": True, "atomic_warps": 4, "fwd_tokens": 2, "fwd_xcore": True,
           "fwd_block_k_few": 64, "fwd_xcore_cols_inner": False, "bwd_split_scores": True, "bwd_gs_block_k": 16,
           "bwd_gs_block_d": 128, "bwd_gs_warps": 4, "bwd_prep": True,
-          "bwd_split_warps": 2}
+          "bwd_split_warps": 2, "bwd_max_slots": 2048}
 
 
 def parse_config(spec: str) -> dict:
@@ -394,18 +404,22 @@ if triton is not None:
         return row, grow
 
     @triton.jit
-    def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
-                                  gvalues_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
+    def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, items_ptr,
+                                  gvalues_ptr, scratch_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
                                   V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr,
                                   CARRY: tl.constexpr, GS: tl.constexpr):
-        # one program per (R consecutive physical rows, BLOCK_D value columns). The slots are in row order
-        # (a stable sort): slot i has value row srows[i], output-gradient row grows[i] (t * E + block) and
-        # scores sscores[i], so that every per-slot load is contiguous and only the two row gathers are
-        # indirect. The tile's slots are toffs[pid]:toffs[pid+1], reduced in that fixed order by a one-hot
-        # (R, BLOCK_I) matmul. Every row of the tile is written once (zeros where no slot selected it), so
-        # no zero fill and no atomics; SKIP_EMPTY: the caller zero-filled, and a tile without slots writes
+        # one program per (work item, BLOCK_D value columns). The slots are in row order (a stable sort): slot i
+        # has value row srows[i], output-gradient row grows[i] (t * E + block) and scores sscores[i], so that every
+        # per-slot load is contiguous and only the two row gathers are indirect. A work item (items[pid], _bwd_items)
+        # is a tile of R consecutive physical rows and a range start:end of its slots: all of them, or, for a tile
+        # with more than bwd_max_slots slots (rows that many tokens select), one piece of at most that many, so that
+        # no program's loop is much longer than the others'. The slots are reduced in that fixed order by a one-hot
+        # (R, BLOCK_I) matmul. A whole tile's rows are written once (zeros where no slot selected it), so no zero
+        # fill and no atomics; a piece (part >= 0) writes its fp32 sums to scratch[part], and
+        # _bwd_combine_kernel adds a tile's pieces in order. An item with tile -1 (past the last) does nothing.
+        # SKIP_EMPTY: the caller zero-filled, and a tile without slots writes
         # nothing. Score gradients, in slot order: this program's columns' share, per core, into
         # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
         # each slot's row is picked from them by a one-hot dot, instead of gathered per slot: fewer bytes where rows
@@ -420,14 +434,16 @@ if triton is not None:
         # end and carries them into the loop's next turn, instead of loading its own at its start. The same loads
         # in the same order, compiled differently: with SDOT 8% faster on shape (a) (and on (b) at 64 columns),
         # without it 18% slower on shape (b) (H200, session 14, docs/BENCHMARKS.md)
-        pid, j = _grid_pos(n_ct, COLS_INNER)  # (row tile, column tile); COLS_INNER as in the forward
-        n0 = pid * R
+        pid, j = _grid_pos(n_ct, COLS_INNER)  # (work item, column tile); COLS_INNER as in the forward
+        tile = tl.load(items_ptr + pid * 4)
+        start = tl.load(items_ptr + pid * 4 + 1)
+        end = tl.load(items_ptr + pid * 4 + 2)
+        part = tl.load(items_ptr + pid * 4 + 3)
+        n0 = tl.maximum(tile, 0).to(tl.int64) * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
         core = cols // chunk
         rids = tl.arange(0, R)
-        start = tl.load(toffs_ptr + pid)
-        end = tl.load(toffs_ptr + pid + 1)
         gs_part = gs_part_ptr + j.to(tl.int64) * NK * H
         acc = tl.zeros((R, BLOCK_D), dtype=tl.float32)
         if VTILE:
@@ -481,10 +497,96 @@ if triton is not None:
                 idx = idx + BLOCK_I
                 row, grow = _bwd_slot_rows(srows_ptr, grows_ptr, idx, end)
         out = gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :]
-        rmask = (n0 + rids) < N
+        # (the scalar conditions broadcast by `rids * 0 +`: the interpreter rejects a vector & scalar mask)
+        rmask = ((n0 + rids) < N) & ((rids * 0 + tile) >= 0)
         if SKIP_EMPTY:
             rmask = rmask & (rids * 0 + start < end)
-        tl.store(out, acc.to(gvalues_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+        if part < 0:  # one store executed (two masked stores slowed shape (a)'s short tiles: 2,941 -> 3,434 us)
+            tl.store(out, acc.to(gvalues_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+        else:
+            piece = scratch_ptr + (part.to(tl.int64) * R + rids)[:, None] * Dv + cols[None, :]
+            tl.store(piece, acc, mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _bwd_combine_kernel(scratch_ptr, splits_ptr, n_split_ptr, gvalues_ptr, N, Dv, R: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
+        # the value gradients of the row tiles that the sorted backward split into pieces (bwd_max_slots): one
+        # program per (split tile, BLOCK_D columns) adds the tile's n pieces' fp32 sums, scratch[first:first + n], in
+        # that order (deterministic) and writes the rows once. splits[s] = (tile, first, n) for s below the count
+        # of split tiles, *n_split (the rows past it are not written: those programs do nothing)
+        s = tl.program_id(0)
+        live = s < tl.load(n_split_ptr)
+        tile = tl.load(splits_ptr + s * 3, mask=live, other=-1)
+        first = tl.load(splits_ptr + s * 3 + 1, mask=live, other=0).to(tl.int64)
+        n = tl.load(splits_ptr + s * 3 + 2, mask=live, other=0)
+        rids = tl.arange(0, R)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        cmask = cols < Dv
+        acc = tl.zeros((R, BLOCK_D), dtype=tl.float32)
+        for q in range(0, n):
+            acc += tl.load(scratch_ptr + ((first + q) * R + rids)[:, None] * Dv + cols[None, :], mask=cmask[None, :],
+                           other=0.0)
+        n0 = tl.maximum(tile, 0).to(tl.int64) * R
+        rmask = ((n0 + rids) < N) & ((rids * 0 + tile) >= 0)
+        tl.store(gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :], acc.to(gvalues_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _bwd_pieces_kernel(toffs_ptr, pc_ptr, tiles, S, BLOCK: tl.constexpr):
+        # bwd_max_slots's first step: per row tile t, its pieces max(1, ceil(slots / S)) and whether it is split,
+        # packed into one int64, pieces + split * 2**32 (both sums stay below 2**31), so that one 1-D torch.cumsum
+        # gives both running sums, which place the work items (_bwd_items_kernel). (A cumsum along the rows of a
+        # (2, tiles) tensor instead took about 0.15 ms at shape (a)'s 131,072 tiles.)
+        t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = t < tiles
+        c = tl.load(toffs_ptr + t + 1, mask=m, other=0) - tl.load(toffs_ptr + t, mask=m, other=0)
+        pieces = tl.maximum((c + S - 1) // S, 1).to(tl.int64)
+        tl.store(pc_ptr + t, pieces + (pieces > 1).to(tl.int64) * 4294967296, mask=m)
+
+    @triton.jit
+    def _bwd_items_kernel(toffs_ptr, cs_ptr, items_ptr, splits_ptr, tiles, n_items, S, BLOCK: tl.constexpr,
+                          STEPS: tl.constexpr):
+        # the sorted backward's work items (see _bwd_items_reference, which computes the same with PyTorch ops) from
+        # cs = the running sums of _bwd_pieces_kernel's packed values: ends[t] = cs[t] % 2**32 (items up to tile t)
+        # and rank[t] = cs[t] // 2**32 (split tiles up to t). Item i's tile is the first t with ends[t] > i (a binary search of STEPS
+        # halvings); its piece p = i - (ends[t] - pieces[t]); a split tile's pieces are scratch parts
+        # i - t + rank[t] - 1 onwards (the pieces of the split tiles before it), and its first piece also writes the
+        # tile's row of splits, at rank[t] - 1
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n_items
+        lo = tl.zeros((BLOCK,), dtype=tl.int32)
+        hi = lo + tiles
+        for _ in tl.static_range(STEPS):  # invariant: ends[lo - 1] <= i < ends[hi] (ends[tiles] = infinity)
+            mid = (lo + hi) // 2
+            e = (tl.load(cs_ptr + mid, mask=m & (mid < tiles), other=0) & 0xFFFFFFFF).to(tl.int32)
+            go_right = e <= i
+            active = lo < hi
+            lo = tl.where(active & go_right, mid + 1, lo)
+            hi = tl.where(active & ~go_right, mid, hi)
+        t = lo
+        live = m & (t < tiles)
+        tc = tl.minimum(t, tiles - 1)
+        packed = tl.load(cs_ptr + tc, mask=m, other=0)
+        end_t = (packed & 0xFFFFFFFF).to(tl.int32)
+        rank = (packed >> 32).to(tl.int32)
+        prev = (tl.load(cs_ptr + tc - 1, mask=m & (tc > 0), other=0) & 0xFFFFFFFF).to(tl.int32)
+        pieces = end_t - prev
+        piece = i - prev
+        t_lo = tl.load(toffs_ptr + tc, mask=m, other=0).to(tl.int32)
+        t_hi = tl.load(toffs_ptr + tc + 1, mask=m, other=0).to(tl.int32)
+        start = t_lo + piece * S
+        end = tl.minimum(start + S, t_hi)
+        split = pieces > 1
+        part = tl.where(split, i - tc + rank - 1, -1)
+        tl.store(items_ptr + i * 4, tl.where(live, t, -1), mask=m)
+        tl.store(items_ptr + i * 4 + 1, tl.where(live, start, 0), mask=m)
+        tl.store(items_ptr + i * 4 + 2, tl.where(live, end, 0), mask=m)
+        tl.store(items_ptr + i * 4 + 3, tl.where(live, part, -1), mask=m)
+        first = live & split & (piece == 0)
+        srow = splits_ptr + (rank - 1) * 3
+        tl.store(srow, t, mask=first)
+        tl.store(srow + 1, i - tc + rank - 1, mask=first)
+        tl.store(srow + 2, pieces, mask=first)
 
     @triton.jit
     def _lookup_bwd_scores_kernel(gout_ptr, values_ptr, rows_ptr, blocks_ptr, gscores_ptr, K, Dv, chunk,
@@ -659,6 +761,61 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     return out
 
 
+def _bwd_items(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The sorted backward's work items from toffs (tiles + 1,), the slot offsets of its row tiles, and S =
+    CONFIG["bwd_max_slots"] (0: no splitting), on the device with no host synchronisation (the sizes are bounds
+    from NK, the number of slots). Returns items (n_items, 4) int32, one row (tile, start, end, part) per program:
+    the tile's slots start:end, all of them (part -1: the program writes the tile's rows) or a piece of at most S
+    of a tile with more (part: its place in the scratch buffer of pieces); tile -1 past the last item. splits
+    (n, 3) int32, one row (tile, first part, parts) per split tile, for _bwd_combine_kernel, valid below n_split (a
+    one-element int32 tensor: the count of split tiles); and the scratch buffer's parts (0 when S is 0). A tile of c
+    slots has ceil(c / S) pieces where c > S, so there are at most tiles + NK / S items, NK / (S + 1) split tiles
+    and 2 NK / S pieces. Four launches (_bwd_pieces_kernel, a cumsum, _bwd_items_kernel, the count): the PyTorch version,
+    _bwd_items_reference, took about 45 small kernels, 0.2-0.4 ms of launches per eager call."""
+    tiles = len(toffs) - 1
+    dev = toffs.device
+    if S <= 0 or tiles == 0:
+        items = torch.stack([torch.arange(tiles, device=dev), toffs[:-1], toffs[1:], toffs[1:] * 0 - 1], 1)
+        return items.to(torch.int32), items[:0, :3].to(torch.int32), torch.zeros(1, dtype=torch.int32, device=dev), 0
+    on_cuda = toffs.is_cuda
+    n_items = tiles + triton.cdiv(NK, S)
+    pc = _empty(tiles, dtype=torch.int64, device=dev)
+    _launch(_bwd_pieces_kernel, (triton.cdiv(tiles, 1024),), on_cuda, toffs, pc, tiles, S, BLOCK=1024, num_warps=4)
+    cs = pc.cumsum(0)  # packed (ends, rank): items and split tiles up to each tile
+    items = _empty(n_items, 4, dtype=torch.int32, device=dev)
+    splits = _empty(max(1, NK // (S + 1)), 3, dtype=torch.int32, device=dev)
+    _launch(_bwd_items_kernel, (triton.cdiv(n_items, 1024),), on_cuda, toffs, cs, items, splits, tiles, n_items, S,
+            BLOCK=1024, STEPS=max(1, tiles.bit_length()), num_warps=4)
+    return items, splits, (cs[-1:] >> 32).to(torch.int32), max(1, 2 * triton.cdiv(NK, S))
+
+
+def _bwd_items_reference(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, int]:
+    """_bwd_items with PyTorch ops (S > 0), for the tests: items as _bwd_items', splits with one row per possible
+    split tile, (tile, first part, parts), tile -1 and 0 parts past the count."""
+    tiles = len(toffs) - 1
+    dev = toffs.device
+    counts = toffs[1:] - toffs[:-1]
+    pieces = ((counts + S - 1) // S).clamp_(min=1)  # (tiles,)
+    ends = pieces.cumsum(0)
+    i = torch.arange(tiles + triton.cdiv(NK, S), device=dev)
+    t = torch.searchsorted(ends, i, right=True)  # the item's tile; tiles past the last item
+    tc = t.clamp(max=tiles - 1)
+    piece = i - (ends[tc] - pieces[tc])
+    start = toffs[tc] + piece * S
+    end = torch.minimum(start + S, toffs[tc + 1])
+    split = pieces > 1
+    sp = torch.where(split, pieces, 0)
+    s_ends = sp.cumsum(0)
+    part = torch.where(split[tc], s_ends[tc] - sp[tc] + piece, -1)
+    live = t < tiles
+    items = torch.stack([torch.where(live, t, -1), torch.where(live, start, 0), torch.where(live, end, 0),
+                         torch.where(live, part, -1)], 1).to(torch.int32)
+    s_t = torch.searchsorted(split.cumsum(0), torch.arange(1, max(1, NK // (S + 1)) + 1, device=dev))  # s-th split tile
+    s_tc = s_t.clamp(max=tiles - 1)
+    splits = torch.stack([torch.where(s_t < tiles, s_t, -1), s_ends[s_tc] - sp[s_tc], torch.where(s_t < tiles, sp[s_tc], 0)], 1)
+    return items, splits.to(torch.int32), max(1, 2 * triton.cdiv(NK, S))
+
+
 def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
                        E: int) -> tuple[Tensor, Tensor]:
     T, K = rows.shape
@@ -685,6 +842,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
+    items, splits, n_split, n_parts = _bwd_items(toffs, T * K, CONFIG["bwd_max_slots"])
     BLOCK_D, sdot = _bwd_tile(Dv, h, grad_out.dtype)
     col_tiles = triton.cdiv(Dv, BLOCK_D)
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
@@ -702,14 +860,21 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     gs_part = _empty(*((1,) if split else (col_tiles, T * K, h)), dtype=torch.float32, device=values.device)
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
+    # the pieces' fp32 sums (one element where no tile can be split)
+    scratch = _empty(*((n_parts, R, Dv) if n_parts else (1,)), dtype=torch.float32, device=values.device)
     if N > 0:
         inner = bool(CONFIG["bwd_cols_inner"]) or sdot  # bwd_sdot with the column tiles side by side
-        _launch(_lookup_bwd_sorted_kernel, (tiles * col_tiles,) if inner else (tiles, col_tiles), on_cuda, grad_out,
-                values, sscores, grows, sorted_rows, toffs, gvalues, gs_part, N, T * K, Dv, Dv // h, col_tiles, H=h,
+        n_items = len(items)
+        _launch(_lookup_bwd_sorted_kernel, (n_items * col_tiles,) if inner else (n_items, col_tiles), on_cuda,
+                grad_out, values, sscores, grows, sorted_rows, items, gvalues, scratch, gs_part, N, T * K, Dv, Dv // h,
+                col_tiles, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
                 SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split,
                 num_warps=CONFIG["bwd_split_warps" if split and sdot else "bwd_warps"])
+        if n_parts:
+            _launch(_bwd_combine_kernel, (len(splits), triton.cdiv(Dv, 128)), on_cuda, scratch, splits, n_split, gvalues,
+                    N, Dv, R=R, BLOCK_D=128, num_warps=4)
     if split:
         gscores = _empty(T * K, h, dtype=torch.float32, device=values.device)
         if T > 0:

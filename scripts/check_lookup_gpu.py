@@ -1,6 +1,6 @@
 """The memory lookup on the GPU against a float64 reference, on random odd shapes that neither the tests nor
 bench.py's check use (run from the repo root on a GPU: PYTHONPATH=. python scripts/check_lookup_gpu.py [--seed=N]
-[--cases=N]; on the CPU under the Triton interpreter with small sizes: TRITON_INTERPRET=1 ... --cpu).
+[--cases=N] [--lookup_config=key=value,...]; on the CPU under the Triton interpreter with small sizes: TRITON_INTERPRET=1 ... --cpu).
 
 Each case draws N, Dv, K, E, h, T and the dtypes from its seed (table sizes that are not multiples of the row
 tiles, widths that are not powers of two, 1-3 MCS cores, 1-4 virtual blocks, 1 to 5,000 tokens, duplicate rows
@@ -20,6 +20,9 @@ import kernels
 SEED = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--seed=")), 20261130)
 CASES = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--cases=")), 40)
 CPU = "--cpu" in sys.argv
+# kernels.CONFIG overrides, as train.py's lookup_config (e.g. bwd_max_slots=32: many row tiles split into pieces)
+kernels.CONFIG.update(kernels.parse_config(next((a.split("=", 1)[1] for a in sys.argv
+                                                 if a.startswith("--lookup_config=")), "")))
 DEV = "cpu" if CPU else "cuda"
 # the interpreter rounds fp32 to bf16 by truncation (checked: triton 3.9 on this project's CPU machine), twice the
 # error of the GPU's round-to-nearest, so bf16 results get a wider bound there

@@ -26,7 +26,7 @@ def close(out, ref, dtype, what):
     assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
 
 
-def run_interpreter_checks(test_file: str, timeout: int = 240) -> None:
+def run_interpreter_checks(test_file: str, timeout: int = 420) -> None:
     """Run `python test_file --interp` with the interpreter on; fail with its output unless it passed."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, os.path.abspath(test_file), "--interp"], env=env, cwd=ROOT,

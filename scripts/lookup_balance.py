@@ -1,0 +1,107 @@
+"""How evenly a model's memory-layer slots spread over the value rows, and what that does to the lookup's sorted
+backward (run from the repo root: PYTHONPATH=. python scripts/lookup_balance.py [CONFIG] [--steps=10]
+["--grid=key:a,b/..."] [--iters=20] [--layers=0,3]).
+
+Builds CONFIG (default config/ultramem_151m.py) as `bench.py --mode=train` does (random weights, one batch of
+random tokens from seed 0, AdamW), trains it eagerly for --steps steps on that batch under bf16 autocast (bench.py
+times its steps after 10 such warm-up steps), then records each memory layer's lookup inputs in one forward. For
+each layer it prints the slots per value row and per row tile of the sorted backward (16 and 32 rows: the largest
+tile against the mean is the load imbalance of a one-program-per-tile kernel), and times the lookup's backward
+(kernels._lookup_bwd_triton, median of triton.testing.do_bench) and the forward on the recorded indices and on uniform
+random rows of the same shape, with the recorded values' dtype and with bf16 values, for the defaults and each
+configuration of --grid (kernels.CONFIG overrides, as sweep_lookup.py's). --layers=0,3: time those layers only. Timed
+on CUDA only. docs/BENCHMARKS.md, session 18.
+"""
+import itertools
+import sys
+import time
+
+import torch
+import triton
+
+import bench
+import kernels
+import memory
+import model
+
+path = next((a for a in sys.argv[1:] if not a.startswith("--")), "config/ultramem_151m.py")
+opt_arg = {a.split("=", 1)[0][2:]: a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--")}
+STEPS, ITERS = int(opt_arg.get("steps", 10)), int(opt_arg.get("iters", 20))
+SPEC = [(p.split(":")[0], [int(v) for v in p.split(":")[1].split(",")]) for p in opt_arg.get("grid", "").split("/") if p]
+GRID = [{}] + [dict(zip([k for k, _ in SPEC], combo)) for combo in itertools.product(*[v for _, v in SPEC])] * bool(SPEC)
+cfg = {}
+exec(open(path).read(), {}, cfg)
+c = model.GPTConfig(**{k: v for k, v in cfg.items() if k in model.GPTConfig.__dataclass_fields__})
+B, T = cfg.get("batch_size", 16), c.block_size
+dev = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a smoke run, no timing
+torch.manual_seed(0)
+m = bench.build_model(c, dev, None)
+groups = m.optim_groups(0.1)
+for g in groups:
+    g.pop("names")
+opt = torch.optim.AdamW(groups, lr=cfg.get("learning_rate", 6e-4), fused=dev == "cuda")
+gen = torch.Generator(device=dev).manual_seed(0)
+x = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
+y = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
+m.train()
+t0 = time.perf_counter()
+for step in range(STEPS):
+    m.refresh()
+    with torch.autocast(dev, dtype=torch.bfloat16):
+        _, ce, aux = m(x, y)
+        loss = ce + sum(aux.values()) if aux else ce
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+if dev == "cuda":
+    torch.cuda.synchronize()
+print(f"{path}: {STEPS} eager steps on one random batch of {B} x {T} in {time.perf_counter() - t0:.1f} s, "
+      f"loss {loss.item():.3f}", flush=True)
+
+recorded, lookup = [], kernels.mem_lookup
+
+
+def record(values, rows, blocks, scores, E):
+    recorded.append((values.detach(), rows.detach().clone(), blocks.detach().clone(), scores.detach().clone(), E))
+    return lookup(values, rows, blocks, scores, E)
+
+
+memory.kernels.mem_lookup = record
+m.refresh()
+with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):
+    m(x, y)
+memory.kernels.mem_lookup = lookup
+keep = dict(kernels.CONFIG)
+LAYERS = [int(i) for i in opt_arg["layers"].split(",")] if "layers" in opt_arg else range(len(recorded))
+bench_ms = lambda fn: triton.testing.do_bench(fn, warmup=5, rep=ITERS, return_mode="median")  # noqa: E731
+for li, (values, rows, blocks, scores, E) in enumerate(recorded):
+    N, Dv = values.shape
+    Tn, K = rows.shape
+    cnt = torch.bincount(rows.reshape(-1), minlength=N)
+    top = cnt.topk(5).values.tolist()
+    line = [f"layer {li}: {N} rows x {Dv}, {Tn} tokens x {K} slots ({Tn * K / N:.2f} per row); rows hit: "
+            f"{(cnt > 0).float().mean():.1%}, most-hit rows {top}"]
+    for R in (16, 32):
+        tc = torch.nn.functional.pad(cnt, (0, (-N) % R)).view(-1, R).sum(1).float()
+        line.append(f"{R}-row tiles: mean {tc.mean():.1f}, p99.9 {tc.quantile(0.999):.0f}, max {tc.max():.0f} "
+                    f"({tc.max() / tc.mean():.0f}x the mean)")
+    print("; ".join(line), flush=True)
+    uniform = torch.randint(0, N, rows.shape, device=dev, dtype=rows.dtype, generator=gen)
+    for dt in (values.dtype, torch.bfloat16) if values.dtype != torch.bfloat16 else (values.dtype,):
+        v, s = values.to(dt), scores.to(dt)  # the layer passes the scores in the values' dtype
+        gout = torch.randn(Tn, E, Dv, device=dev, dtype=dt)
+        if dev != "cuda" or li not in LAYERS:
+            continue
+        fwd = [f"{name} {bench_ms(lambda r=r: kernels._lookup_triton(v, r, blocks, s, E)) * 1e3:,.0f} us"
+               for name, r in (("recorded", rows), ("uniform", uniform))]
+        print(f"  forward, {str(dt)[6:]} values: " + ", ".join(fwd), flush=True)
+        for change in GRID:
+            kernels.CONFIG.clear()
+            kernels.CONFIG.update(keep, **change)
+            times = []
+            for name, r in (("recorded", rows), ("uniform", uniform)):
+                fn = lambda r=r: kernels._lookup_bwd_triton(gout, v, r, blocks, s, E)  # noqa: E731
+                times.append(f"{name} {bench_ms(fn) * 1e3:,.0f} us")
+            print(f"  backward, {str(dt)[6:]} values, {change or 'defaults'}: " + ", ".join(times), flush=True)
+kernels.CONFIG.clear()
+kernels.CONFIG.update(keep)
