@@ -12,7 +12,7 @@ train.py or GPTConfig key). bench changes
 train.py's default device to "cuda" (a missing GPU is an error; pass --device=cpu for a quick CPU run), and
 reads vocab_size=0 (train.py: from the dataset) as 50304. Run-level keys (RUN_KEYS: mode, out,
 device, dtype, batches, max_batch, kv_len, measure, compile_dynamic, compile_scope, coordinate_descent,
-max_autotune, warmup, iters, profile) come from the defaults
+max_autotune, warmup, iters, profile, lookup_config, train_data) come from the defaults
 and the command line only (a config file's value for them is ignored); model keys, batch_size, compile,
 peak_tflops and the optimizer keys are per model.
 
@@ -64,8 +64,9 @@ config: ffn == "moe", memory != "none"; PKM counts as a memory model; the first 
 and a log-log PNG of latency vs batch beside it when matplotlib is importable.
 
 train: each model in fp32 on the device, AdamW (fused on CUDA) over model.optim_groups, bf16 autocast when
-dtype is bfloat16 (auto: on CUDA), torch.compile per `compile` (None: on CUDA), random tokens of
-batch_size x block_size (one micro-batch per step; grad_accum is ignored); per step: refresh(), forward,
+dtype is bfloat16 (auto: on CUDA), torch.compile per `compile` (None: on CUDA), one batch of random tokens
+of batch_size x block_size reused every step (train_data="random"; "dataset": a new batch of the config's
+dataset each step, as train.py draws them) (one micro-batch per step; grad_accum is ignored); per step: refresh(), forward,
 backward, clip (grad_clip), optimizer step, as train.py. `warmup` steps, then `iters` timed steps: median
 step time, tokens/s, MFU (model.estimate_mfu at peak_tflops), peak memory (CUDA). JSON to `out`
 (default bench_train.json). An out-of-memory model is reported and skipped. With profile=N, N more steps
@@ -985,13 +986,38 @@ def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
 # train
 
 
+def train_loader(cfg: dict, config, B: int):
+    """train_data="dataset": train.py's TokenLoader over the config's train.bin (data_dir, else data/<dataset>),
+    seeded by its seed. BenchError with a one-line message where the dataset is missing, malformed, too short for
+    a batch, or holds token ids beyond the model's vocabulary."""
+    import train
+    from data.common import load_meta
+    data_dir = cfg["data_dir"] or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg["dataset"])
+    try:
+        meta = load_meta(data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise BenchError(f"train_data=dataset: {e}") from None
+    path = os.path.join(data_dir, "train.bin")
+    if not os.path.exists(path):
+        raise BenchError(f"train_data=dataset: {path} not found: prepare the dataset first (see data/README.md)")
+    if meta["vocab_size"] > config.vocab_size:
+        raise BenchError(f"train_data=dataset: the dataset's vocab_size {meta['vocab_size']} exceeds the model's "
+                         f"{config.vocab_size}")
+    try:
+        return train.TokenLoader(path, meta["dtype"], config.block_size, B, 0, 1, cfg["seed"])
+    except train.Fatal as e:
+        raise BenchError(f"train_data=dataset: {e}") from None
+
+
 def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
     from contextlib import nullcontext
     cuda = dev.startswith("cuda")
     dt = _resolve_dtype(run["dtype"], dev)
     config = model_config(cfg)
     B, T = cfg["batch_size"], config.block_size
-    info = {"model": name, "kind": model_kind(config), "batch_size": B, "block_size": T, "dtype": str(dt)[6:]}
+    info = {"model": name, "kind": model_kind(config), "batch_size": B, "block_size": T, "dtype": str(dt)[6:],
+            "train_data": run["train_data"]}
+    loader = train_loader(cfg, config, B) if run["train_data"] == "dataset" else None  # fails before the model
     model = opt = None
     try:
         if cuda:
@@ -1013,9 +1039,10 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         model.train()
 
         def train_step():
+            xb, yb = (x, y) if loader is None else (t.to(dev, non_blocking=True) for t in loader.next_batch())
             model.refresh()
             with autocast:
-                _, ce, aux = fwd(x, y)
+                _, ce, aux = fwd(xb, yb)
                 loss = ce + sum(aux.values()) if aux else ce
             loss.backward()
             if cfg["grad_clip"] > 0:
@@ -1046,6 +1073,8 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         info["tokens_per_s"] = B * T / step_s
         info["mfu"] = model.estimate_mfu(info["tokens_per_s"], cfg["peak_tflops"] * 1e12)
         info["loss"] = loss.item()
+        if loader is not None:
+            info["data_windows"] = loader.cursor  # the batches drawn: one per step (warm-up, timed and profiled)
         if cuda:
             info["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
         if "first_step_s" in info:
@@ -1121,6 +1150,8 @@ def bench_train(run: dict, models: list[tuple[str, dict]]) -> dict:
     _resolve_dtype(run["dtype"], dev)
     if run["iters"] < 1 or run["warmup"] < 0:
         raise BenchError("iters must be >= 1 and warmup >= 0")
+    if run["train_data"] not in ("random", "dataset"):
+        raise BenchError(f"train_data must be 'random' or 'dataset', got {run['train_data']!r}")
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev).index or 0)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -1163,6 +1194,12 @@ BENCH_KEYS = {
                                        # decoding: tunes its kernels' launch parameters; longer compiles)
     "max_autotune": False,             # torch.compile's max-autotune: Triton GEMM templates autotuned against
                                        # cuBLAS per shape (the decode step's skinny GEMMs; far longer compiles)
+    # train
+    "train_data": "random",            # "random": one batch of random tokens, every step (the numbers recorded up to
+                                       # session 18); "dataset": a new batch each step from the config's dataset
+                                       # (data_dir or data/<dataset>, train.bin), drawn as train.py draws them. The
+                                       # memory layers' selection depends on it: after 10 steps on one random batch
+                                       # every token of the UltraMem-151M selects the same rows (docs/BENCHMARKS.md)
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)
@@ -1182,7 +1219,7 @@ BENCH_KEYS = {
 # train.py keys whose default bench changes (same meaning): a GPU is required unless --device=cpu
 CHANGED_TRAIN_DEFAULTS = {"device": "cuda"}
 RUN_KEYS = ("mode", "out", "device", "dtype", "batches", "max_batch", "kv_len", "measure", "compile_dynamic", "warmup", "iters",
-            "profile", "compile_scope", "coordinate_descent", "max_autotune", "lookup_config")
+            "profile", "compile_scope", "coordinate_descent", "max_autotune", "lookup_config", "train_data")
 
 
 def lookup_overrides(spec: str) -> dict:

@@ -1,10 +1,11 @@
 """How evenly a model's memory-layer slots spread over the value rows, and what that does to the lookup's sorted
 backward (run from the repo root: PYTHONPATH=. python scripts/lookup_balance.py [CONFIG] [--steps=10]
-["--grid=key:a,b/..."] [--iters=20] [--layers=0,3]).
+["--grid=key:a,b/..."] [--iters=20] [--layers=0,3] [--data=random|dataset] [--data_dir=DIR]).
 
 Builds CONFIG (default config/ultramem_151m.py) as `bench.py --mode=train` does (random weights, one batch of
 random tokens from seed 0, AdamW), trains it eagerly for --steps steps on that batch under bf16 autocast (bench.py
-times its steps after 10 such warm-up steps), then records each memory layer's lookup inputs in one forward. For
+times its steps after 10 such warm-up steps; --data=dataset: a new batch of the config's dataset each step, as
+bench.py --train_data=dataset), then records each memory layer's lookup inputs in one forward. For
 each layer it prints the slots per value row and per row tile of the sorted backward (16 and 32 rows: the largest
 tile against the mean is the load imbalance of a one-program-per-tile kernel), and times the lookup's backward
 (kernels._lookup_bwd_triton, median of triton.testing.do_bench) and the forward on the recorded indices and on uniform
@@ -43,19 +44,33 @@ opt = torch.optim.AdamW(groups, lr=cfg.get("learning_rate", 6e-4), fused=dev == 
 gen = torch.Generator(device=dev).manual_seed(0)
 x = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
 y = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
+DATA = opt_arg.get("data", "random")
+if DATA == "dataset":  # a new batch each step from the config's dataset, as bench.py --train_data=dataset draws them
+    import train
+    try:
+        loader = bench.train_loader({**train.default_config(), **cfg, **{k: opt_arg[k] for k in ("data_dir",) if k in opt_arg}},
+                                    c, B)
+    except bench.BenchError as e:
+        sys.exit(f"error: {e}")
+    batch = lambda: tuple(t.to(dev) for t in loader.next_batch())  # noqa: E731
+elif DATA == "random":
+    batch = lambda: (x, y)  # noqa: E731
+else:
+    sys.exit(f"error: --data must be random or dataset, got {DATA!r}")
 m.train()
 t0 = time.perf_counter()
 for step in range(STEPS):
     m.refresh()
+    xb, yb = batch()
     with torch.autocast(dev, dtype=torch.bfloat16):
-        _, ce, aux = m(x, y)
+        _, ce, aux = m(xb, yb)
         loss = ce + sum(aux.values()) if aux else ce
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 if dev == "cuda":
     torch.cuda.synchronize()
-print(f"{path}: {STEPS} eager steps on one random batch of {B} x {T} in {time.perf_counter() - t0:.1f} s, "
+print(f"{path}: {STEPS} eager steps on {'one random batch' if DATA == 'random' else 'batches of the dataset'} of {B} x {T} in {time.perf_counter() - t0:.1f} s, "
       f"loss {loss.item():.3f}", flush=True)
 
 recorded, lookup = [], kernels.mem_lookup
@@ -69,7 +84,7 @@ def record(values, rows, blocks, scores, E):
 memory.kernels.mem_lookup = record
 m.refresh()
 with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):
-    m(x, y)
+    m(*batch())
 memory.kernels.mem_lookup = lookup
 keep = dict(kernels.CONFIG)
 LAYERS = [int(i) for i in opt_arg["layers"].split(",")] if "layers" in opt_arg else range(len(recorded))

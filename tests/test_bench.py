@@ -131,6 +131,28 @@ def test_train_mode(tmp_path):
     assert "profile (1 steps" in p.stdout
 
 
+def test_train_mode_on_a_dataset(tmp_path):
+    """--train_data=dataset: a new batch each step from the dataset's train.bin (train.py's loader), recorded in the
+    row; a missing dataset, a vocabulary larger than the model's and a bad value are one-line errors."""
+    from data.common import write_dataset
+    d = tmp_path / "data"
+    rng = torch.Generator().manual_seed(0)
+    docs = [torch.randint(0, 500, (300,), generator=rng).tolist() for _ in range(4)]
+    write_dataset(str(d), docs, docs[:1], {"tokenizer": "test", "vocab_size": 501, "eot_token": 500, "source": "test",
+                                           "source_sha256": "0"})
+    out = tmp_path / "t.json"
+    bench("--mode=train", *TINY, "--batch_size=2", "--block_size=16", f"--out={out}", *FAST, f"--data_dir={d}",
+          "--train_data=dataset")
+    (r,) = json.load(open(out))["rows"]
+    assert r["train_data"] == "dataset" and r["step_ms"] > 0 and r["loss"] > 0
+    assert r["data_windows"] == 2 * (1 + 2)  # batch 2, a new batch in each warm-up and timed step
+    one_line_error(bench("--mode=train", *TINY, *FAST, f"--data_dir={tmp_path / 'none'}", "--train_data=dataset",
+                         check=False), "train_data=dataset", "no dataset folder")
+    one_line_error(bench("--mode=train", *TINY, *FAST, "--vocab_size=256", f"--data_dir={d}", "--train_data=dataset",
+                         check=False), "vocab_size 501 exceeds the model's 256")
+    one_line_error(bench("--mode=train", *TINY, *FAST, "--train_data=text", check=False), "train_data must be")
+
+
 def test_train_mode_compile_blocks_times_the_first_step(tmp_path):
     """--compile=True --compile_blocks=True: train.py's regional compilation, recorded as compiled "blocks", with
     the first (compiling) step's time."""
