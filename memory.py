@@ -57,6 +57,11 @@ class MemoryConfig:
     # (kernels.topk_indices' kernels). "auto": the kernels on CUDA wherever they were measured faster (the filter
     # kernel: every m up to 128, 2.4-3.3x torch.topk on the UltraMem-151M's training rows), torch.topk on the CPU
     # and for larger m on many long rows; kernels.topk_auto_impl, measured in docs/KERNELS.md
+    mem_lookup_dtype: str = "param"  # the dtype in which the lookup reads the value table: "param" (its own: fp32
+    # master weights in training, so the lookup gathers 4-byte values and the kernels take their fp32 paths) or
+    # "autocast" (under autocast, the table cast to the autocast dtype first, as autocast casts a linear layer's
+    # weight; the authors' bf16 training reads bf16 values; the cast reads and writes the table once per forward, and
+    # its backward casts the value gradient back). Not yet timed in training (session 18, docs/BENCHMARKS.md)
     mem_decode: str = "fused"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "fused"
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
     # per layer and step; "plain" runs the training path's code (as does the init's calibration, so the weights
@@ -86,6 +91,8 @@ class MemoryConfig:
             (self.mem_qk_norm in ("layer", "rms", "none"), f"mem_qk_norm must be 'layer', 'rms' or 'none', got {self.mem_qk_norm!r}"),
             (self.mem_topk in ("auto", "torch", "triton"), f"mem_topk must be 'auto', 'torch' or 'triton', got {self.mem_topk!r}"),
             (self.mem_decode in ("plain", "fused"), f"mem_decode must be 'plain' or 'fused', got {self.mem_decode!r}"),
+            (self.mem_lookup_dtype in ("param", "autocast"),
+             f"mem_lookup_dtype must be 'param' or 'autocast', got {self.mem_lookup_dtype!r}"),
             (self.mem_init in ("paper", "code", "pkm"), f"mem_init must be 'paper', 'code' or 'pkm', got {self.mem_init!r}"),
             (self.mem_init != "paper" or self.mem_qk_norm != "none", "mem_init='paper' tunes the query/key norm weights: needs mem_qk_norm"),
             (self.mem_tdqkr or self.mem_cores == 1, "mem_cores > 1 (MCS) needs mem_tdqkr=True"),
@@ -270,6 +277,7 @@ class MemoryLayer(nn.Module):
         self.tdqkr, self.softmax, self.qk_norm, self.init = c.mem_tdqkr, c.mem_softmax, c.mem_qk_norm, c.mem_init
         self.value_lr_mult, self.alpha, self.tau = c.mem_value_lr_mult, c.mem_tucker_alpha, c.mem_tucker_tau
         self.n_layer, self.kconv, self.topk, self.decode = c.n_layer, c.mem_qconv, c.mem_topk, c.mem_decode
+        self.lookup_dtype = c.mem_lookup_dtype
         if self.Dv % self.h:
             raise ValueError(f"value dim {self.Dv} must be divisible by mem_cores={self.h} (MCS slices)")
         if not c.mem_value_proj and self.Dv != D:
@@ -409,8 +417,11 @@ class MemoryLayer(nn.Module):
     def forward(self, h: Tensor, input_pos: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         B, T, D = h.shape
         addr, scores = self.select(h, input_pos)  # (B*T, H*m), (B*T, H*m, h)
+        values = self.values
+        if self.lookup_dtype == "autocast" and torch.is_autocast_enabled(values.device.type):
+            values = values.to(torch.get_autocast_dtype(values.device.type))  # mem_lookup_dtype: as F.linear's weight
         # IVE decode (physical row, virtual block), MCS weighting and pooling per virtual block: one call
-        pooled = kernels.mem_lookup(self.values, addr % self.N, addr // self.N, scores.to(self.values.dtype), self.E)  # (B*T, E, D_v)
+        pooled = kernels.mem_lookup(values, addr % self.N, addr // self.N, scores.to(values.dtype), self.E)  # (B*T, E, D_v)
         y = self.value_proj(pooled.flatten(1)) if self.value_proj is not None else pooled[:, 0]  # (B*T, D)
         aux = {}
         inference = not self.training and not torch.is_grad_enabled()  # decoding: nothing would use the loss,

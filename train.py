@@ -79,7 +79,7 @@ dropout = 0.0
 TRAIN_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
 TYPES = {"compile": (bool, type(None))}
 NOT_RESTORED = {"init_from", "overwrite", "stop_iter", "progress", "device", "compile", "compile_blocks", "eval_compile"}  # a resume's own controls
-RUNTIME_MODEL_KEYS = {"dropout", "mem_decode"}  # model settings a resume may change: no parameter depends on them
+RUNTIME_MODEL_KEYS = {"dropout", "mem_decode", "mem_lookup_dtype"}  # model settings a resume may change: no parameter depends on them
 
 
 def default_config() -> dict:

@@ -3,7 +3,7 @@
 # random tokens (session 18 found that after 10 steps on that batch every token selects the same value rows:
 # docs/BENCHMARKS.md, "UltraMem-151M-x12 training step", session 18). Expects .device_carry/ as scripts/gpu_memory.sh
 # (medium_mix.jsonl.xz and tiktoken_cache, copies of ../shared). OUT collects the logs.
-#   OUT=$OUT bash scripts/gpu_text_step.sh [balance] [step]
+#   OUT=$OUT bash scripts/gpu_text_step.sh [balance] [step] [cast]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
@@ -19,5 +19,9 @@ for part in ${*:-balance step}; do
         timeout "${PROFILE_LIMIT:-200}" python bench.py --mode=train config/ultramem_151m.py --train_data=$data \
           --warmup=10 --iters=20 --profile=3 --out="$OUT/train_151m_$data.json" 2>&1 | quiet | tee "$OUT/train_151m_$data.log"
       done ;;
+    cast) # mem_lookup_dtype=autocast: the lookup on the table cast to bf16 (memory.py), on text
+      timeout "${PROFILE_LIMIT:-200}" python bench.py --mode=train config/ultramem_151m.py --train_data=dataset \
+        --mem_lookup_dtype=autocast --warmup=10 --iters=20 --profile=3 --out="$OUT/train_151m_dataset_cast.json" 2>&1 \
+        | quiet | tee "$OUT/train_151m_dataset_cast.log" ;;
   esac
 done

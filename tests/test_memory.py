@@ -302,6 +302,34 @@ def test_gradients_reach_every_part():
     assert 0 < rows_hit <= 14 * mem.H * mem.m  # only the selected value rows get a gradient
 
 
+def test_lookup_dtype_autocast_reads_the_values_cast(monkeypatch):
+    """mem_lookup_dtype="autocast": under autocast the lookup gets the value table in the autocast dtype (its scores
+    too), and the value gradient reaches the fp32 parameter; without autocast, or with "param", the table as it is.
+    The outputs agree to bf16 rounding."""
+    seen = []
+    lookup = memory.kernels.mem_lookup
+
+    def spy(values, rows, blocks, scores, E):
+        seen.append((values.dtype, scores.dtype))
+        return lookup(values, rows, blocks, scores, E)
+
+    monkeypatch.setattr(memory.kernels, "mem_lookup", spy)
+    x = torch.randn(2, 7, 32)
+    out = {}
+    for mode in ("param", "autocast"):
+        mem = layer(mem_lookup_dtype=mode)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = mem(x, None)
+        y.float().square().sum().backward()
+        assert mem.values.dtype == mem.values.grad.dtype == torch.float32 and mem.values.grad.abs().sum() > 0
+        out[mode] = y.float()
+        mem(x, None)  # no autocast: the table as it is
+    assert seen == [(torch.float32, torch.float32), (torch.float32, torch.float32),
+                    (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+    err = (out["autocast"] - out["param"]).norm() / out["param"].norm()
+    assert 0 < err < 2e-2, err
+
+
 def test_tucker_aux_loss_formula():
     cores = torch.zeros(2, 2, 3, 3)
     cores[0, 0] = torch.diag(torch.tensor([1.0, 0.5, 0.1]))  # head 0: lambda = 1, 0.5, 0.1
@@ -380,6 +408,7 @@ def test_full_and_replace_ffn_placement():
     (dict(memory="pkm", mem_expand=9, mem_qconv=0, mem_vdim=0), "memory='pkm' fixes mem_expand"),
     (dict(mem_qk_norm="bn"), "mem_qk_norm"),
     (dict(mem_decode="fast"), "mem_decode must be 'plain' or 'fused'"),
+    (dict(mem_lookup_dtype="bf16"), "mem_lookup_dtype must be 'param' or 'autocast'"),
 ])
 def test_bad_settings_fail_at_construction(kw, msg):
     with pytest.raises(ValueError, match=msg):
