@@ -66,7 +66,8 @@ and a log-log PNG of latency vs batch beside it when matplotlib is importable.
 train: each model in fp32 on the device, AdamW (fused on CUDA) over model.optim_groups, bf16 autocast when
 dtype is bfloat16 (auto: on CUDA), torch.compile per `compile` (None: on CUDA), one batch of random tokens
 of batch_size x block_size reused every step (train_data="random"; "dataset": a new batch of the config's
-dataset each step, as train.py draws them) (one micro-batch per step; grad_accum is ignored); per step: refresh(), forward,
+dataset each step, as train.py draws them, fetched before a timed step's clock starts) (one micro-batch per step;
+grad_accum is ignored); per step: refresh(), forward,
 backward, clip (grad_clip), optimizer step, as train.py. `warmup` steps, then `iters` timed steps: median
 step time, tokens/s, MFU (model.estimate_mfu at peak_tflops), peak memory (CUDA). JSON to `out`
 (default bench_train.json). An out-of-memory model is reported and skipped. With profile=N, N more steps
@@ -1007,6 +1008,9 @@ def train_loader(cfg: dict, config, B: int):
         return train.TokenLoader(path, meta["dtype"], config.block_size, B, 0, 1, cfg["seed"])
     except train.Fatal as e:
         raise BenchError(f"train_data=dataset: {e}") from None
+    except ValueError as e:  # np.memmap of an empty or truncated file
+        raise BenchError(f"train_data=dataset: {path} is not readable as {meta['dtype']} tokens ({e}); "
+                         f"prepare the dataset again (see data/README.md)") from None
 
 
 def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
@@ -1038,8 +1042,17 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         y = torch.randint(0, config.vocab_size, (B, T), device=dev, generator=g)
         model.train()
 
-        def train_step():
-            xb, yb = (x, y) if loader is None else (t.to(dev, non_blocking=True) for t in loader.next_batch())
+        fed = [0]  # the sum of the token ids of the dataset batches fed (a check that they are the loader's)
+
+        def next_batch():
+            if loader is None:
+                return x, y
+            xb, yb = loader.next_batch()
+            fed[0] += int(xb.sum())
+            return xb.to(dev), yb.to(dev)
+
+        def train_step(batch=None):
+            xb, yb = batch if batch is not None else next_batch()
             model.refresh()
             with autocast:
                 _, ce, aux = fwd(xb, yb)
@@ -1060,10 +1073,11 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
                 info["first_step_s"] = time.perf_counter() - t0
         times = []
         for _ in range(run["iters"]):
+            batch = next_batch()  # outside the timed region: the step alone, on either kind of data
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            loss = train_step()
+            loss = train_step(batch)
             loss.item()  # waits for the step
             times.append(time.perf_counter() - t0)
         step_s = statistics.median(times)
@@ -1075,6 +1089,7 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
         info["loss"] = loss.item()
         if loader is not None:
             info["data_windows"] = loader.cursor  # the batches drawn: one per step (warm-up, timed and profiled)
+            info["data_token_sum"] = fed[0]
         if cuda:
             info["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
         if "first_step_s" in info:

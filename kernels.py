@@ -436,8 +436,8 @@ if triton is not None:
         # without it 18% slower on shape (b) (H200, session 14, docs/BENCHMARKS.md)
         pid, j = _grid_pos(n_ct, COLS_INNER)  # (work item, column tile); COLS_INNER as in the forward
         tile = tl.load(items_ptr + pid * 4)
-        start = tl.load(items_ptr + pid * 4 + 1)
-        end = tl.load(items_ptr + pid * 4 + 2)
+        start = tl.load(items_ptr + pid * 4 + 1).to(tl.int64)  # slot positions in int64, as per-slot offsets
+        end = tl.load(items_ptr + pid * 4 + 2).to(tl.int64)  # (idx * H) are computed from them
         part = tl.load(items_ptr + pid * 4 + 3)
         n0 = tl.maximum(tile, 0).to(tl.int64) * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -842,7 +842,10 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
-    items, splits, n_split, n_parts = _bwd_items(toffs, T * K, CONFIG["bwd_max_slots"])
+    S = CONFIG["bwd_max_slots"]
+    items, splits, n_split, n_parts = _bwd_items(toffs, T * K, S)
+    # the grids from the static bounds, not len(): under dynamic shapes len() would pin the token count
+    n_items, n_splits = (tiles + triton.cdiv(T * K, S), max(1, T * K // (S + 1))) if S > 0 and tiles else (tiles, 0)
     BLOCK_D, sdot = _bwd_tile(Dv, h, grad_out.dtype)
     col_tiles = triton.cdiv(Dv, BLOCK_D)
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
@@ -864,7 +867,6 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     scratch = _empty(*((n_parts, R, Dv) if n_parts else (1,)), dtype=torch.float32, device=values.device)
     if N > 0:
         inner = bool(CONFIG["bwd_cols_inner"]) or sdot  # bwd_sdot with the column tiles side by side
-        n_items = len(items)
         _launch(_lookup_bwd_sorted_kernel, (n_items * col_tiles,) if inner else (n_items, col_tiles), on_cuda,
                 grad_out, values, sscores, grows, sorted_rows, items, gvalues, scratch, gs_part, N, T * K, Dv, Dv // h,
                 col_tiles, H=h,
@@ -873,7 +875,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
                 SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split,
                 num_warps=CONFIG["bwd_split_warps" if split and sdot else "bwd_warps"])
         if n_parts:
-            _launch(_bwd_combine_kernel, (len(splits), triton.cdiv(Dv, 128)), on_cuda, scratch, splits, n_split, gvalues,
+            _launch(_bwd_combine_kernel, (n_splits, triton.cdiv(Dv, 128)), on_cuda, scratch, splits, n_split, gvalues,
                     N, Dv, R=R, BLOCK_D=128, num_warps=4)
     if split:
         gscores = _empty(T * K, h, dtype=torch.float32, device=values.device)

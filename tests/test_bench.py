@@ -133,7 +133,8 @@ def test_train_mode(tmp_path):
 
 def test_train_mode_on_a_dataset(tmp_path):
     """--train_data=dataset: a new batch each step from the dataset's train.bin (train.py's loader), recorded in the
-    row; a missing dataset, a vocabulary larger than the model's and a bad value are one-line errors."""
+    row with the sum of their token ids (equal to the loader's); a missing dataset, a vocabulary larger than the
+    model's, an empty train.bin and a bad value are one-line errors."""
     from data.common import write_dataset
     d = tmp_path / "data"
     rng = torch.Generator().manual_seed(0)
@@ -146,11 +147,18 @@ def test_train_mode_on_a_dataset(tmp_path):
     (r,) = json.load(open(out))["rows"]
     assert r["train_data"] == "dataset" and r["step_ms"] > 0 and r["loss"] > 0
     assert r["data_windows"] == 2 * (1 + 2)  # batch 2, a new batch in each warm-up and timed step
+    import train
+    from data.common import load_meta
+    loader = train.TokenLoader(str(d / "train.bin"), load_meta(str(d))["dtype"], 16, 2, 0, 1, train.default_config()["seed"])
+    assert r["data_token_sum"] == sum(int(loader.next_batch()[0].sum()) for _ in range(3))  # the loader's batches
     one_line_error(bench("--mode=train", *TINY, *FAST, f"--data_dir={tmp_path / 'none'}", "--train_data=dataset",
                          check=False), "train_data=dataset", "no dataset folder")
     one_line_error(bench("--mode=train", *TINY, *FAST, "--vocab_size=256", f"--data_dir={d}", "--train_data=dataset",
                          check=False), "vocab_size 501 exceeds the model's 256")
     one_line_error(bench("--mode=train", *TINY, *FAST, "--train_data=text", check=False), "train_data must be")
+    (d / "train.bin").write_bytes(b"")  # emptied: np.memmap cannot map it
+    one_line_error(bench("--mode=train", *TINY, *FAST, f"--data_dir={d}", "--train_data=dataset", check=False),
+                   "train_data=dataset", "prepare the dataset again")
 
 
 def test_train_mode_compile_blocks_times_the_first_step(tmp_path):

@@ -221,6 +221,7 @@ def test_bwd_items_cover_every_slot_once(S):
     kernels of kernels._bwd_items): every slot of every tile in exactly one item, in order,
     pieces of at most S slots where a tile has more than S (and only there), each piece a distinct scratch part, the
     split tiles listed with their first part and count, and the items and splits within their static bounds."""
+    pytest.importorskip("triton")  # triton.cdiv
     counts = torch.tensor([0, 5, 1, 17, 0, 0, 8, 3, 40, 2])
     toffs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
     NK = int(counts.sum())
@@ -445,6 +446,8 @@ CASES = [  # N, Dv, T, K, E, h, dtype
                                              # 16 and 32 in the variants)
     (33, 48, 2, 19, 1, 1, torch.bfloat16),   # E = 1, h = 1: fwd_sdot with a tile wider than the row
     (40, 36, 5, 13, 3, 3, torch.bfloat16),   # E = 3, h = 3: fwd_xcore's operand rows with padding in both
+    (8, 32, 9, 11, 4, 2, torch.bfloat16),    # every row many times in bf16: with bwd_max_slots=40 the one tile's
+                                             # 99 slots are three pieces of several bwd_sdot slot steps
 ]
 
 
@@ -542,6 +545,7 @@ def _interp_main() -> None:
                     {"bwd_max_slots": 3, "bwd_rows": 16, "bwd_block_i": 16, "bwd_zero_fill": True},
                     {"bwd_max_slots": 40, "bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 16, "bwd_block_i": 16},
                     {"bwd_max_slots": 5, "bwd_split_scores": False, "bwd_value_tile": True, "bwd_block_d": 16},
+                    {"bwd_max_slots": 5, "bwd_split_scores": False},  # the score gradients of gathered rows, per piece
                     {"bwd_max_slots": 0})
         keep = dict(kernels.CONFIG)
         # the variants take fwd_tokens (2 by default) and fwd_xcore at these small sizes
