@@ -988,29 +988,18 @@ def bench_decode(run: dict, models: list[tuple[str, dict]]) -> dict:
 
 
 def train_loader(cfg: dict, config, B: int):
-    """train_data="dataset": train.py's TokenLoader over the config's train.bin (data_dir, else data/<dataset>),
-    seeded by its seed. BenchError with a one-line message where the dataset is missing, malformed, too short for
-    a batch, or holds token ids beyond the model's vocabulary."""
+    """train_data="dataset": train.py's TokenLoader over the config's train.bin (train.open_dataset: data_dir, else
+    data/<dataset>), seeded by its seed. BenchError with a one-line message where the dataset is missing, malformed,
+    too short for a batch, or holds token ids beyond the model's vocabulary."""
     import train
-    from data.common import load_meta
-    data_dir = cfg["data_dir"] or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg["dataset"])
     try:
-        meta = load_meta(data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise BenchError(f"train_data=dataset: {e}") from None
-    path = os.path.join(data_dir, "train.bin")
-    if not os.path.exists(path):
-        raise BenchError(f"train_data=dataset: {path} not found: prepare the dataset first (see data/README.md)")
-    if meta["vocab_size"] > config.vocab_size:
-        raise BenchError(f"train_data=dataset: the dataset's vocab_size {meta['vocab_size']} exceeds the model's "
-                         f"{config.vocab_size}")
-    try:
-        return train.TokenLoader(path, meta["dtype"], config.block_size, B, 0, 1, cfg["seed"])
+        data_dir, meta = train.open_dataset(cfg)
+        if meta["vocab_size"] > config.vocab_size:
+            raise train.Fatal(f"the dataset's vocab_size {meta['vocab_size']} exceeds the model's {config.vocab_size}")
+        return train.TokenLoader(os.path.join(data_dir, "train.bin"), meta["dtype"], config.block_size, B, 0, 1,
+                                 cfg["seed"])
     except train.Fatal as e:
         raise BenchError(f"train_data=dataset: {e}") from None
-    except ValueError as e:  # np.memmap of an empty or truncated file
-        raise BenchError(f"train_data=dataset: {path} is not readable as {meta['dtype']} tokens ({e}); "
-                         f"prepare the dataset again (see data/README.md)") from None
 
 
 def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:

@@ -143,8 +143,8 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # fp32 sums _bwd_combine_kernel adds in order (deterministic); 0: one program per tile, however long. H200, the
 # 151M's recorded indices (scripts/lookup_balance.py): per layer, bf16 values 3.2-3.7 -> 2.6-2.7 ms, fp32 6.3-7.0 ->
 # 5.1-5.2 ms; 1,024, 2,048 and 4,096 within 2% of each other; the step 181.4 -> 176.2-177.1 ms. On uniform indices
-# nothing is split; the extra launches (_bwd_items: three) cost eager calls up to 0.2 ms at 32,768 tokens and more
-# at 4,096, where the launches are not hidden (docs/BENCHMARKS.md, session 18).
+# nothing is split; the extra launches (_bwd_items' and the combine kernel's) cost eager calls up to 0.2 ms at 32,768
+# tokens and more at 4,096, where the launches are not hidden (docs/BENCHMARKS.md, session 18).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -548,10 +548,10 @@ if triton is not None:
                           STEPS: tl.constexpr):
         # the sorted backward's work items (see _bwd_items_reference, which computes the same with PyTorch ops) from
         # cs = the running sums of _bwd_pieces_kernel's packed values: ends[t] = cs[t] % 2**32 (items up to tile t)
-        # and rank[t] = cs[t] // 2**32 (split tiles up to t). Item i's tile is the first t with ends[t] > i (a binary search of STEPS
-        # halvings); its piece p = i - (ends[t] - pieces[t]); a split tile's pieces are scratch parts
-        # i - t + rank[t] - 1 onwards (the pieces of the split tiles before it), and its first piece also writes the
-        # tile's row of splits, at rank[t] - 1
+        # and rank[t] = cs[t] // 2**32 (split tiles up to t). Item i's tile is the first t with ends[t] > i (a
+        # binary search of STEPS halvings); its piece p = i - (ends[t] - pieces[t]); a split tile's pieces are
+        # scratch parts i - t + rank[t] - 1 onwards (the pieces of the split tiles before it), and its first piece
+        # also writes the tile's row of splits, at rank[t] - 1
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = i < n_items
         lo = tl.zeros((BLOCK,), dtype=tl.int32)
@@ -585,7 +585,7 @@ if triton is not None:
         first = live & split & (piece == 0)
         srow = splits_ptr + (rank - 1) * 3
         tl.store(srow, t, mask=first)
-        tl.store(srow + 1, i - tc + rank - 1, mask=first)
+        tl.store(srow + 1, part, mask=first)  # the first piece's part: the tile's first
         tl.store(srow + 2, pieces, mask=first)
 
     @triton.jit
@@ -761,6 +761,16 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     return out
 
 
+def _bwd_item_counts(tiles: int, NK: int, S: int) -> tuple[int, int, int]:
+    """(items, split-tile rows, scratch parts) that _bwd_items sizes for tiles row tiles, NK slots and S =
+    bwd_max_slots: static bounds, so that nothing waits for the device. A tile of c slots has ceil(c / S) pieces
+    where c > S, so there are at most tiles + NK / S items, NK / (S + 1) split tiles and 2 NK / S pieces. S = 0 (or
+    no tiles): one item per tile, nothing split."""
+    if S <= 0 or tiles == 0:
+        return tiles, 0, 0
+    return tiles + triton.cdiv(NK, S), max(1, NK // (S + 1)), max(1, 2 * triton.cdiv(NK, S))
+
+
 def _bwd_items(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, Tensor, int]:
     """The sorted backward's work items from toffs (tiles + 1,), the slot offsets of its row tiles, and S =
     CONFIG["bwd_max_slots"] (0: no splitting), on the device with no host synchronisation (the sizes are bounds
@@ -768,25 +778,24 @@ def _bwd_items(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, Tensor, 
     the tile's slots start:end, all of them (part -1: the program writes the tile's rows) or a piece of at most S
     of a tile with more (part: its place in the scratch buffer of pieces); tile -1 past the last item. splits
     (n, 3) int32, one row (tile, first part, parts) per split tile, for _bwd_combine_kernel, valid below n_split (a
-    one-element int32 tensor: the count of split tiles); and the scratch buffer's parts (0 when S is 0). A tile of c
-    slots has ceil(c / S) pieces where c > S, so there are at most tiles + NK / S items, NK / (S + 1) split tiles
-    and 2 NK / S pieces. Four launches (_bwd_pieces_kernel, a cumsum, _bwd_items_kernel, the count): the PyTorch version,
+    one-element int32 tensor: the count of split tiles); and the scratch buffer's parts (0 when S is 0); the sizes
+    are _bwd_item_counts'. Two Triton launches and a cumsum (and the count's two small ops): the PyTorch version,
     _bwd_items_reference, took about 45 small kernels, 0.2-0.4 ms of launches per eager call."""
     tiles = len(toffs) - 1
     dev = toffs.device
-    if S <= 0 or tiles == 0:
+    n_items, n_splits, n_parts = _bwd_item_counts(tiles, NK, S)
+    if n_parts == 0:
         items = torch.stack([torch.arange(tiles, device=dev), toffs[:-1], toffs[1:], toffs[1:] * 0 - 1], 1)
         return items.to(torch.int32), items[:0, :3].to(torch.int32), torch.zeros(1, dtype=torch.int32, device=dev), 0
     on_cuda = toffs.is_cuda
-    n_items = tiles + triton.cdiv(NK, S)
     pc = _empty(tiles, dtype=torch.int64, device=dev)
     _launch(_bwd_pieces_kernel, (triton.cdiv(tiles, 1024),), on_cuda, toffs, pc, tiles, S, BLOCK=1024, num_warps=4)
     cs = pc.cumsum(0)  # packed (ends, rank): items and split tiles up to each tile
     items = _empty(n_items, 4, dtype=torch.int32, device=dev)
-    splits = _empty(max(1, NK // (S + 1)), 3, dtype=torch.int32, device=dev)
+    splits = _empty(n_splits, 3, dtype=torch.int32, device=dev)
     _launch(_bwd_items_kernel, (triton.cdiv(n_items, 1024),), on_cuda, toffs, cs, items, splits, tiles, n_items, S,
             BLOCK=1024, STEPS=max(1, tiles.bit_length()), num_warps=4)
-    return items, splits, (cs[-1:] >> 32).to(torch.int32), max(1, 2 * triton.cdiv(NK, S))
+    return items, splits, (cs[-1:] >> 32).to(torch.int32), n_parts
 
 
 def _bwd_items_reference(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, int]:
@@ -794,10 +803,11 @@ def _bwd_items_reference(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor
     split tile, (tile, first part, parts), tile -1 and 0 parts past the count."""
     tiles = len(toffs) - 1
     dev = toffs.device
+    n_items, n_splits, n_parts = _bwd_item_counts(tiles, NK, S)
     counts = toffs[1:] - toffs[:-1]
     pieces = ((counts + S - 1) // S).clamp_(min=1)  # (tiles,)
     ends = pieces.cumsum(0)
-    i = torch.arange(tiles + triton.cdiv(NK, S), device=dev)
+    i = torch.arange(n_items, device=dev)
     t = torch.searchsorted(ends, i, right=True)  # the item's tile; tiles past the last item
     tc = t.clamp(max=tiles - 1)
     piece = i - (ends[tc] - pieces[tc])
@@ -810,10 +820,11 @@ def _bwd_items_reference(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor
     live = t < tiles
     items = torch.stack([torch.where(live, t, -1), torch.where(live, start, 0), torch.where(live, end, 0),
                          torch.where(live, part, -1)], 1).to(torch.int32)
-    s_t = torch.searchsorted(split.cumsum(0), torch.arange(1, max(1, NK // (S + 1)) + 1, device=dev))  # s-th split tile
+    s_t = torch.searchsorted(split.cumsum(0), torch.arange(1, n_splits + 1, device=dev))  # the s-th split tile
     s_tc = s_t.clamp(max=tiles - 1)
-    splits = torch.stack([torch.where(s_t < tiles, s_t, -1), s_ends[s_tc] - sp[s_tc], torch.where(s_t < tiles, sp[s_tc], 0)], 1)
-    return items, splits.to(torch.int32), max(1, 2 * triton.cdiv(NK, S))
+    splits = torch.stack([torch.where(s_t < tiles, s_t, -1), s_ends[s_tc] - sp[s_tc],
+                          torch.where(s_t < tiles, sp[s_tc], 0)], 1)
+    return items, splits.to(torch.int32), n_parts
 
 
 def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
@@ -842,10 +853,9 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
-    S = CONFIG["bwd_max_slots"]
-    items, splits, n_split, n_parts = _bwd_items(toffs, T * K, S)
+    items, splits, n_split, n_parts = _bwd_items(toffs, T * K, CONFIG["bwd_max_slots"])
     # the grids from the static bounds, not len(): under dynamic shapes len() would pin the token count
-    n_items, n_splits = (tiles + triton.cdiv(T * K, S), max(1, T * K // (S + 1))) if S > 0 and tiles else (tiles, 0)
+    n_items, n_splits, _ = _bwd_item_counts(tiles, T * K, CONFIG["bwd_max_slots"])
     BLOCK_D, sdot = _bwd_tile(Dv, h, grad_out.dtype)
     col_tiles = triton.cdiv(Dv, BLOCK_D)
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously

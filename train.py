@@ -106,13 +106,31 @@ def run_or_exit(main, argv: list[str]) -> None:
 # data
 
 
+def open_dataset(cfg: dict) -> tuple[str, dict]:
+    """The config's dataset folder (data_dir, else data/<dataset> beside this file) and its checked meta.json;
+    Fatal with a one-line message where the folder, its meta.json or a split's .bin is missing or malformed."""
+    from data.common import load_meta
+    data_dir = cfg["data_dir"] or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg["dataset"])
+    try:
+        meta = load_meta(data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise Fatal(str(e))
+    for split in ("train", "val"):
+        if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
+            raise Fatal(f"{os.path.join(data_dir, split + '.bin')} not found: prepare the dataset first (see data/README.md)")
+    return data_dir, meta
+
+
 class TokenLoader:
     """Batches of non-overlapping windows of block_size + 1 tokens from a token file, visited in a
     seeded random order, one epoch after another. The state is a single cursor (windows consumed by all
     ranks together), so a resumed run draws exactly the batches the uninterrupted run would have."""
 
     def __init__(self, path: str, np_dtype: str, block_size: int, batch_size: int, rank: int, world: int, seed: int):
-        self.data = np.memmap(path, dtype=np_dtype, mode="r")
+        try:
+            self.data = np.memmap(path, dtype=np_dtype, mode="r")
+        except ValueError as e:  # an empty or truncated file
+            raise Fatal(f"{path} is not readable as {np_dtype} tokens ({e}); prepare the dataset again (see data/README.md)")
         self.T, self.B, self.rank, self.world, self.seed = block_size, batch_size, rank, world, seed
         self.n = (len(self.data) - 1) // block_size
         if self.n < batch_size * world:
@@ -238,7 +256,6 @@ def set_rng_state(state: dict, device_type: str) -> None:
 
 def main(argv: list[str]) -> None:
     from configurator import configure_or_exit, format_config
-    from data.common import load_meta
 
     master_env = int(os.environ.get("RANK", 0)) == 0
     touched: set[str] = set()
@@ -295,14 +312,7 @@ def main(argv: list[str]) -> None:
     kernels.CONFIG.update(lookup)  # before the model compiles: the kernels read it when they launch
 
     # --- data ---------------------------------------------------------------------------------------
-    data_dir = cfg["data_dir"] or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", cfg["dataset"])
-    try:
-        meta = load_meta(data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise Fatal(str(e))
-    for split in ("train", "val"):
-        if not os.path.exists(os.path.join(data_dir, f"{split}.bin")):
-            raise Fatal(f"{os.path.join(data_dir, split + '.bin')} not found: prepare the dataset first (see data/README.md)")
+    data_dir, meta = open_dataset(cfg)
 
     # --- checkpoint and model -----------------------------------------------------------------------
     if ckpt is not None:
