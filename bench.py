@@ -76,7 +76,9 @@ attention, optimizer, Inductor's Triton kernels, copies, other) and per kernel: 
 
 kernels: the Triton lookup (kernels.mem_lookup) vs F.embedding_bag(mode="sum", per_sample_weights) vs the
 naive gather + weighted sum (kernels.mem_lookup_reference), forward and backward, on the two shapes of the
-issue, at decode sizes and training sizes; medians by triton.testing.do_bench (CUDA events). Useful bytes
+issue, at decode sizes and training sizes; medians by triton.testing.do_bench (CUDA events), the lookup called
+through its custom ops (kernels.mem_lookup, mem_lookup_backward) as memory.py's eager path calls it, and up to
+4,096 tokens also replayed from a CUDA graph (triton_*_graph_ms: the kernels without the host's launches). Useful bytes
 of the forward: T*K*Dv*elem (rows read) + T*K*(8+8+h*4) (row, block, scores) + T*E*Dv*elem (output); of
 the backward: N*Dv*elem (the dense value gradient, written once) + T*K*Dv*elem (rows read for the score
 gradient) + T*K*Dv*elem (output-gradient rows read per slot) + T*K*(8+8+2*h*4) (indices, scores and
@@ -300,28 +302,31 @@ def bench_kernels(cfg: dict) -> dict:
             bwd_bytes = N * Dv * el + 2 * T * K * Dv * el + T * K * (8 + 8 + 2 * h * 4)
             rep = 100 if T <= 8192 else 300
             r = {"shape": shape, "N": N, "Dv": Dv, "K": K, "T": T, "fwd_bytes": fwd_bytes, "bwd_bytes": bwd_bytes}
-            r["triton_fwd_ms"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, scores, E), rep)
+            r["triton_fwd_ms"] = bench(lambda: kernels.mem_lookup(values, rows, blocks, scores, E), rep)
             if T >= 4096:  # fp32 scores: fwd_sdot's score operand in two bf16 parts, two dots (bf16 scores: one)
                 s32 = scores.float()
-                r["triton_fwd_fp32_scores_ms"] = bench(lambda: kernels._lookup_triton(values, rows, blocks, s32, E), rep)
+                r["triton_fwd_fp32_scores_ms"] = bench(lambda: kernels.mem_lookup(values, rows, blocks, s32, E), rep)
             kernels.set_backward_scheme("sorted")
-            r["triton_bwd_sorted_ms"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
+            r["triton_bwd_sorted_ms"] = bench(lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E), rep)
             with _lookup_config(bwd_value_tile=not kernels.CONFIG["bwd_value_tile"]):  # the other value-row scheme
                 r["triton_bwd_sorted_other_vtile_ms"] = bench(
-                    lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
+                    lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E), rep)
             # the other score-gradient scheme (the value tile off, which would keep them in the sorted kernel)
             with _lookup_config(bwd_split_scores=not kernels._bwd_split(), bwd_value_tile=False):
                 r["triton_bwd_sorted_other_split_ms"] = bench(
-                    lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
-            if T <= 512:  # decode sizes: the launches replayed from a CUDA graph, without Python's overhead
+                    lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E), rep)
+            # decode sizes and 4,096 tokens: the launches replayed from a CUDA graph, without Python's overhead (an
+            # eager backward at 4,096 tokens on shape (b) takes about 0.6 ms to launch its kernels, which then run
+            # about 0.7 ms, most of it in the last two: session 19, scripts/profile_lookup_bwd.py)
+            if T <= 4096:
                 try:
-                    for name, fn in (("fwd", lambda: kernels._lookup_triton(values, rows, blocks, scores, E)),
-                                     ("bwd", lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E))):
+                    for name, fn in (("fwd", lambda: kernels.mem_lookup(values, rows, blocks, scores, E)),
+                                     ("bwd", lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E))):
                         r[f"triton_{name}_graph_ms"] = graph_ms(fn, calls=1)
                 except Exception as e:
                     r["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             kernels.set_backward_scheme("atomic")
-            r["triton_bwd_atomic_ms"] = bench(lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E), rep)
+            r["triton_bwd_atomic_ms"] = bench(lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E), rep)
             kernels.set_backward_scheme("sorted")
             if T <= cfg["max_baseline_tokens"]:
                 try:
@@ -329,8 +334,8 @@ def bench_kernels(cfg: dict) -> dict:
                 except Exception as e:  # report and go on
                     r["baseline_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if cfg["sweep"] and T == 32768:  # launch parameters: forward and sorted backward
-                fwd_lookup = lambda: kernels._lookup_triton(values, rows, blocks, scores, E)
-                bwd_lookup = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+                fwd_lookup = lambda: kernels.mem_lookup(values, rows, blocks, scores, E)
+                bwd_lookup = lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E)
                 # around the winners of sessions 5-7's sweeps (forward 128 columns, 32 slots per step, 4 warps;
                 # backward 128 columns, R 16-32, 16-32 slots per step, 4 warps; docs/KERNELS.md), each with the
                 # grid's order (*_cols_inner: the column tiles of a token / row tile consecutive) and the backward

@@ -944,6 +944,17 @@ def mem_lookup(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: 
     return torch.ops.ultramem.mem_lookup(values, rows, blocks, scores, E, _config_key(CONFIG))
 
 
+def mem_lookup_backward(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
+                        E: int) -> tuple[Tensor, Tensor]:
+    """(value gradients, score gradients) of mem_lookup for grad_out: the backward custom op as autograd calls it,
+    for the benchmarks. Time the kernels through the ops (this and mem_lookup), not _lookup_triton or
+    _lookup_bwd_triton directly: outside an op, wrap_triton sends each eager launch through torch's
+    higher-order-op dispatch, which the op's eager path skips (session 19: 1.57 against about 0.7 ms of kernels for
+    shape (b)'s backward at 4,096 tokens, H200)."""
+    _check(values, rows, blocks, scores, E)
+    return torch.ops.ultramem.mem_lookup_bwd(grad_out, values, rows, blocks, scores, E, _config_key(CONFIG))
+
+
 # ===================================================================================================
 # Row-wise top-k indices for the memory layers' retrieval
 #

@@ -57,11 +57,13 @@ class MemoryConfig:
     # (kernels.topk_indices' kernels). "auto": the kernels on CUDA wherever they were measured faster (the filter
     # kernel: every m up to 128, 2.4-3.3x torch.topk on the UltraMem-151M's training rows), torch.topk on the CPU
     # and for larger m on many long rows; kernels.topk_auto_impl, measured in docs/KERNELS.md
-    mem_lookup_dtype: str = "param"  # the dtype in which the lookup reads the value table: "param" (its own: fp32
-    # master weights in training, so the lookup gathers 4-byte values and the kernels take their fp32 paths) or
-    # "autocast" (under autocast, the table cast to the autocast dtype first, as autocast casts a linear layer's
-    # weight; the authors' bf16 training reads bf16 values; the cast reads and writes the table once per forward, and
-    # its backward casts the value gradient back). Not yet timed in training (session 18, docs/BENCHMARKS.md)
+    mem_lookup_dtype: str = "autocast"  # the dtype in which the lookup reads the value table. "autocast" (default):
+    # under autocast the table is cast to the autocast dtype first, as autocast casts a linear layer's weight, so the
+    # lookup gathers bf16 rows, as the authors' code does (its kernel reads a bf16 copy of the fp32 master values; the
+    # paper does not say); the cast reads and writes the table once per forward, and its backward casts the bf16
+    # value gradient back to fp32 (the code accumulates it in fp32 instead). "param": the table in its own dtype
+    # (fp32 master weights in training: 4-byte gathers on the kernels' fp32 paths). UltraMem-151M's training step on
+    # the H200: 165.5 ms against 178.0 ms with "param" (docs/BENCHMARKS.md, session 19)
     mem_decode: str = "fused"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "fused"
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
     # per layer and step; "plain" runs the training path's code (as does the init's calibration, so the weights

@@ -1,14 +1,19 @@
 """How evenly a model's memory-layer slots spread over the value rows, and what that does to the lookup's sorted
 backward (run from the repo root: PYTHONPATH=. python scripts/lookup_balance.py [CONFIG] [--steps=10]
-["--grid=key:a,b/..."] [--iters=20] [--layers=0,3] [--data=random|dataset] [--data_dir=DIR]).
+["--grid=key:a,b/..."] [--iters=20] [--layers=0,3] [--data=random|dataset] [--data_dir=DIR] [--schedule=bench|train]
+[--report=0,10,100] [--max_iters=N]).
 
 Builds CONFIG (default config/ultramem_151m.py) as `bench.py --mode=train` does (random weights, one batch of
 random tokens from seed 0, AdamW), trains it eagerly for --steps steps on that batch under bf16 autocast (bench.py
 times its steps after 10 such warm-up steps; --data=dataset: a new batch of the config's dataset each step, as
-bench.py --train_data=dataset), then records each memory layer's lookup inputs in one forward. For
+bench.py --train_data=dataset), then records each memory layer's lookup inputs in one forward. --schedule=train:
+the steps as train.py takes them (its learning-rate warm-up and decay over the config's max_iters, the per-group
+multipliers such as the values' rate, AdamW's betas, gradient clipping; --max_iters: the schedule's length, by
+default the config's) instead of bench.py's warm-up (the peak rate
+from the first step, no clipping). --report: the rows hit at those steps too (counted in that step's forward). For
 each layer it prints the slots per value row and per row tile of the sorted backward (16 and 32 rows: the largest
 tile against the mean is the load imbalance of a one-program-per-tile kernel), and times the lookup's backward
-(kernels._lookup_bwd_triton, median of triton.testing.do_bench) and the forward on the recorded indices and on uniform
+(kernels.mem_lookup_backward, median of triton.testing.do_bench) and the forward on the recorded indices and on uniform
 random rows of the same shape, with the recorded values' dtype and with bf16 values, for the defaults and each
 configuration of --grid (kernels.CONFIG overrides, as sweep_lookup.py's). --layers=0,3: time those layers only. Timed
 on CUDA only. docs/BENCHMARKS.md, session 18.
@@ -40,16 +45,22 @@ m = bench.build_model(c, dev, None)
 groups = m.optim_groups(0.1)
 for g in groups:
     g.pop("names")
-opt = torch.optim.AdamW(groups, lr=cfg.get("learning_rate", 6e-4), fused=dev == "cuda")
+import train  # noqa: E402
+
+tcfg = {**train.default_config(), **cfg, **{k: int(opt_arg[k]) for k in ("max_iters",) if k in opt_arg}}
+SCHEDULE = opt_arg.get("schedule", "bench")
+if SCHEDULE not in ("bench", "train"):
+    sys.exit(f"error: --schedule must be bench or train, got {SCHEDULE!r}")
+betas = (tcfg["beta1"], tcfg["beta2"]) if SCHEDULE == "train" else (0.9, 0.999)
+opt = torch.optim.AdamW(groups, lr=tcfg["learning_rate"], betas=betas, fused=dev == "cuda")
+REPORT = {int(s) for s in opt_arg.get("report", "").split(",") if s}
 gen = torch.Generator(device=dev).manual_seed(0)
 x = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
 y = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
 DATA = opt_arg.get("data", "random")
 if DATA == "dataset":  # a new batch each step from the config's dataset, as bench.py --train_data=dataset draws them
-    import train
     try:
-        loader = bench.train_loader({**train.default_config(), **cfg, **{k: opt_arg[k] for k in ("data_dir",) if k in opt_arg}},
-                                    c, B)
+        loader = bench.train_loader({**tcfg, **{k: opt_arg[k] for k in ("data_dir",) if k in opt_arg}}, c, B)
     except bench.BenchError as e:
         sys.exit(f"error: {e}")
     batch = lambda: tuple(t.to(dev) for t in loader.next_batch())  # noqa: E731
@@ -57,31 +68,56 @@ elif DATA == "random":
     batch = lambda: (x, y)  # noqa: E731
 else:
     sys.exit(f"error: --data must be random or dataset, got {DATA!r}")
-m.train()
-t0 = time.perf_counter()
-for step in range(STEPS):
-    m.refresh()
-    xb, yb = batch()
-    with torch.autocast(dev, dtype=torch.bfloat16):
-        _, ce, aux = m(xb, yb)
-        loss = ce + sum(aux.values()) if aux else ce
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-if dev == "cuda":
-    torch.cuda.synchronize()
-print(f"{path}: {STEPS} eager steps on {'one random batch' if DATA == 'random' else 'batches of the dataset'} of {B} x {T} in {time.perf_counter() - t0:.1f} s, "
-      f"loss {loss.item():.3f}", flush=True)
 
-recorded, lookup = [], kernels.mem_lookup
+
+def hit_stats(rows: torch.Tensor, N: int) -> str:
+    """The share of the N rows hit, the share of the reads the most-hit 1% of rows take, the five largest counts."""
+    cnt = torch.bincount(rows.reshape(-1), minlength=N)
+    top1 = cnt.topk(max(1, N // 100)).values.sum() / cnt.sum()
+    return (f"rows hit {(cnt > 0).float().mean():.1%}, top 1% of rows {top1:.0%} of the reads, "
+            f"most-hit rows {cnt.topk(5).values.tolist()}")
+
+
+recorded, lookup, counting = [], kernels.mem_lookup, []  # counting: a reported training step's rows hit
+mode = "train"  # then "record": the final forward's lookup inputs
 
 
 def record(values, rows, blocks, scores, E):
-    recorded.append((values.detach(), rows.detach().clone(), blocks.detach().clone(), scores.detach().clone(), E))
+    if mode == "record":
+        recorded.append((values.detach(), rows.detach().clone(), blocks.detach().clone(), scores.detach().clone(), E))
+    elif counting:
+        counting.append(hit_stats(rows, values.shape[0]))
     return lookup(values, rows, blocks, scores, E)
 
 
 memory.kernels.mem_lookup = record
+m.train()
+t0 = time.perf_counter()
+for step in range(STEPS):
+    if SCHEDULE == "train":
+        for g in opt.param_groups:
+            g["lr"] = train.lr_at(step, tcfg) * train.lr_mult_at(step, g, tcfg["max_iters"])
+    m.refresh()
+    xb, yb = batch()
+    counting[:] = ["step"] if step in REPORT else []
+    with torch.autocast(dev, dtype=torch.bfloat16):
+        _, ce, aux = m(xb, yb)
+        loss = ce + sum(aux.values()) if aux else ce
+    if counting:
+        print(f"step {step} (lr {opt.param_groups[0]['lr']:.2e}), loss {loss.item():.3f}: "
+              + "; ".join(f"layer {i}: {s}" for i, s in enumerate(counting[1:])), flush=True)
+        counting.clear()
+    loss.backward()
+    if SCHEDULE == "train" and tcfg["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_(m.parameters(), tcfg["grad_clip"])
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+if dev == "cuda":
+    torch.cuda.synchronize()
+print(f"{path}: {STEPS} eager steps ({SCHEDULE}'s schedule) on "
+      f"{'one random batch' if DATA == 'random' else 'batches of the dataset'} of {B} x {T} in "
+      f"{time.perf_counter() - t0:.1f} s, loss {loss.item() if STEPS else float('nan'):.3f}", flush=True)
+mode = "record"
 m.refresh()
 with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16):
     m(*batch())
@@ -93,9 +129,7 @@ for li, (values, rows, blocks, scores, E) in enumerate(recorded):
     N, Dv = values.shape
     Tn, K = rows.shape
     cnt = torch.bincount(rows.reshape(-1), minlength=N)
-    top = cnt.topk(5).values.tolist()
-    line = [f"layer {li}: {N} rows x {Dv}, {Tn} tokens x {K} slots ({Tn * K / N:.2f} per row); rows hit: "
-            f"{(cnt > 0).float().mean():.1%}, most-hit rows {top}"]
+    line = [f"layer {li}: {N} rows x {Dv}, {Tn} tokens x {K} slots ({Tn * K / N:.2f} per row); {hit_stats(rows, N)}"]
     for R in (16, 32):
         tc = torch.nn.functional.pad(cnt, (0, (-N) % R)).view(-1, R).sum(1).float()
         line.append(f"{R}-row tiles: mean {tc.mean():.1f}, p99.9 {tc.quantile(0.999):.0f}, max {tc.max():.0f} "
@@ -107,7 +141,7 @@ for li, (values, rows, blocks, scores, E) in enumerate(recorded):
         gout = torch.randn(Tn, E, Dv, device=dev, dtype=dt)
         if dev != "cuda" or li not in LAYERS:
             continue
-        fwd = [f"{name} {bench_ms(lambda r=r: kernels._lookup_triton(v, r, blocks, s, E)) * 1e3:,.0f} us"
+        fwd = [f"{name} {bench_ms(lambda r=r: kernels.mem_lookup(v, r, blocks, s, E)) * 1e3:,.0f} us"
                for name, r in (("recorded", rows), ("uniform", uniform))]
         print(f"  forward, {str(dt)[6:]} values: " + ", ".join(fwd), flush=True)
         for change in GRID:
@@ -115,7 +149,7 @@ for li, (values, rows, blocks, scores, E) in enumerate(recorded):
             kernels.CONFIG.update(keep, **change)
             times = []
             for name, r in (("recorded", rows), ("uniform", uniform)):
-                fn = lambda r=r: kernels._lookup_bwd_triton(gout, v, r, blocks, s, E)  # noqa: E731
+                fn = lambda r=r: kernels.mem_lookup_backward(gout, v, r, blocks, s, E)  # noqa: E731
                 times.append(f"{name} {bench_ms(fn) * 1e3:,.0f} us")
             print(f"  backward, {str(dt)[6:]} values, {change or 'defaults'}: " + ", ".join(times), flush=True)
 kernels.CONFIG.clear()

@@ -3,8 +3,8 @@ PYTHONPATH=. python scripts/sweep_lookup.py ["--grid=fwd_block_k:32,64/fwd_warps
 [--tokens=32768[,...]] [--shapes=a,b] [--dtype=bf16|fp32] [--graph]).
 
 bench.py's kernel shapes and inputs ((a) 4,194,304 x 512, 64 slots; (b) 652,864 x 384, 160 slots; bf16 values and
-scores (--dtype), E=4, h=2, random int64 indices), kernels._lookup_triton (--pass=fwd, the default) or
-kernels._lookup_bwd_triton (--pass=bwd: value and score gradients) timed with triton.testing.do_bench (median of
+scores (--dtype), E=4, h=2, random int64 indices), kernels.mem_lookup (--pass=fwd, the default) or
+kernels.mem_lookup_backward (--pass=bwd: value and score gradients) timed with triton.testing.do_bench (median of
 300 ms of calls; --graph: triton.testing.do_bench_cudagraph, the calls replayed in a CUDA graph, for sizes where
 launching takes longer than the kernels) for every combination of the grid's values at each token count, each
 checked against the defaults' outputs first (the same sums, possibly in another order: relative difference under
@@ -48,10 +48,10 @@ for shape, T in itertools.product(SHAPE_KEYS, TOKENS):
     gout = torch.randn(T, E, Dv, device=dev, generator=g).to(dt)
     if PASS == "fwd":
         useful = T * K * Dv * el + T * K * (8 + 8 + h * 4) + T * E * Dv * el  # bench.py's fwd_bytes
-        fn = lambda: (kernels._lookup_triton(values, rows, blocks, scores, E),)
+        fn = lambda: (kernels.mem_lookup(values, rows, blocks, scores, E),)
     else:
         useful = N * Dv * el + 2 * T * K * Dv * el + T * K * (8 + 8 + 2 * h * 4)  # bench.py's bwd_bytes
-        fn = lambda: kernels._lookup_bwd_triton(gout, values, rows, blocks, scores, E)
+        fn = lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E)
     base = fn()
     results = []
     for combo in [()] + list(itertools.product(*GRID.values())):
