@@ -143,8 +143,8 @@ POISON_OUTPUTS = False  # tests: fill the kernels' outputs with NaN before launc
 # fp32 sums _bwd_combine_kernel adds in order (deterministic); 0: one program per tile, however long. H200, the
 # 151M's recorded indices (scripts/lookup_balance.py): per layer, bf16 values 3.2-3.7 -> 2.6-2.7 ms, fp32 6.3-7.0 ->
 # 5.1-5.2 ms; 1,024, 2,048 and 4,096 within 2% of each other; the step 181.4 -> 176.2-177.1 ms. On uniform indices
-# nothing is split; the extra launches (_bwd_items' and the combine kernel's) cost eager calls up to 0.2 ms at 32,768
-# tokens and more at 4,096, where the launches are not hidden (docs/BENCHMARKS.md, session 18).
+# nothing is split. Session 19: the pieces placed without a scan (_bwd_work: cuts at the multiples of S in the sorted
+# slots), which dropped session 18's two item kernels and their cumsum (docs/BENCHMARKS.md, session 19).
 # (An index prefetch in the forward, the next slot block's indices loaded while this block's rows are in
 # flight, was swept twice and never the best: removed in session 6; session 14 carried the next step's indices,
 # session 15 also its gathered rows, a step ahead: both slower, docs/KERNELS.md.)
@@ -404,21 +404,47 @@ if triton is not None:
         return row, grow
 
     @triton.jit
-    def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, items_ptr,
-                                  gvalues_ptr, scratch_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, H: tl.constexpr,
+    def _bwd_work(pid, srows_ptr, toffs_ptr, NK, tiles, S, C, R: tl.constexpr):
+        # the sorted backward's program pid -> (tile, start, end, part): its row tile (-1: nothing to do), its slots
+        # start:end (int64: per-slot offsets idx * H are computed from them) and its scratch part (-1: it writes the
+        # tile's rows itself). No scan and no search: the slots (in row order, NK of them) are cut at every multiple
+        # of S (chunk boundaries c * S, c < C = ceil(NK / S)), and only tiles of more than S slots are split there.
+        # Programs 0 .. tiles-1 take a tile from its first slot: all of it (part -1), or for a split tile up to its
+        # first boundary c0 (part C + c0). Program tiles + c takes the piece from boundary c * S to the next or to
+        # its tile's end (part c), if that boundary lies inside a split tile, found from its slot's row (srows);
+        # else nothing. So a split tile's pieces are parts C + c0, c0, c0 + 1, ... in slot order, each at most S.
+        # _bwd_work_reference is the same in PyTorch (the tests check its invariants).
+        is_tile = pid < tiles
+        b = (pid - tiles).to(tl.int64) * S  # this boundary program's boundary
+        inside = (~is_tile) & (b > 0) & (b < NK)
+        tile = tl.where(is_tile, pid, tl.load(srows_ptr + b, mask=inside, other=0) // R)
+        t_lo = tl.load(toffs_ptr + tile)
+        t_hi = tl.load(toffs_ptr + tile + 1)
+        split = t_hi - t_lo > S
+        c0 = t_lo // S + 1  # the tile's first boundary after its first slot
+        start = tl.where(is_tile, t_lo, b)
+        end = tl.where(is_tile, tl.where(split, tl.minimum(t_hi, c0 * S), t_hi), tl.minimum(b + S, t_hi))
+        part = tl.where(is_tile, tl.where(split, C + c0, -1), pid - tiles)
+        live = is_tile | (inside & split & (t_lo < b))
+        return tl.where(live, tile, -1), start, tl.where(live, end, start), tl.where(live, part, -1)
+
+    @triton.jit
+    def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
+                                  gvalues_ptr, scratch_ptr, gs_part_ptr, N, NK, Dv, chunk, n_ct, tiles, S, C,
+                                  H: tl.constexpr,
                                   R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
                                   V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr,
                                   CARRY: tl.constexpr, GS: tl.constexpr):
         # one program per (work item, BLOCK_D value columns). The slots are in row order (a stable sort): slot i
         # has value row srows[i], output-gradient row grows[i] (t * E + block) and scores sscores[i], so that every
-        # per-slot load is contiguous and only the two row gathers are indirect. A work item (items[pid], _bwd_items)
-        # is a tile of R consecutive physical rows and a range start:end of its slots: all of them, or, for a tile
-        # with more than bwd_max_slots slots (rows that many tokens select), one piece of at most that many, so that
-        # no program's loop is much longer than the others'. The slots are reduced in that fixed order by a one-hot
-        # (R, BLOCK_I) matmul. A whole tile's rows are written once (zeros where no slot selected it), so no zero
-        # fill and no atomics; a piece (part >= 0) writes its fp32 sums to scratch[part], and
-        # _bwd_combine_kernel adds a tile's pieces in order. An item with tile -1 (past the last) does nothing.
+        # per-slot load is contiguous and only the two row gathers are indirect. A program's work (_bwd_work) is a
+        # tile of R consecutive physical rows and a range start:end of its slots (toffs: the tiles' slot offsets):
+        # all of them, or, for a tile with more than S = bwd_max_slots slots (rows that many tokens select), one
+        # piece of at most S, so that no program's loop is much longer than the others'. The slots are reduced in
+        # that fixed order by a one-hot (R, BLOCK_I) matmul. A whole tile's rows are written once (zeros where no
+        # slot selected it), so no zero fill and no atomics; a piece (part >= 0) writes its fp32 sums to
+        # scratch[part], and _bwd_combine_kernel adds a tile's pieces in order.
         # SKIP_EMPTY: the caller zero-filled, and a tile without slots writes
         # nothing. Score gradients, in slot order: this program's columns' share, per core, into
         # gs_part[column tile]. VTILE: the tile's R value rows are read once, contiguously (where it has slots), and
@@ -434,11 +460,8 @@ if triton is not None:
         # end and carries them into the loop's next turn, instead of loading its own at its start. The same loads
         # in the same order, compiled differently: with SDOT 8% faster on shape (a) (and on (b) at 64 columns),
         # without it 18% slower on shape (b) (H200, session 14, docs/BENCHMARKS.md)
-        pid, j = _grid_pos(n_ct, COLS_INNER)  # (work item, column tile); COLS_INNER as in the forward
-        tile = tl.load(items_ptr + pid * 4)
-        start = tl.load(items_ptr + pid * 4 + 1).to(tl.int64)  # slot positions in int64, as per-slot offsets
-        end = tl.load(items_ptr + pid * 4 + 2).to(tl.int64)  # (idx * H) are computed from them
-        part = tl.load(items_ptr + pid * 4 + 3)
+        pid, j = _grid_pos(n_ct, COLS_INNER)  # (program, column tile); COLS_INNER as in the forward
+        tile, start, end, part = _bwd_work(pid, srows_ptr, toffs_ptr, NK, tiles, S, C, R)
         n0 = tl.maximum(tile, 0).to(tl.int64) * R
         cols = j * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
@@ -508,85 +531,33 @@ if triton is not None:
             tl.store(piece, acc, mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
-    def _bwd_combine_kernel(scratch_ptr, splits_ptr, n_split_ptr, gvalues_ptr, N, Dv, R: tl.constexpr,
+    def _bwd_combine_kernel(scratch_ptr, srows_ptr, toffs_ptr, gvalues_ptr, N, NK, Dv, S, C, R: tl.constexpr,
                             BLOCK_D: tl.constexpr):
-        # the value gradients of the row tiles that the sorted backward split into pieces (bwd_max_slots): one
-        # program per (split tile, BLOCK_D columns) adds the tile's n pieces' fp32 sums, scratch[first:first + n], in
-        # that order (deterministic) and writes the rows once. splits[s] = (tile, first, n) for s below the count
-        # of split tiles, *n_split (the rows past it are not written: those programs do nothing)
-        s = tl.program_id(0)
-        live = s < tl.load(n_split_ptr)
-        tile = tl.load(splits_ptr + s * 3, mask=live, other=-1)
-        first = tl.load(splits_ptr + s * 3 + 1, mask=live, other=0).to(tl.int64)
-        n = tl.load(splits_ptr + s * 3 + 2, mask=live, other=0)
+        # the value gradients of the row tiles that the sorted backward split into pieces (bwd_max_slots, _bwd_work):
+        # one program per (chunk boundary c, BLOCK_D columns). The program of a split tile's first boundary c0 adds
+        # the tile's pieces' fp32 sums in slot order (deterministic), scratch[C + c0], then scratch[c0 + q] for each
+        # boundary inside the tile, and writes its rows once; the others do nothing
+        c = tl.program_id(0)
+        b = c.to(tl.int64) * S
+        inside = (b > 0) & (b < NK)
+        tile = tl.load(srows_ptr + b, mask=inside, other=0) // R
+        t_lo = tl.load(toffs_ptr + tile)
+        t_hi = tl.load(toffs_ptr + tile + 1)
+        first = inside & (t_hi - t_lo > S) & (t_lo < b) & (b - S <= t_lo)
+        n = tl.where(first, (t_hi - 1) // S - t_lo // S, 0)  # the boundaries inside the tile
         rids = tl.arange(0, R)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         cmask = cols < Dv
-        acc = tl.zeros((R, BLOCK_D), dtype=tl.float32)
-        for q in range(0, n):
-            acc += tl.load(scratch_ptr + ((first + q) * R + rids)[:, None] * Dv + cols[None, :], mask=cmask[None, :],
-                           other=0.0)
-        n0 = tl.maximum(tile, 0).to(tl.int64) * R
-        rmask = ((n0 + rids) < N) & ((rids * 0 + tile) >= 0)
+        live = (rids * 0 + first.to(tl.int32)) != 0  # (the interpreter rejects a vector & scalar mask)
+        acc = tl.load(scratch_ptr + ((C + c).to(tl.int64) * R + rids)[:, None] * Dv + cols[None, :],
+                      mask=live[:, None] & cmask[None, :], other=0.0)
+        for q in range(0, n.to(tl.int32)):
+            acc += tl.load(scratch_ptr + ((c + q).to(tl.int64) * R + rids)[:, None] * Dv + cols[None, :],
+                           mask=cmask[None, :], other=0.0)
+        n0 = tile.to(tl.int64) * R
+        rmask = ((n0 + rids) < N) & live
         tl.store(gvalues_ptr + (n0 + rids)[:, None] * Dv + cols[None, :], acc.to(gvalues_ptr.dtype.element_ty),
                  mask=rmask[:, None] & cmask[None, :])
-
-    @triton.jit
-    def _bwd_pieces_kernel(toffs_ptr, pc_ptr, tiles, S, BLOCK: tl.constexpr):
-        # bwd_max_slots's first step: per row tile t, its pieces max(1, ceil(slots / S)) and whether it is split,
-        # packed into one int64, pieces + split * 2**32 (both sums stay below 2**31), so that one 1-D torch.cumsum
-        # gives both running sums, which place the work items (_bwd_items_kernel). (A cumsum along the rows of a
-        # (2, tiles) tensor instead took about 0.15 ms at shape (a)'s 131,072 tiles.)
-        t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = t < tiles
-        c = tl.load(toffs_ptr + t + 1, mask=m, other=0) - tl.load(toffs_ptr + t, mask=m, other=0)
-        pieces = tl.maximum((c + S - 1) // S, 1).to(tl.int64)
-        tl.store(pc_ptr + t, pieces + (pieces > 1).to(tl.int64) * 4294967296, mask=m)
-
-    @triton.jit
-    def _bwd_items_kernel(toffs_ptr, cs_ptr, items_ptr, splits_ptr, tiles, n_items, S, BLOCK: tl.constexpr,
-                          STEPS: tl.constexpr):
-        # the sorted backward's work items (see _bwd_items_reference, which computes the same with PyTorch ops) from
-        # cs = the running sums of _bwd_pieces_kernel's packed values: ends[t] = cs[t] % 2**32 (items up to tile t)
-        # and rank[t] = cs[t] // 2**32 (split tiles up to t). Item i's tile is the first t with ends[t] > i (a
-        # binary search of STEPS halvings); its piece p = i - (ends[t] - pieces[t]); a split tile's pieces are
-        # scratch parts i - t + rank[t] - 1 onwards (the pieces of the split tiles before it), and its first piece
-        # also writes the tile's row of splits, at rank[t] - 1
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = i < n_items
-        lo = tl.zeros((BLOCK,), dtype=tl.int32)
-        hi = lo + tiles
-        for _ in tl.static_range(STEPS):  # invariant: ends[lo - 1] <= i < ends[hi] (ends[tiles] = infinity)
-            mid = (lo + hi) // 2
-            e = (tl.load(cs_ptr + mid, mask=m & (mid < tiles), other=0) & 0xFFFFFFFF).to(tl.int32)
-            go_right = e <= i
-            active = lo < hi
-            lo = tl.where(active & go_right, mid + 1, lo)
-            hi = tl.where(active & ~go_right, mid, hi)
-        t = lo
-        live = m & (t < tiles)
-        tc = tl.minimum(t, tiles - 1)
-        packed = tl.load(cs_ptr + tc, mask=m, other=0)
-        end_t = (packed & 0xFFFFFFFF).to(tl.int32)
-        rank = (packed >> 32).to(tl.int32)
-        prev = (tl.load(cs_ptr + tc - 1, mask=m & (tc > 0), other=0) & 0xFFFFFFFF).to(tl.int32)
-        pieces = end_t - prev
-        piece = i - prev
-        t_lo = tl.load(toffs_ptr + tc, mask=m, other=0).to(tl.int32)
-        t_hi = tl.load(toffs_ptr + tc + 1, mask=m, other=0).to(tl.int32)
-        start = t_lo + piece * S
-        end = tl.minimum(start + S, t_hi)
-        split = pieces > 1
-        part = tl.where(split, i - tc + rank - 1, -1)
-        tl.store(items_ptr + i * 4, tl.where(live, t, -1), mask=m)
-        tl.store(items_ptr + i * 4 + 1, tl.where(live, start, 0), mask=m)
-        tl.store(items_ptr + i * 4 + 2, tl.where(live, end, 0), mask=m)
-        tl.store(items_ptr + i * 4 + 3, tl.where(live, part, -1), mask=m)
-        first = live & split & (piece == 0)
-        srow = splits_ptr + (rank - 1) * 3
-        tl.store(srow, t, mask=first)
-        tl.store(srow + 1, part, mask=first)  # the first piece's part: the tile's first
-        tl.store(srow + 2, pieces, mask=first)
 
     @triton.jit
     def _lookup_bwd_scores_kernel(gout_ptr, values_ptr, rows_ptr, blocks_ptr, gscores_ptr, K, Dv, chunk,
@@ -761,70 +732,33 @@ def _lookup_triton(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
     return out
 
 
-def _bwd_item_counts(tiles: int, NK: int, S: int) -> tuple[int, int, int]:
-    """(items, split-tile rows, scratch parts) that _bwd_items sizes for tiles row tiles, NK slots and S =
-    bwd_max_slots: static bounds, so that nothing waits for the device. A tile of c slots has ceil(c / S) pieces
-    where c > S, so there are at most tiles + NK / S items, NK / (S + 1) split tiles and 2 NK / S pieces. S = 0 (or
-    no tiles): one item per tile, nothing split."""
-    if S <= 0 or tiles == 0:
-        return tiles, 0, 0
-    return tiles + triton.cdiv(NK, S), max(1, NK // (S + 1)), max(1, 2 * triton.cdiv(NK, S))
+def _bwd_chunks(NK: int, S: int) -> tuple[int, int]:
+    """(S for the kernels, C): the sorted backward's chunk boundaries c * S, c < C, for NK slots and S =
+    bwd_max_slots; S = 0 (no splitting): C = 0 and NK + 1 for the kernels (no tile has more slots). Static shapes
+    only, so that nothing waits for the device."""
+    return (S, triton.cdiv(NK, S)) if S > 0 else (NK + 1, 0)
 
 
-def _bwd_items(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, Tensor, int]:
-    """The sorted backward's work items from toffs (tiles + 1,), the slot offsets of its row tiles, and S =
-    CONFIG["bwd_max_slots"] (0: no splitting), on the device with no host synchronisation (the sizes are bounds
-    from NK, the number of slots). Returns items (n_items, 4) int32, one row (tile, start, end, part) per program:
-    the tile's slots start:end, all of them (part -1: the program writes the tile's rows) or a piece of at most S
-    of a tile with more (part: its place in the scratch buffer of pieces); tile -1 past the last item. splits
-    (n, 3) int32, one row (tile, first part, parts) per split tile, for _bwd_combine_kernel, valid below n_split (a
-    one-element int32 tensor: the count of split tiles); and the scratch buffer's parts (0 when S is 0); the sizes
-    are _bwd_item_counts'. Two Triton launches and a cumsum (and the count's two small ops): the PyTorch version,
-    _bwd_items_reference, took about 45 small kernels, 0.2-0.4 ms of launches per eager call."""
-    tiles = len(toffs) - 1
-    dev = toffs.device
-    n_items, n_splits, n_parts = _bwd_item_counts(tiles, NK, S)
-    if n_parts == 0:
-        items = torch.stack([torch.arange(tiles, device=dev), toffs[:-1], toffs[1:], toffs[1:] * 0 - 1], 1)
-        return items.to(torch.int32), items[:0, :3].to(torch.int32), torch.zeros(1, dtype=torch.int32, device=dev), 0
-    on_cuda = toffs.is_cuda
-    pc = _empty(tiles, dtype=torch.int64, device=dev)
-    _launch(_bwd_pieces_kernel, (triton.cdiv(tiles, 1024),), on_cuda, toffs, pc, tiles, S, BLOCK=1024, num_warps=4)
-    cs = pc.cumsum(0)  # packed (ends, rank): items and split tiles up to each tile
-    items = _empty(n_items, 4, dtype=torch.int32, device=dev)
-    splits = _empty(n_splits, 3, dtype=torch.int32, device=dev)
-    _launch(_bwd_items_kernel, (triton.cdiv(n_items, 1024),), on_cuda, toffs, cs, items, splits, tiles, n_items, S,
-            BLOCK=1024, STEPS=max(1, tiles.bit_length()), num_warps=4)
-    return items, splits, (cs[-1:] >> 32).to(torch.int32), n_parts
-
-
-def _bwd_items_reference(toffs: Tensor, NK: int, S: int) -> tuple[Tensor, Tensor, int]:
-    """_bwd_items with PyTorch ops (S > 0), for the tests: items as _bwd_items', splits with one row per possible
-    split tile, (tile, first part, parts), tile -1 and 0 parts past the count."""
-    tiles = len(toffs) - 1
-    dev = toffs.device
-    n_items, n_splits, n_parts = _bwd_item_counts(tiles, NK, S)
-    counts = toffs[1:] - toffs[:-1]
-    pieces = ((counts + S - 1) // S).clamp_(min=1)  # (tiles,)
-    ends = pieces.cumsum(0)
-    i = torch.arange(n_items, device=dev)
-    t = torch.searchsorted(ends, i, right=True)  # the item's tile; tiles past the last item
-    tc = t.clamp(max=tiles - 1)
-    piece = i - (ends[tc] - pieces[tc])
-    start = toffs[tc] + piece * S
-    end = torch.minimum(start + S, toffs[tc + 1])
-    split = pieces > 1
-    sp = torch.where(split, pieces, 0)
-    s_ends = sp.cumsum(0)
-    part = torch.where(split[tc], s_ends[tc] - sp[tc] + piece, -1)
-    live = t < tiles
-    items = torch.stack([torch.where(live, t, -1), torch.where(live, start, 0), torch.where(live, end, 0),
-                         torch.where(live, part, -1)], 1).to(torch.int32)
-    s_t = torch.searchsorted(split.cumsum(0), torch.arange(1, n_splits + 1, device=dev))  # the s-th split tile
-    s_tc = s_t.clamp(max=tiles - 1)
-    splits = torch.stack([torch.where(s_t < tiles, s_t, -1), s_ends[s_tc] - sp[s_tc],
-                          torch.where(s_t < tiles, sp[s_tc], 0)], 1)
-    return items, splits.to(torch.int32), n_parts
+def _bwd_work_reference(toffs: Tensor, sorted_rows: Tensor, S: int, R: int) -> Tensor:
+    """_bwd_work for every program, with PyTorch ops, for the tests: (tiles + C, 4) int64 rows (tile, start, end,
+    part) from the tiles' slot offsets toffs (tiles + 1,), the sorted rows and S = bwd_max_slots (> 0)."""
+    tiles, NK = len(toffs) - 1, len(sorted_rows)
+    C = triton.cdiv(NK, S)
+    pid = torch.arange(tiles + C, device=toffs.device)
+    is_tile = pid < tiles
+    b = (pid - tiles) * S
+    inside = ~is_tile & (b > 0) & (b < NK)
+    tile = torch.where(is_tile, pid, sorted_rows[b.clamp(0, max(NK - 1, 0))].long() // R if NK else pid * 0)
+    tile = torch.where(is_tile | inside, tile, 0)
+    t_lo, t_hi = toffs[tile], toffs[tile + 1]
+    split = t_hi - t_lo > S
+    c0 = t_lo // S + 1
+    start = torch.where(is_tile, t_lo, b)
+    end = torch.where(is_tile, torch.where(split, torch.minimum(t_hi, c0 * S), t_hi), torch.minimum(b + S, t_hi))
+    part = torch.where(is_tile, torch.where(split, C + c0, -1), pid - tiles)
+    live = is_tile | (inside & split & (t_lo < b))
+    return torch.stack([torch.where(live, tile, -1), start, torch.where(live, end, start),
+                        torch.where(live, part, -1)], 1)
 
 
 def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor,
@@ -853,9 +787,7 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     tiles = triton.cdiv(N, R)
     bounds = torch.arange(0, tiles + 1, device=values.device, dtype=torch.int32) * R
     toffs = torch.searchsorted(sorted_rows, bounds)  # (tiles + 1,) int64: the slots of rows [R*i, R*(i+1))
-    items, splits, n_split, n_parts = _bwd_items(toffs, T * K, CONFIG["bwd_max_slots"])
-    # the grids from the static bounds, not len(): under dynamic shapes len() would pin the token count
-    n_items, n_splits, _ = _bwd_item_counts(tiles, T * K, CONFIG["bwd_max_slots"])
+    S, C = _bwd_chunks(T * K, CONFIG["bwd_max_slots"])  # tiles of more than S slots split at the C boundaries
     BLOCK_D, sdot = _bwd_tile(Dv, h, grad_out.dtype)
     col_tiles = triton.cdiv(Dv, BLOCK_D)
     # the slots' per-slot inputs in row order, so the kernel reads them contiguously
@@ -873,20 +805,20 @@ def _lookup_bwd_triton(grad_out: Tensor, values: Tensor, rows: Tensor, blocks: T
     gs_part = _empty(*((1,) if split else (col_tiles, T * K, h)), dtype=torch.float32, device=values.device)
     zero_fill = CONFIG["bwd_zero_fill"]
     gvalues = (torch.zeros if zero_fill else _empty)(N, Dv, dtype=values.dtype, device=values.device)
-    # the pieces' fp32 sums (one element where no tile can be split)
-    scratch = _empty(*((n_parts, R, Dv) if n_parts else (1,)), dtype=torch.float32, device=values.device)
+    # the pieces' fp32 sums: parts c and C + c for boundary c (one element where no tile can be split)
+    scratch = _empty(*((2 * C, R, Dv) if C else (1,)), dtype=torch.float32, device=values.device)
     if N > 0:
         inner = bool(CONFIG["bwd_cols_inner"]) or sdot  # bwd_sdot with the column tiles side by side
-        _launch(_lookup_bwd_sorted_kernel, (n_items * col_tiles,) if inner else (n_items, col_tiles), on_cuda,
-                grad_out, values, sscores, grows, sorted_rows, items, gvalues, scratch, gs_part, N, T * K, Dv, Dv // h,
-                col_tiles, H=h,
+        _launch(_lookup_bwd_sorted_kernel, ((tiles + C) * col_tiles,) if inner else (tiles + C, col_tiles), on_cuda,
+                grad_out, values, sscores, grows, sorted_rows, toffs, gvalues, scratch, gs_part, N, T * K, Dv, Dv // h,
+                col_tiles, tiles, S, C, H=h,
                 R=R, BLOCK_I=BLOCK_I, BLOCK_D=BLOCK_D, SPLIT=on_cuda, SKIP_EMPTY=zero_fill,
                 VTILE=bool(CONFIG["bwd_value_tile"]), V16=values.dtype in (torch.bfloat16, torch.float16),
                 SDOT=sdot, COLS_INNER=inner, CARRY=sdot, GS=not split,
                 num_warps=CONFIG["bwd_split_warps" if split and sdot else "bwd_warps"])
-        if n_parts:
-            _launch(_bwd_combine_kernel, (n_splits, triton.cdiv(Dv, 128)), on_cuda, scratch, splits, n_split, gvalues,
-                    N, Dv, R=R, BLOCK_D=128, num_warps=4)
+        if C:
+            _launch(_bwd_combine_kernel, (C, triton.cdiv(Dv, 128)), on_cuda, scratch, sorted_rows, toffs, gvalues, N,
+                    T * K, Dv, S, C, R=R, BLOCK_D=128, num_warps=4)
     if split:
         gscores = _empty(T * K, h, dtype=torch.float32, device=values.device)
         if T > 0:

@@ -217,37 +217,44 @@ def test_topk_auto_picks_the_measured_winner():
     assert torch.equal(kernels.topk_indices(x, 7, False).sort(-1).values, x.topk(7, dim=-1).indices.sort(-1).values)
 
 
-@pytest.mark.parametrize("S", [1, 3, 8, 100])
-def test_bwd_items_cover_every_slot_once(S):
-    """The sorted backward's work items (kernels._bwd_items_reference, which the interpreter test compares with the
-    kernels of kernels._bwd_items): every slot of every tile in exactly one item, in order,
-    pieces of at most S slots where a tile has more than S (and only there), each piece a distinct scratch part, the
-    split tiles listed with their first part and count, and the items and splits within their static bounds."""
+@pytest.mark.parametrize("S", [1, 3, 8, 16, 100])
+def test_bwd_work_covers_every_slot_once(S):
+    """The sorted backward's work per program (kernels._bwd_work_reference, the PyTorch version of the kernels'
+    _bwd_work; the interpreter tests run the kernels themselves with such S): every slot of every tile in exactly
+    one program, a tile of at most S slots whole in its own program (part -1, even where it straddles a chunk
+    boundary), a longer one in pieces of at most S, each a distinct scratch part below 2 C, which the combine order
+    (C + c0, then c0, c0 + 1, ... for the tile's first boundary c0) visits in slot order."""
     pytest.importorskip("triton")  # triton.cdiv
-    counts = torch.tensor([0, 5, 1, 17, 0, 0, 8, 3, 40, 2])
+    R = 4
+    counts = torch.tensor([0, 5, 1, 17, 0, 0, 8, 3, 40, 2, 16, 16, 0, 33])
     toffs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    NK = int(counts.sum())
-    items, splits, n_parts = kernels._bwd_items_reference(toffs, NK, S)
-    assert len(items) == len(counts) + -(-NK // S) and len(splits) == max(1, NK // (S + 1))
-    live = items[items[:, 0] >= 0].long()
-    assert (items[items[:, 0] < 0, 1:3].diff(dim=1) <= 0).all()  # the items past the last have no slots
-    covered = torch.cat([torch.arange(a, b) for _, a, b, _ in live.tolist()])
-    assert torch.equal(covered, torch.arange(NK)), "every slot once, in order"
+    NK, tiles = int(counts.sum()), len(counts)
+    sorted_rows = torch.repeat_interleave(torch.arange(tiles) * R + torch.arange(tiles) % R, counts).to(torch.int32)
+    work = kernels._bwd_work_reference(toffs, sorted_rows, S, R)
+    C = -(-NK // S)
+    assert work.shape == (tiles + C, 4) and torch.equal(work[:tiles, 0], torch.arange(tiles))
+    live = work[work[:, 0] >= 0]
+    assert (work[work[:, 0] < 0, 2] == work[work[:, 0] < 0, 1]).all() and (work[work[:, 0] < 0, 3] == -1).all()
+    covered = torch.cat([torch.arange(a, b) for _, a, b, _ in live.tolist()]).sort().values
+    assert torch.equal(covered, torch.arange(NK)), "every slot once"
     parts = []
     for tile, c in enumerate(counts.tolist()):
         mine = live[live[:, 0] == tile]
-        assert (mine[:, 2] - mine[:, 1] <= S).all() or c <= S
+        assert ((mine[:, 1] >= toffs[tile]) & (mine[:, 2] <= toffs[tile + 1])).all()
         if c <= S:
             assert len(mine) == 1 and mine[0, 3] == -1 and mine[0, 2] - mine[0, 1] == c
-        else:
-            assert len(mine) == -(-c // S) and (mine[:, 3] >= 0).all()
-            row = splits[splits[:, 0] == tile]
-            assert len(row) == 1 and torch.equal(mine[:, 3], torch.arange(row[0, 1], row[0, 1] + row[0, 2]))
-            parts += mine[:, 3].tolist()
-    assert len(set(parts)) == len(parts) and all(0 <= q < n_parts for q in parts)
-    assert ((splits[:, 0] >= 0).sum() == (counts > S).sum()) and (splits[splits[:, 0] < 0, 2] == 0).all()
-    items0, _, _, parts0 = kernels._bwd_items(toffs, NK, 0)  # S = 0: one item per tile, nothing split
-    assert parts0 == 0 and torch.equal(items0[:, 1:3].long(), torch.stack([toffs[:-1], toffs[1:]], 1))
+            continue
+        assert (mine[:, 2] - mine[:, 1] <= S).all() and (mine[:, 2] > mine[:, 1]).all() and (mine[:, 3] >= 0).all()
+        c0 = int(toffs[tile]) // S + 1
+        n = (int(toffs[tile + 1]) - 1) // S - int(toffs[tile]) // S  # the boundaries inside: the combine kernel's
+        order = [C + c0] + list(range(c0, c0 + n))
+        by_part = {int(q): (int(a), int(b)) for _, a, b, q in mine.tolist()}
+        assert sorted(by_part) == sorted(order)
+        spans = [by_part[q] for q in order]
+        assert spans[0][0] == toffs[tile] and spans[-1][1] == toffs[tile + 1]
+        assert all(x[1] == y[0] for x, y in zip(spans, spans[1:])), "pieces in slot order"
+        parts += order
+    assert len(set(parts)) == len(parts) and all(0 <= q < 2 * C for q in parts)
 
 
 def test_lookup_kernels_compile_for_sm90():
@@ -271,9 +278,9 @@ def test_lookup_kernels_compile_for_sm90():
                                   "XCORE": sdot and inner, "E_P": 4})
             for vtile in (False, True):
                 bwd = {"gout_ptr": f"*{vdt}", "values_ptr": f"*{vdt}", "sscores_ptr": f"*{vdt}", "grows_ptr": "*i32",
-                       "srows_ptr": "*i32", "items_ptr": "*i32", "gvalues_ptr": f"*{vdt}", "scratch_ptr": "*fp32",
-                       "gs_part_ptr": "*fp32",
-                       "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
+                       "srows_ptr": "*i32", "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "scratch_ptr": "*fp32",
+                       "gs_part_ptr": "*fp32", "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32", "n_ct": "i32",
+                       "tiles": "i32", "S": "i32", "C": "i32"}
                 for sdot in (False, True) if vdt == "bf16" else (False,):
                     for sdt in (vdt, "fp32") if sdot else (vdt,):  # bwd_sdot with bf16 and fp32 scores
                         # GS False: without the score gradients (bwd_split_scores, never with the value tile)
@@ -288,21 +295,15 @@ def test_lookup_kernels_compile_for_sm90():
                           "gscores_ptr": "*fp32", "K": "i32", "Dv": "i32", "chunk": "i32"},
                          {"E": 4, "H": 2, "H_P": 2, "BLOCK_K": 16, "BLOCK_D": 128, "N_CHUNKS": 3 + inner})
             # bwd_max_slots: the split tiles' pieces added
-            compile_sm90(kernels._bwd_combine_kernel, {"scratch_ptr": "*fp32", "splits_ptr": "*i32",
-                                                       "n_split_ptr": "*i32", "gvalues_ptr": f"*{vdt}", "N": "i32",
-                                                       "Dv": "i32"},
+            compile_sm90(kernels._bwd_combine_kernel, {"scratch_ptr": "*fp32", "srows_ptr": "*i32",
+                                                       "toffs_ptr": "*i64", "gvalues_ptr": f"*{vdt}", "N": "i32",
+                                                       "NK": "i32", "Dv": "i32", "S": "i32", "C": "i32"},
                          {"R": 16 + 16 * inner, "BLOCK_D": 128})
             # bwd_prep: the per-slot inputs in row order
             compile_sm90(kernels._bwd_prep_kernel,
                          {"perm_ptr": "*i64", "blocks_ptr": "*i64", "scores_ptr": f"*{vdt}", "grows_ptr": "*i32",
                           "sscores_ptr": f"*{vdt}", "NK": "i32", "K": "i32"},
                          {"E": 4, "H": 2 - inner, "H_P": 2 - inner, "BLOCK": 1024})
-    # bwd_max_slots: the work items
-    compile_sm90(kernels._bwd_pieces_kernel, {"toffs_ptr": "*i64", "pc_ptr": "*i64", "tiles": "i32", "S": "i32"},
-                 {"BLOCK": 1024})
-    compile_sm90(kernels._bwd_items_kernel, {"toffs_ptr": "*i64", "cs_ptr": "*i64", "items_ptr": "*i32",
-                                             "splits_ptr": "*i32", "tiles": "i32", "n_items": "i32", "S": "i32"},
-                 {"BLOCK": 1024, "STEPS": 17})
     # the retrieval's top-k: the filter kernel (its whole-row path included) and the register kernel, on 16-bit (bf16)
     # and 32-bit keys
     for xdt, key_bits in (("bf16", 16), ("fp32", 32), ("fp16", 32)):
@@ -323,9 +324,9 @@ def test_score_dot_is_one_dot_for_bf16_scores():
     dots = lambda k: k.asm["ttir"].count("tt.dot ")
     fwd = {"values_ptr": "*bf16", "rows_ptr": "*i64", "blocks_ptr": "*i64", "out_ptr": "*bf16", "T": "i32", "K": "i32",
            "Dv": "i32", "chunk": "i32", "n_ct": "i32"}
-    bwd = {"gout_ptr": "*bf16", "values_ptr": "*bf16", "grows_ptr": "*i32", "srows_ptr": "*i32", "items_ptr": "*i32",
-           "gvalues_ptr": "*bf16", "scratch_ptr": "*fp32", "gs_part_ptr": "*fp32", "N": "i32", "NK": "i32", "Dv": "i32", "chunk": "i32",
-           "n_ct": "i32"}
+    bwd = {"gout_ptr": "*bf16", "values_ptr": "*bf16", "grows_ptr": "*i32", "srows_ptr": "*i32", "toffs_ptr": "*i64",
+           "gvalues_ptr": "*bf16", "scratch_ptr": "*fp32", "gs_part_ptr": "*fp32", "N": "i32", "NK": "i32", "Dv": "i32",
+           "chunk": "i32", "n_ct": "i32", "tiles": "i32", "S": "i32", "C": "i32"}
     for sdot, sdt, want in ((True, "bf16", 1), (True, "fp32", 2), (False, "bf16", 2)):
         for xcore in (False, True) if sdot else (False,):  # fwd_xcore: the same dots, over (core, block) rows
             k = compile_sm90(kernels._lookup_fwd_kernel, {**fwd, "scores_ptr": f"*{sdt}"},
@@ -453,28 +454,10 @@ CASES = [  # N, Dv, T, K, E, h, dtype
 ]
 
 
-def _interp_items() -> None:
-    """kernels._bwd_items' kernels against _bwd_items_reference: the same items, the same split rows below the count
-    (on tiles of 0 to 40 slots, tile counts that are and are not powers of two, S from 1 to above every tile)."""
-    g = torch.Generator().manual_seed(5)
-    for tiles, S in ((1, 1), (1, 4), (7, 3), (8, 5), (64, 2), (100, 16), (1000, 64), (33, 50)):
-        counts = torch.randint(0, 41, (tiles,), generator=g) * (torch.rand(tiles, generator=g) < 0.7)
-        toffs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        NK = int(counts.sum())
-        items, splits, n_split, n_parts = kernels._bwd_items(toffs, NK, S)
-        r_items, r_splits, r_parts = kernels._bwd_items_reference(toffs, NK, S)
-        n = int((counts > S).sum())
-        assert torch.equal(items, r_items), f"items, {tiles} tiles, S={S}"
-        assert int(n_split) == n and torch.equal(splits[:n], r_splits[:n]), f"splits, {tiles} tiles, S={S}"
-        assert n_parts == r_parts and (r_splits[n:, 0] == -1).all()
-    print("interp: bwd items ok", flush=True)
-
-
 def _interp_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     kernels.set_impl("triton")
     kernels.POISON_OUTPUTS = True
-    _interp_items()
     for i, (N, Dv, T, K, E, h, dtype) in enumerate(CASES):
         values, rows, blocks, scores, gout = _inputs(N, Dv, T, K, E, h, dtype, 100 + i)
         tag = f"case {i} N={N} Dv={Dv} T={T} K={K} E={E} h={h} {dtype}"
@@ -548,6 +531,7 @@ def _interp_main() -> None:
                     {"bwd_max_slots": 40, "bwd_sdot": True, "bwd_block_d": 16, "bwd_rows": 16, "bwd_block_i": 16},
                     {"bwd_max_slots": 5, "bwd_split_scores": False, "bwd_value_tile": True, "bwd_block_d": 16},
                     {"bwd_max_slots": 5, "bwd_split_scores": False},  # the score gradients of gathered rows, per piece
+                    {"bwd_max_slots": 1, "bwd_rows": 16, "bwd_block_i": 16},  # every slot of a split tile its own piece
                     {"bwd_max_slots": 0})
         keep = dict(kernels.CONFIG)
         # the variants take fwd_tokens (2 by default) and fwd_xcore at these small sizes
