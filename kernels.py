@@ -418,15 +418,17 @@ if triton is not None:
         b = (pid - tiles).to(tl.int64) * S  # this boundary program's boundary
         inside = (~is_tile) & (b > 0) & (b < NK)
         tile = tl.where(is_tile, pid, tl.load(srows_ptr + b, mask=inside, other=0) // R)
-        t_lo = tl.load(toffs_ptr + tile)
-        t_hi = tl.load(toffs_ptr + tile + 1)
+        t_lo = tl.load(toffs_ptr + tile).to(tl.int32)  # int32 arithmetic (NK < 2**31): 64-bit division is slow
+        t_hi = tl.load(toffs_ptr + tile + 1).to(tl.int32)
+        b32 = b.to(tl.int32)  # (wraps for the tile programs, which do not use it)
         split = t_hi - t_lo > S
         c0 = t_lo // S + 1  # the tile's first boundary after its first slot
-        start = tl.where(is_tile, t_lo, b)
-        end = tl.where(is_tile, tl.where(split, tl.minimum(t_hi, c0 * S), t_hi), tl.minimum(b + S, t_hi))
+        start = tl.where(is_tile, t_lo, b32)
+        end = tl.where(is_tile, tl.where(split, tl.minimum(t_hi, c0 * S), t_hi), tl.minimum(b32 + S, t_hi))
         part = tl.where(is_tile, tl.where(split, C + c0, -1), pid - tiles)
-        live = is_tile | (inside & split & (t_lo < b))
-        return tl.where(live, tile, -1), start, tl.where(live, end, start), tl.where(live, part, -1)
+        live = is_tile | (inside & split & (t_lo < b32))
+        return (tl.where(live, tile, -1), start.to(tl.int64), tl.where(live, end, start).to(tl.int64),
+                tl.where(live, part, -1))
 
     @triton.jit
     def _lookup_bwd_sorted_kernel(gout_ptr, values_ptr, sscores_ptr, grows_ptr, srows_ptr, toffs_ptr,
@@ -629,6 +631,8 @@ def _check(values: Tensor, rows: Tensor, blocks: Tensor, scores: Tensor, E: int)
                          f"blocks {tuple(blocks.shape)}, scores {tuple(scores.shape)}")
     if values.shape[1] % scores.shape[2]:
         raise ValueError(f"mem_lookup: Dv={values.shape[1]} is not divisible by h={scores.shape[2]}")
+    if rows.numel() >= 2 ** 31:  # the sorted backward's slot positions and rows are 32-bit
+        raise ValueError(f"mem_lookup: {rows.numel()} slots in one call; at most 2**31 - 1 (split the batch)")
 
 
 def _block_d(Dv: int, key: str) -> int:
