@@ -82,6 +82,9 @@ def test_bad_shapes_raise():
         kernels.mem_lookup(values, rows, blocks[:, :3], scores, 4)
     with pytest.raises(ValueError):
         kernels.mem_lookup(values[:, :11], rows, blocks, scores, 4)  # Dv not divisible by h
+    big = torch.zeros(1, 1, dtype=torch.long).expand(2 ** 16, 2 ** 15)  # 2**31 slots, no memory (stride 0)
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        kernels._check(values, big, big, scores[:1, :1].expand(2 ** 16, 2 ** 15, 2), 4)  # (the call would allocate)
 
 
 def test_triton_on_cpu_without_interpreter_raises():
