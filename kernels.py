@@ -422,9 +422,11 @@ if triton is not None:
         t_hi = tl.load(toffs_ptr + tile + 1).to(tl.int32)
         b32 = b.to(tl.int32)  # (wraps for the tile programs, which do not use it)
         split = t_hi - t_lo > S
-        c0 = t_lo // S + 1  # the tile's first boundary after its first slot
+        c0 = t_lo // S + 1  # the tile's first boundary after its first slot, c0 * S = t_lo + S - t_lo % S
         start = tl.where(is_tile, t_lo, b32)
-        end = tl.where(is_tile, tl.where(split, tl.minimum(t_hi, c0 * S), t_hi), tl.minimum(b32 + S, t_hi))
+        # the ends as start + a length, so that nothing near 2**31 overflows: min(t_hi, c0 * S), min(t_hi, b + S)
+        end = tl.where(is_tile, tl.where(split, t_lo + tl.minimum(t_hi - t_lo, S - t_lo % S), t_hi),
+                       b32 + tl.minimum(S, t_hi - b32))
         part = tl.where(is_tile, tl.where(split, C + c0, -1), pid - tiles)
         live = is_tile | (inside & split & (t_lo < b32))
         return (tl.where(live, tile, -1), start.to(tl.int64), tl.where(live, end, start).to(tl.int64),

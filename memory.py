@@ -57,13 +57,16 @@ class MemoryConfig:
     # (kernels.topk_indices' kernels). "auto": the kernels on CUDA wherever they were measured faster (the filter
     # kernel: every m up to 128, 2.4-3.3x torch.topk on the UltraMem-151M's training rows), torch.topk on the CPU
     # and for larger m on many long rows; kernels.topk_auto_impl, measured in docs/KERNELS.md
-    mem_lookup_dtype: str = "autocast"  # the dtype in which the lookup reads the value table. "autocast" (default):
-    # under autocast the table is cast to the autocast dtype first, as autocast casts a linear layer's weight, so the
-    # lookup gathers bf16 rows, as the authors' code does (its kernel reads a bf16 copy of the fp32 master values; the
-    # paper does not say); the cast reads and writes the table once per forward, and its backward casts the bf16
-    # value gradient back to fp32 (the code accumulates it in fp32 instead). "param": the table in its own dtype
-    # (fp32 master weights in training: 4-byte gathers on the kernels' fp32 paths). UltraMem-151M's training step on
-    # the H200: 165.5 ms against 178.0 ms with "param" (docs/BENCHMARKS.md, session 19)
+    mem_lookup_dtype: str = "param"  # the dtype in which the lookup reads the value table. "param" (default): its
+    # own (fp32 master weights in training: 4-byte gathers on the kernels' fp32 paths). "autocast": under autocast the
+    # table is cast to the autocast dtype first, as autocast casts a linear layer's weight, so the lookup gathers
+    # bf16 rows, as the authors' kernel does (it reads a bf16 copy of the fp32 master values that the optimizer
+    # keeps; the paper does not say). The cast reads and writes the whole table in every forward and its backward
+    # casts the bf16 value gradient back to fp32 (the code accumulates it in fp32): about 14 bytes per table element
+    # per micro-batch against 4 saved per slot and element gathered, so it pays where a batch selects each row more
+    # than about 2.5 times (tokens x slots / rows; UltraMem-151M's 16 x 2,048 tokens: 4.3, and its step took 165.5
+    # against 178.0 ms on the H200, docs/BENCHMARKS.md, session 19; config/ultramem_151m.py sets it) and costs where
+    # it selects fewer (the 680M and 1.6B configs: about 1 and 0.2)
     mem_decode: str = "fused"  # TDQKR's retrieval in eval mode without gradient (decoding, evaluation): "fused"
     # (tdqkr_retrieve_fused) one score matmul and one pre-selection top-k, from contiguous buffers: fewer launches
     # per layer and step; "plain" runs the training path's code (as does the init's calibration, so the weights

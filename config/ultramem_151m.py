@@ -29,3 +29,7 @@ mem_topm = 80
 # session 16's code the step took 196.4 ms with the defaults against 215.2 ms with the value tile (H200,
 # docs/BENCHMARKS.md)
 lookup_config = ""
+# the lookup on the value table cast to bf16 (memory.py): each row is selected 4.3 times per micro-batch here, so the
+# cast's full-table read and write cost less than the fp32 gathers they save; the step took 165.5 ms against 178.0 ms
+# with "param" (H200, docs/BENCHMARKS.md, session 19)
+mem_lookup_dtype = "autocast"

@@ -1,16 +1,18 @@
 """How evenly a model's memory-layer slots spread over the value rows, and what that does to the lookup's sorted
 backward (run from the repo root: PYTHONPATH=. python scripts/lookup_balance.py [CONFIG] [--steps=10]
 ["--grid=key:a,b/..."] [--iters=20] [--layers=0,3] [--data=random|dataset] [--data_dir=DIR] [--schedule=bench|train]
-[--report=0,10,100] [--max_iters=N]).
+[--report=0,10,100] [--max_iters=N] [--grad_accum=N]).
 
 Builds CONFIG (default config/ultramem_151m.py) as `bench.py --mode=train` does (random weights, one batch of
 random tokens from seed 0, AdamW), trains it eagerly for --steps steps on that batch under bf16 autocast (bench.py
 times its steps after 10 such warm-up steps; --data=dataset: a new batch of the config's dataset each step, as
-bench.py --train_data=dataset), then records each memory layer's lookup inputs in one forward. --schedule=train:
-the steps as train.py takes them (its learning-rate warm-up and decay over the config's max_iters, the per-group
-multipliers such as the values' rate, AdamW's betas, gradient clipping; --max_iters: the schedule's length, by
-default the config's) instead of bench.py's warm-up (the peak rate
-from the first step, no clipping). --report: the rows hit at those steps too (counted in that step's forward). For
+bench.py --train_data=dataset), then records each memory layer's lookup inputs in one forward. Each step is as
+bench.py's (AdamW with the config's betas and weight decay, gradient clipping, one batch); --schedule=train: with
+train.py's learning rates (its warm-up and decay over the config's max_iters, --max_iters to change it, and the
+per-group multipliers such as the values' rate) instead of bench.py's peak rate from the first step; --grad_accum=N:
+N batches per step, as train.py's grad_accum (default 1; config/ultramem_151m.py trains with 2). --report: the rows
+hit at those steps too (counted in the step's first forward). Session 19's runs (docs/BENCHMARKS.md) predate the
+config's betas and clipping here: they ran AdamW's default betas (0.9, 0.999), no clipping, one batch per step. For
 each layer it prints the slots per value row and per row tile of the sorted backward (16 and 32 rows: the largest
 tile against the mean is the load imbalance of a one-program-per-tile kernel), and times the lookup's backward
 (kernels.mem_lookup_backward, median of triton.testing.do_bench) and the forward on the recorded indices and on uniform
@@ -29,6 +31,7 @@ import bench
 import kernels
 import memory
 import model
+import train
 
 path = next((a for a in sys.argv[1:] if not a.startswith("--")), "config/ultramem_151m.py")
 opt_arg = {a.split("=", 1)[0][2:]: a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--")}
@@ -42,18 +45,18 @@ B, T = cfg.get("batch_size", 16), c.block_size
 dev = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a smoke run, no timing
 torch.manual_seed(0)
 m = bench.build_model(c, dev, None)
-groups = m.optim_groups(0.1)
-for g in groups:
-    g.pop("names")
-import train  # noqa: E402
-
 tcfg = {**train.default_config(), **cfg, **{k: int(opt_arg[k]) for k in ("max_iters",) if k in opt_arg}}
 SCHEDULE = opt_arg.get("schedule", "bench")
 if SCHEDULE not in ("bench", "train"):
     sys.exit(f"error: --schedule must be bench or train, got {SCHEDULE!r}")
-betas = (tcfg["beta1"], tcfg["beta2"]) if SCHEDULE == "train" else (0.9, 0.999)
-opt = torch.optim.AdamW(groups, lr=tcfg["learning_rate"], betas=betas, fused=dev == "cuda")
+groups = m.optim_groups(tcfg["weight_decay"])
+for g in groups:
+    g.pop("names")
+opt = torch.optim.AdamW(groups, lr=tcfg["learning_rate"], betas=(tcfg["beta1"], tcfg["beta2"]), fused=dev == "cuda")
+ACCUM = int(opt_arg.get("grad_accum", 1))
 REPORT = {int(s) for s in opt_arg.get("report", "").split(",") if s}
+if ACCUM < 1 or any(s >= STEPS or s < 0 for s in REPORT):
+    sys.exit(f"error: --grad_accum must be >= 1 and --report steps within 0..{STEPS - 1}")
 gen = torch.Generator(device=dev).manual_seed(0)
 x = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
 y = torch.randint(0, c.vocab_size, (B, T), device=dev, generator=gen)
@@ -75,7 +78,7 @@ def hit_stats(rows: torch.Tensor, N: int) -> str:
     cnt = torch.bincount(rows.reshape(-1), minlength=N)
     top1 = cnt.topk(max(1, N // 100)).values.sum() / cnt.sum()
     return (f"rows hit {(cnt > 0).float().mean():.1%}, top 1% of rows {top1:.0%} of the reads, "
-            f"most-hit rows {cnt.topk(5).values.tolist()}")
+            f"most-hit rows {cnt.topk(min(5, N)).values.tolist()}")
 
 
 recorded, lookup, counting = [], kernels.mem_lookup, []  # counting: a reported training step's rows hit
@@ -98,24 +101,25 @@ for step in range(STEPS):
         for g in opt.param_groups:
             g["lr"] = train.lr_at(step, tcfg) * train.lr_mult_at(step, g, tcfg["max_iters"])
     m.refresh()
-    xb, yb = batch()
-    counting[:] = ["step"] if step in REPORT else []
-    with torch.autocast(dev, dtype=torch.bfloat16):
-        _, ce, aux = m(xb, yb)
-        loss = ce + sum(aux.values()) if aux else ce
-    if counting:
-        print(f"step {step} (lr {opt.param_groups[0]['lr']:.2e}), loss {loss.item():.3f}: "
-              + "; ".join(f"layer {i}: {s}" for i, s in enumerate(counting[1:])), flush=True)
-        counting.clear()
-    loss.backward()
-    if SCHEDULE == "train" and tcfg["grad_clip"] > 0:
+    for micro in range(ACCUM):
+        xb, yb = batch()
+        counting[:] = ["step"] if step in REPORT and micro == 0 else []
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            _, ce, aux = m(xb, yb)
+            loss = ce + sum(aux.values()) if aux else ce
+        if counting:
+            print(f"step {step} (lr {opt.param_groups[0]['lr']:.2e}), loss {loss.item():.3f}: "
+                  + "; ".join(f"layer {i}: {s}" for i, s in enumerate(counting[1:])), flush=True)
+            counting.clear()
+        (loss / ACCUM).backward()
+    if tcfg["grad_clip"] > 0:
         torch.nn.utils.clip_grad_norm_(m.parameters(), tcfg["grad_clip"])
     opt.step()
     opt.zero_grad(set_to_none=True)
 if dev == "cuda":
     torch.cuda.synchronize()
 print(f"{path}: {STEPS} eager steps ({SCHEDULE}'s schedule) on "
-      f"{'one random batch' if DATA == 'random' else 'batches of the dataset'} of {B} x {T} in "
+      f"{'one random batch' if DATA == 'random' else 'batches of the dataset'} of {B} x {T} ({ACCUM} per step) in "
       f"{time.perf_counter() - t0:.1f} s, loss {loss.item() if STEPS else float('nan'):.3f}", flush=True)
 mode = "record"
 m.refresh()

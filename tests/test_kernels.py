@@ -457,10 +457,48 @@ CASES = [  # N, Dv, T, K, E, h, dtype
 ]
 
 
+def _interp_bwd_work() -> None:
+    """kernels._bwd_work, the sorted backward's per-program work, against _bwd_work_reference for every program (a
+    probe kernel that stores what _bwd_work returns): skewed tiles (empty ones, long ones), S from 1 to above every
+    tile, and S = 0 (no splitting: every tile whole, no boundary programs)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(srows_ptr, toffs_ptr, out_ptr, NK, tiles, S, C, R: tl.constexpr):
+        pid = tl.program_id(0)
+        tile, start, end, part = kernels._bwd_work(pid, srows_ptr, toffs_ptr, NK, tiles, S, C, R)
+        tl.store(out_ptr + pid * 4, tile.to(tl.int64))
+        tl.store(out_ptr + pid * 4 + 1, start.to(tl.int64))
+        tl.store(out_ptr + pid * 4 + 2, end.to(tl.int64))
+        tl.store(out_ptr + pid * 4 + 3, part.to(tl.int64))
+
+    g = torch.Generator().manual_seed(11)
+    for R, tiles in ((4, 1), (4, 9), (16, 30), (32, 64)):
+        for S in (0, 1, 2, 3, 7, 16, 1000):
+            counts = torch.randint(0, 12, (tiles,), generator=g) * (torch.rand(tiles, generator=g) < 0.7)
+            counts[torch.randint(0, tiles, (2,), generator=g)] += torch.randint(0, 60, (2,), generator=g)  # hot tiles
+            NK = int(counts.sum())
+            toffs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+            rows = torch.repeat_interleave(torch.arange(tiles) * R, counts)
+            rows += torch.randint(0, R, (NK,), generator=g)  # any row of the tile
+            srows = rows.sort().values.to(torch.int32)
+            S_k, C = kernels._bwd_chunks(NK, S)
+            out = torch.full((tiles + C, 4), -7, dtype=torch.long)
+            probe[(tiles + C,)](srows, toffs, out, NK, tiles, S_k, C, R=R)
+            if S:
+                want = kernels._bwd_work_reference(toffs, srows, S, R)
+            else:
+                want = torch.stack([torch.arange(tiles), toffs[:-1], toffs[1:], torch.full((tiles,), -1)], 1)
+            assert torch.equal(out, want), f"_bwd_work, R={R}, {tiles} tiles, S={S}:\n{out}\n{want}"
+    print("interp: bwd work ok", flush=True)
+
+
 def _interp_main() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1"
     kernels.set_impl("triton")
     kernels.POISON_OUTPUTS = True
+    _interp_bwd_work()
     for i, (N, Dv, T, K, E, h, dtype) in enumerate(CASES):
         values, rows, blocks, scores, gout = _inputs(N, Dv, T, K, E, h, dtype, 100 + i)
         tag = f"case {i} N={N} Dv={Dv} T={T} K={K} E={E} h={h} {dtype}"
