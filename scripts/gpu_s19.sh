@@ -5,6 +5,9 @@
 #   OUT=$OUT bash scripts/gpu_s19.sh select   the selection over 200 steps of train.py's schedule on text, and over
 #                                             50 of bench.py's warm-up on text
 #   OUT=$OUT bash scripts/gpu_s19.sh long     the selection over 1,000 steps of train.py's schedule on text
+# Since these runs, lookup_balance.py's steps take the config's betas and clipping (bench.py's), and the 151M config
+# reads bf16 values in its lookup (mem_lookup_dtype="autocast"): the "select" part's bench-schedule run and the fp32
+# timings would differ on a rerun (docs/BENCHMARKS.md, session 19).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TIKTOKEN_CACHE_DIR=$PWD/.device_carry/tiktoken_cache
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"

@@ -17,9 +17,11 @@ for part in ${*:-balance step}; do
       done ;;
     step) for data in dataset random; do
         timeout "${PROFILE_LIMIT:-200}" python bench.py --mode=train config/ultramem_151m.py --train_data=$data \
-          --warmup=10 --iters=20 --profile=3 --out="$OUT/train_151m_$data.json" 2>&1 | quiet | tee "$OUT/train_151m_$data.log"
+          --mem_lookup_dtype=param --warmup=10 --iters=20 --profile=3 --out="$OUT/train_151m_$data.json" 2>&1 \
+          | quiet | tee "$OUT/train_151m_$data.log"
       done ;;
-    cast) # mem_lookup_dtype=autocast: the lookup on the table cast to bf16 (memory.py), on text
+    cast) # mem_lookup_dtype=autocast (the config's since session 19; "step" runs "param", the default before): the
+      # lookup on the table cast to bf16 (memory.py), on text
       timeout "${PROFILE_LIMIT:-200}" python bench.py --mode=train config/ultramem_151m.py --train_data=dataset \
         --mem_lookup_dtype=autocast --warmup=10 --iters=20 --profile=3 --out="$OUT/train_151m_dataset_cast.json" 2>&1 \
         | quiet | tee "$OUT/train_151m_dataset_cast.log" ;;
