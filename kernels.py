@@ -413,7 +413,7 @@ if triton is not None:
         # first boundary c0 (part C + c0). Program tiles + c takes the piece from boundary c * S to the next or to
         # its tile's end (part c), if that boundary lies inside a split tile, found from its slot's row (srows);
         # else nothing. So a split tile's pieces are parts C + c0, c0, c0 + 1, ... in slot order, each at most S.
-        # _bwd_work_reference is the same in PyTorch (the tests check its invariants).
+        # _bwd_work_reference is the same in PyTorch (the tests check its invariants, and compare the two).
         is_tile = pid < tiles
         b = (pid - tiles).to(tl.int64) * S  # this boundary program's boundary
         inside = (~is_tile) & (b > 0) & (b < NK)
@@ -440,7 +440,7 @@ if triton is not None:
                                   SPLIT: tl.constexpr, SKIP_EMPTY: tl.constexpr, VTILE: tl.constexpr,
                                   V16: tl.constexpr, COLS_INNER: tl.constexpr, SDOT: tl.constexpr,
                                   CARRY: tl.constexpr, GS: tl.constexpr):
-        # one program per (work item, BLOCK_D value columns). The slots are in row order (a stable sort): slot i
+        # one program per (piece of work, BLOCK_D value columns). The slots are in row order (a stable sort): slot i
         # has value row srows[i], output-gradient row grows[i] (t * E + block) and scores sscores[i], so that every
         # per-slot load is contiguous and only the two row gathers are indirect. A program's work (_bwd_work) is a
         # tile of R consecutive physical rows and a range start:end of its slots (toffs: the tiles' slot offsets):
