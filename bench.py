@@ -1206,9 +1206,9 @@ BENCH_KEYS = {
     # train
     "train_data": "random",            # "random": one batch of random tokens, every step (the numbers recorded up to
                                        # session 18); "dataset": a new batch each step from the config's dataset
-                                       # (data_dir or data/<dataset>, train.bin), drawn as train.py draws them. The
-                                       # memory layers' selection depends on it: after 10 steps on one random batch
-                                       # every token of the UltraMem-151M selects the same rows (docs/BENCHMARKS.md)
+                                       # (data_dir or data/<dataset>, train.bin), drawn as train.py draws them. After
+                                       # 10 steps on either, nearly every token of the UltraMem-151M selects the same
+                                       # rows, and its step took the same time (docs/BENCHMARKS.md, session 19)
     # decode and train
     "warmup": 10,                      # untimed steps
     "iters": 50,                       # timed steps (median)

@@ -1,12 +1,15 @@
 """Where the sorted lookup backward's time goes (run from the repo root on a GPU:
-PYTHONPATH=. python scripts/profile_lookup_bwd.py [--tokens=32768] [--shapes=a,b] [--configs="bwd_max_slots=0;"]).
+PYTHONPATH=. python scripts/profile_lookup_bwd.py [--tokens=32768] [--shapes=a,b] [--configs="bwd_max_slots=0;"]
+[--direct]).
 
 bench.py's two kernel shapes ((a) 4,194,304 x 512, 64 slots; (b) 652,864 x 384, 160 slots; bf16, E=4, h=2,
 random indices), kernels.mem_lookup_backward, once per entry of --configs (kernels.CONFIG overrides separated by ";",
 an empty entry: the defaults): the wall time per eager call (20 calls, synchronised at the end), the device time
 per call in kernels and per kernel under torch.profiler over 10 calls after a warm-up (the sort, the searchsorted
 bounds, the Triton kernels), and the host time of the ops that launch them, so that a launch-bound call (wall time
-above device time) shows where its host time goes.
+above device time) shows where its host time goes. --direct: kernels._lookup_bwd_triton called outside the custom op,
+as the benchmarks did until session 19, where each wrap_triton launch goes through torch's higher-order-op dispatch
+(docs/BENCHMARKS.md, session 19, call 1).
 """
 import sys
 import time
@@ -36,7 +39,8 @@ for shape in shapes:
     blocks = torch.randint(0, E, (T, K), device=dev, generator=g)
     scores = torch.rand(T, K, h, device=dev, generator=g).to(dt)
     gout = torch.randn(T, E, Dv, device=dev, generator=g).to(dt)
-    fn = lambda: kernels.mem_lookup_backward(gout, values, rows, blocks, scores, E)
+    bwd = kernels._lookup_bwd_triton if "--direct" in sys.argv else kernels.mem_lookup_backward
+    fn = lambda: bwd(gout, values, rows, blocks, scores, E)  # noqa: E731
     base = dict(kernels.CONFIG)
     for cfg in configs:
         kernels.CONFIG.update(kernels.parse_config(cfg))
