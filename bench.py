@@ -1104,7 +1104,7 @@ def bench_train_model(name: str, cfg: dict, run: dict, dev: str) -> dict:
 # kernel name -> category, first match wins (kernels.py's lookup and MoE kernels, attention, top-k and sorting,
 # cuBLAS / CUTLASS GEMMs, the fused optimizer and the clip's foreach norms, Inductor's Triton kernels, copies)
 PROFILE_CATEGORIES = (("memory lookup", ("_lookup_",)),  # kernels.py's Triton lookup, forward and backward
-                      ("moe kernels", ("_moe_grouped_mm", "_moe_gather", "_moe_logits", "_moe_decode")),  # kernels.py's MoE decode kernels
+                      ("moe kernels", ("_moe_grouped_mm", "_moe_gather", "_moe_logits", "_moe_decode", "_moe_cast")),  # kernels.py's MoE decode kernels
                       # attention before top-k (Inductor's FlexAttention kernel names say "sort") and before
                       # matmul (cuDNN's say "wgmma")
                       ("attention", ("sdpa", "flash", "fmha", "attention", "efficient", "compute_dot_do_o",

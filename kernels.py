@@ -4,7 +4,7 @@ Triton kernels, each next to its plain-PyTorch reference with the same signature
     mem_lookup(values, rows, blocks, scores, E) -> pooled (T, E, Dv)     the one function memory.py calls
     moe_grouped_mm(x, w, offs, gelu=False) -> (M, N)                     MoE decoding (model.py, moe_impl)
     moe_gather_mm(x, w, ids, x_div=1) -> (M, N) fp32                     MoE decoding of a few tokens
-    moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) fp32  the whole MoE layer, a few tokens
+    moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D)       the whole MoE layer, a few tokens
     topk_indices(x, k, sorted=True, impl="auto") -> (..., k) int64       the retrieval's top-k (mem_topk)
     decode_attention(q, k, v, input_pos) -> (B, H, T, D)                 split-KV decode attention (attn_decode)
 
@@ -38,6 +38,10 @@ try:  # triton is needed on CUDA (and for the interpreter); CPU-only installs ru
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = None
+try:  # programmatic dependent launch (Hopper and later): moe_decode chains its launches with it at 1 token
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - triton absent (or too old: requirements.txt asks for 3.6+)
+    gdc_launch_dependents = gdc_wait = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1454,7 +1458,8 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # ===================================================================================================
 # The MoE layer's decode step for a few tokens, fused into three launches
 #
-#     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) fp32     the custom op `ultramem::moe_decode`
+#     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) in x.dtype    the custom op `ultramem::moe_decode`
+#                                                                                  (`ultramem::moe_decode_pdl` at 1 token)
 #
 # The whole layer for N tokens (N * top_k token-slots up to MOE_DECODE_MAX_SLOTS): x (N, D), router_w (E, D)
 # (nn.Linear's weight), w_fc (E, D, F), w_proj (E, F, D). Why: at 1-4 tokens the layer's bandwidth floor is
@@ -1490,6 +1495,25 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # feed the dot through arithmetic are not pipelined); programmatic dependent launch between the three (31.7 us at
 # its best, no gain); the three phases in one persistent launch whose programs take work items by an atomic
 # ticket (46.2 us); and the other one-launch designs of sessions 12-13.
+# The output is summed in fp32 and rounded to x.dtype at the end (the unfused path's y.to(x.dtype)).
+# Programmatic dependent launch (PDL), at up to MOE_DECODE_CONFIG["pdl_max_tokens"] tokens on Hopper and later: the
+# launches are chained so that each starts while the one before is still running and waits (griddepcontrol.wait)
+# only where it reads that one's output. A fourth launch rounds the output to x.dtype. The order:
+#   logits: lets fc launch at once, then waits for the kernel before it (which wrote x);
+#   fc:     waits for the logits first (its routing reads them); lets proj launch after its K loop;
+#   proj:   routes (the logits are complete: fc let it launch only after its own wait) and sets up its pointers, lets
+#           the cast launch, then waits for fc (h, and the zeroed output) before its K loop;
+#   cast:   lets the next launch start, waits for proj, rounds the fp32 output to x.dtype.
+# Waiting for a launch implies that every launch before it is complete. Before its wait a program writes nothing, so
+# buffers the allocator hands on are never written early. Session 20 (docs/BENCHMARKS.md): at 1 token the layer went
+# from 30.8 to 28.2 us (each launch's start overlaps the end of the one before, and the cast, 1.5 us as an Inductor
+# kernel after the launches, takes 0.7 us), the whole MoE-1.6B decode step from 1.888 to 1.756 ms. At 2 tokens the
+# layer alone went from 47.0 to 45.2 us but the decode step from 2.437 to 2.514 ms; at 4 tokens the layer was 3 us
+# slower (83.2 against 79.8 us: proj's programs, placed while fc's still hold the SMs, spread unevenly). So PDL is
+# taken at 1 token only.
+# Triton launches with PDL only through its own launcher, which torch.compile's handling of triton_op does not
+# reach (Inductor failed to compile the kernel launched with launch_pdl, session 20), so the PDL path is a plain
+# custom op that torch.compile calls as it is (the CUDA graph captures its four launches).
 # Inference only, like the other MoE kernels. The reference is the same layer in PyTorch (model.moe_route's
 # routing, then moe_gather_mm_reference's row products).
 
@@ -1499,8 +1523,10 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # tokens of a 72-configuration sweep (scripts/bench_moe.py --compile --impls=fused,triton --tune=fused, 2026-11-30,
 # session 11; docs/BENCHMARKS.md); in session 14's sweeps of proj_atomic, fc_block_n, block_n, fc_splits and
 # fc_stages at 1, 2 and 4 tokens these defaults were the best: 29.0 / 44.9 / 76.9 us, 1.57 / 1.25 / 1.13x the floor.
+# pdl_max_tokens: up to how many tokens the launches are chained by programmatic dependent launch (0: never).
 MOE_DECODE_CONFIG = {"fc_block_n": 64, "block_n": 64, "block_k": 64, "warps": 4, "stages": 4, "programs_per_sm": 2,
-                     "sms": 132, "min_k_steps": 2, "proj_atomic": True, "fc_splits": 0, "fc_stages": 0}
+                     "sms": 132, "min_k_steps": 2, "proj_atomic": True, "fc_splits": 0, "fc_stages": 0,
+                     "pdl_max_tokens": 1}
 MOE_DECODE_MAX_SLOTS = 32  # token-slots (tokens x top_k) one program's tile holds: 16 tokens at top-2
 
 
@@ -1535,10 +1561,14 @@ if triton is not None:
 
     @triton.jit
     def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, out_ptr, n_out, E, D, sxm, sxd, swe, swd,
-                           BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr):
+                           BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr, PDL: tl.constexpr):
         # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program; the
         # programs also zero the n_cnt arrival counters of fc and proj and the n_out elements of the fp32 output
-        # (0 unless proj accumulates it by atomic adds), for the next two launches
+        # (0 unless proj accumulates it by atomic adds), for the next two launches. PDL: fc may launch now; then
+        # wait for the launch before this one (x)
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         t = tl.program_id(0)
         e = tl.program_id(1)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -1598,10 +1628,13 @@ if triton is not None:
                               swg, swk, swn, TOP_K: tl.constexpr, RENORM: tl.constexpr, FC: tl.constexpr,
                               N_SPLITS: tl.constexpr, ATOMIC: tl.constexpr, DOT_FP32: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              BLOCK_E: tl.constexpr):
+                              BLOCK_E: tl.constexpr, PDL: tl.constexpr):
         # program (token-slot j, BLOCK_N columns, K split); see the section header. FC: x is the tokens (the row of
         # slot r is r // TOP_K) and out the hidden h (M, N) in w's dtype; else x is h and out y (M / TOP_K, N) fp32,
-        # accumulated by atomic adds (ATOMIC; zeroed by the logits launch) or finished by the last-arriving program
+        # accumulated by atomic adds (ATOMIC; zeroed by the logits launch) or finished by the last-arriving program.
+        # PDL: fc waits for the logits before its routing; proj routes first and waits for fc before its K loop
+        if PDL and FC:
+            gdc_wait()
         j = tl.program_id(0)
         nt = tl.program_id(1)
         split = tl.program_id(2)
@@ -1616,6 +1649,9 @@ if triton is not None:
         k_end = tl.where(first, tl.minimum(k_start + k_per_split, K), k_start)  # a later slot of e: no K steps
         x_rows = x_ptr + (rows // (TOP_K if FC else 1)).to(tl.int64)[:, None] * sxm
         w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
+        if PDL and not FC:  # the cast may launch (it waits for this launch); h and the zeroed output need fc done
+            gdc_launch_dependents()
+            gdc_wait()
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
@@ -1626,6 +1662,8 @@ if triton is not None:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
+        if PDL and FC:  # proj may launch: its programs route and then wait for this launch to complete
+            gdc_launch_dependents()
         n_tiles = tl.num_programs(1)
         omask = same[:, None] & nmask[None, :]
         part = part_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :]  # + split * M * N: split's partials
@@ -1677,6 +1715,15 @@ if triton is not None:
             tl.store(out_ptr + tok.to(tl.int64)[:, None] * N + cols[None, :], y, mask=fin[:, None] & nmask[None, :])
 
 
+    @triton.jit
+    def _moe_cast_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+        # the PDL chain's last launch: the next launch may start now; then proj's fp32 output rounded to dst's dtype
+        gdc_launch_dependents()
+        gdc_wait()
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(dst_ptr + offs, tl.load(src_ptr + offs, mask=offs < n).to(dst_ptr.dtype.element_ty), mask=offs < n)
+
+
 def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int) -> None:
     N, D = x.shape if x.dim() == 2 else (-1, -1)
     if x.dim() != 2 or router_w.dim() != 2 or w_fc.dim() != 3 or w_proj.dim() != 3 or router_w.shape[1] != D \
@@ -1700,16 +1747,30 @@ def _moe_decode_atomic() -> bool:
     return bool(MOE_DECODE_CONFIG["proj_atomic"]) and not is_deterministic()
 
 
+def _moe_decode_pdl(x: Tensor) -> bool:
+    """Whether moe_decode chains its launches by programmatic dependent launch for x (N, D): on CUDA, with the
+    Triton kernels, N <= MOE_DECODE_CONFIG["pdl_max_tokens"], on Hopper or later."""
+    return (x.is_cuda and gdc_wait is not None and 0 < x.shape[0] <= MOE_DECODE_CONFIG["pdl_max_tokens"]
+            and _use_triton(x) and _sm90_or_later(x.get_device()))
+
+
+@torch.compiler.assume_constant_result
+def _sm90_or_later(device: int) -> bool:
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
-                         renorm: bool) -> tuple[Tensor, list]:
-    """The output (N, D) fp32 and the three launches that fill it, in order (logits, fc, proj), as callables:
-    moe_decode runs them all; bench_moe.py times them added one by one."""
+                         renorm: bool, pdl: bool = False) -> tuple[Tensor, list]:
+    """The layer's output and the launches that fill it, in order, as callables: moe_decode runs them all;
+    bench_moe.py times them added one by one. Without PDL: the fp32 output (N, D) and three launches (logits, fc,
+    proj; the caller rounds to x.dtype); with it (launched directly, not through wrap_triton): the output in x.dtype
+    and a fourth launch, the cast."""
     N, D = x.shape
     E, _, Fh = w_fc.shape
     M = N * top_k
     out = _empty(N, D, dtype=torch.float32, device=x.device)
     if N == 0:
-        return out, []
+        return out.to(x.dtype) if pdl else out, []
     cfg, cuda, dev = MOE_DECODE_CONFIG, x.is_cuda, x.device
     s_fc, per_fc = _moe_decode_splits(M, Fh, D, cfg["fc_block_n"], cfg["fc_splits"])
     s_pj, per_pj = _moe_decode_splits(M, D, Fh, cfg["block_n"])
@@ -1727,24 +1788,36 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     mm = dict(TOP_K=top_k, RENORM=renorm, DOT_FP32=x.dtype == torch.float32 or not cuda,
               BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_K=cfg["block_k"],
               BLOCK_E=max(16, triton.next_power_of_2(E)), num_warps=cfg["warps"], num_stages=cfg["stages"])
+    if pdl:  # Triton's own launcher (see the section header), every launch chained to the one before
+        launch, pdl_kw = (lambda kernel, grid, _cuda, *args, **kw: kernel[grid](*args, **kw)), \
+            dict(PDL=True, launch_pdl=True)
+    else:  # PDL passed all the same: torch.compile's trace of a wrap_triton launch wants every argument given
+        launch, pdl_kw = _launch, dict(PDL=False)
     # the expert weights keep their strides: a copy would read every expert
-    return out, [
-        lambda: _launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), out,
-                        out.numel() if atomic else 0, E, D, x.stride(0), x.stride(1), router_w.stride(0),
-                        router_w.stride(1), BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4),
-        lambda: _launch(_moe_decode_mm_kernel, (M, t_fc, s_fc), cuda, x, w_fc, logits, part_fc, cnt, h, M, Fh, D, E,
-                        per_fc, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2), FC=True,
-                        N_SPLITS=s_fc, ATOMIC=False, BLOCK_N=cfg["fc_block_n"],
-                        **{**mm, "num_stages": cfg["fc_stages"] or cfg["stages"]}),
-        lambda: _launch(_moe_decode_mm_kernel, (M, t_pj, s_pj), cuda, h, w_proj, logits, part_pj, cnt[n_cfc:], out,
-                        M, D, Fh, E, per_pj, h.stride(0), h.stride(1), w_proj.stride(0), w_proj.stride(1),
-                        w_proj.stride(2), FC=False, N_SPLITS=s_pj, ATOMIC=atomic, BLOCK_N=cfg["block_n"], **mm),
+    launches = [
+        lambda: launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), out,
+                       out.numel() if atomic else 0, E, D, x.stride(0), x.stride(1), router_w.stride(0),
+                       router_w.stride(1), BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4,
+                       **pdl_kw),
+        lambda: launch(_moe_decode_mm_kernel, (M, t_fc, s_fc), cuda, x, w_fc, logits, part_fc, cnt, h, M, Fh, D, E,
+                       per_fc, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2), FC=True,
+                       N_SPLITS=s_fc, ATOMIC=False, BLOCK_N=cfg["fc_block_n"],
+                       **{**mm, "num_stages": cfg["fc_stages"] or cfg["stages"]}, **pdl_kw),
+        lambda: launch(_moe_decode_mm_kernel, (M, t_pj, s_pj), cuda, h, w_proj, logits, part_pj, cnt[n_cfc:], out,
+                       M, D, Fh, E, per_pj, h.stride(0), h.stride(1), w_proj.stride(0), w_proj.stride(1),
+                       w_proj.stride(2), FC=False, N_SPLITS=s_pj, ATOMIC=atomic, BLOCK_N=cfg["block_n"], **mm,
+                       **pdl_kw),
     ]
+    if not pdl:
+        return out, launches
+    y = _empty(N, D, dtype=x.dtype, device=dev)
+    return y, launches + [lambda: _moe_cast_kernel[(triton.cdiv(N * D, 1024),)](out, y, N * D, BLOCK=1024,
+                                                                               num_warps=4, launch_pdl=True)]
 
 
 def _moe_decode_triton(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
-                       renorm: bool) -> Tensor:
-    out, launches = _moe_decode_launches(x, router_w, w_fc, w_proj, top_k, renorm)
+                       renorm: bool, pdl: bool = False) -> Tensor:
+    out, launches = _moe_decode_launches(x, router_w, w_fc, w_proj, top_k, renorm, pdl)
     for launch in launches:
         launch()
     return out
@@ -1753,21 +1826,39 @@ def _moe_decode_triton(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor
 @torch.library.triton_op("ultramem::moe_decode", mutates_args=())
 def _moe_decode_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool,
                    config: str) -> Tensor:
+    # the fp32 sums; moe_decode rounds them to x.dtype outside the op, where the cast can fuse with what follows
     if _use_triton(x):
         return _moe_decode_triton(x, router_w, w_fc, w_proj, top_k, renorm)
     return moe_decode_reference(x, router_w, w_fc, w_proj, top_k, renorm)
 
 
+@torch.library.custom_op("ultramem::moe_decode_pdl", mutates_args=())
+def _moe_decode_pdl_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool,
+                       config: str) -> Tensor:
+    # the same layer with its launches chained by PDL (CUDA only), in x.dtype: opaque to torch.compile, which calls
+    # it as it is
+    return _moe_decode_triton(x, router_w, w_fc, w_proj, top_k, renorm, pdl=True)
+
+
+@_moe_decode_pdl_op.register_fake
+def _(x, router_w, w_fc, w_proj, top_k, renorm, config):
+    return x.new_empty(x.shape)
+
+
 def moe_decode(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool) -> Tensor:
-    """The MoE layer for a few tokens, routing included (see the section header): (N, D) float32. The custom
-    op, Triton on CUDA, the reference on the CPU. Inference only: raises RuntimeError if grad mode is on and
-    an input requires grad."""
+    """The MoE layer for a few tokens, routing included (see the section header): (N, D) in x.dtype, summed in
+    fp32. The custom op, Triton on CUDA (its launches chained by PDL at up to MOE_DECODE_CONFIG["pdl_max_tokens"]
+    tokens on Hopper and later), the reference on the CPU. Inference only: raises RuntimeError if grad mode is on
+    and an input requires grad."""
     _moe_decode_check(x, router_w, w_fc, w_proj, top_k)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, router_w, w_fc, w_proj)):
         raise RuntimeError("moe_decode is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
+    if _moe_decode_pdl(x):  # already rounded, by the chain's last launch
+        return torch.ops.ultramem.moe_decode_pdl(x, router_w, w_fc, w_proj, top_k, renorm,
+                                                 _config_key(MOE_DECODE_CONFIG))
     return torch.ops.ultramem.moe_decode(x, router_w, w_fc, w_proj, top_k, renorm,
-                                         _config_key(MOE_DECODE_CONFIG))
+                                         _config_key(MOE_DECODE_CONFIG)).to(x.dtype)
 
 
 # ===================================================================================================

@@ -149,23 +149,27 @@ if "fused" in IMPLS and dev == "cuda":  # 1b. where kernels.moe_decode's time go
     with torch.no_grad():
         for B in FUSED_TUNE_TOKENS:
             xs = [torch.randn(B, D, device=dev, dtype=torch.bfloat16) for _ in layers]
-            runs = [kernels._moe_decode_launches(x, m.router.weight, m.w_fc, m.w_proj, K, True)[1]
+            pdl = kernels._moe_decode_pdl(xs[0])  # as moe_decode launches them: chained by PDL, with a cast, or not
+            runs = [kernels._moe_decode_launches(x, m.router.weight, m.w_fc, m.w_proj, K, True, pdl)[1]
                     for m, x in zip(layers, xs)]
             for launches in runs:  # every launch's inputs written once
                 for launch in launches:
                     launch()
-            # the first 1, 2 and 3 launches of each layer per graph: each prefix starts with the logits launch,
-            # which zeroes proj's arrival counters (or its output, for its atomic adds)
+            # the first 1, 2, ... launches of each layer per graph: each prefix starts with the logits launch, which
+            # zeroes proj's arrival counters (or its output, for its atomic adds)
+            names = ["logits", "fc", "proj", "cast"][:len(runs[0])]
             upto = [time_fn(lambda n=n: [launch() for launches in runs for launch in launches[:n]]) / LAYERS
-                    for n in (1, 2, 3)]
-            print(f"fused B={B}, us per layer: logits {upto[0] * 1e6:.1f}, + fc {(upto[1] - upto[0]) * 1e6:.1f}, "
-                  f"+ proj {(upto[2] - upto[1]) * 1e6:.1f}; all three {upto[2] * 1e6:.1f}")
+                    for n in range(1, len(names) + 1)]
+            parts = ", ".join(f"{'+ ' if i else ''}{name} {(t - (upto[i - 1] if i else 0)) * 1e6:.1f}"
+                              for i, (name, t) in enumerate(zip(names, upto)))
+            print(f"fused B={B}{' (PDL)' if pdl else ''}, us per layer: {parts}; all {len(names)} {upto[-1] * 1e6:.1f}")
 
 
 def check_fused(m: MoE) -> tuple[float, bool, float]:
     """kernels.moe_decode with m's weights against its reference at 1-16 tokens (the largest relative error, with
     proj's atomic adds and in deterministic mode), whether deterministic mode is bitwise stable over 50 calls and
-    100 CUDA-graph replays at 4 tokens, and the largest relative difference between repeats with the atomic adds."""
+    100 CUDA-graph replays at 1 token (PDL) and 4 tokens, and the largest relative difference between repeats with
+    the atomic adds at 4 tokens."""
     worst, w = 0.0, (m.router.weight, m.w_fc, m.w_proj, K, True)
     with torch.no_grad():
         for det in (False, True):
@@ -174,17 +178,22 @@ def check_fused(m: MoE) -> tuple[float, bool, float]:
                 for _ in range(4):
                     x = torch.randn(B, D, device=dev, dtype=torch.bfloat16)
                     ref = kernels.moe_decode_reference(x, *w)
-                    worst = max(worst, ((kernels.moe_decode(x, *w) - ref).norm() / ref.norm()).item())
-        x = torch.randn(4, D, device=dev, dtype=torch.bfloat16)
-        first = kernels.moe_decode(x, *w)
-        stable = all(torch.equal(kernels.moe_decode(x, *w), first) for _ in range(50))
-        held = {}
-        replay = _cuda_graph(lambda: held.update(y=kernels.moe_decode(x, *w)))
-        for _ in range(100):
-            replay()
-            stable = stable and torch.equal(held["y"], first)
+                    worst = max(worst, ((kernels.moe_decode(x, *w).float() - ref).norm() / ref.norm()).item())
+            if not det:
+                continue
+            stable = True
+            for B in (1, 4):
+                x = torch.randn(B, D, device=dev, dtype=torch.bfloat16)
+                first = kernels.moe_decode(x, *w)
+                stable = stable and all(torch.equal(kernels.moe_decode(x, *w), first) for _ in range(50))
+                held = {}
+                replay = _cuda_graph(lambda: held.update(y=kernels.moe_decode(x, *w)))
+                for _ in range(100):
+                    replay()
+                    stable = stable and torch.equal(held["y"], first)
         kernels.set_deterministic(False)
-        spread = max(((kernels.moe_decode(x, *w) - first).norm() / first.norm()).item() for _ in range(50))
+        first = kernels.moe_decode(x, *w).float()
+        spread = max(((kernels.moe_decode(x, *w).float() - first).norm() / first.norm()).item() for _ in range(50))
     return worst, stable, spread
 
 
@@ -194,7 +203,7 @@ if "fused" in IMPLS and dev == "cuda":  # 1c. kernels.moe_decode on the GPU agai
     print(f"fused check: largest relative error against the reference {worst:.2e} (8 token counts x 4 inputs, "
           f"atomic and deterministic); deterministic mode bitwise equal over 50 calls and 100 graph replays: {stable}; "
           f"with atomic adds, repeats differ by at most {spread:.1e} (relative)")
-    if worst > 1e-2 or not stable or spread > 1e-4:
+    if worst > 1e-2 or not stable or spread > 1e-3:  # bf16 output: a repeat may round an element 1 ulp apart
         sys.exit("fused check FAILED")
 
 MAX_TOKENS = {"gather": 16, "fused": 16}  # gather reads an expert once per row; fused takes 32 token-slots at most

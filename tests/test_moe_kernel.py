@@ -187,7 +187,8 @@ def test_decode_reference_is_the_layer():
 
 def test_decode_op_on_cpu_checks_and_refuses_grad():
     x, rw, wf, wp = _decode_inputs(4, 32, 24, 6, torch.bfloat16, 13)
-    assert torch.equal(kernels.moe_decode(x, rw, wf, wp, 2, True), kernels.moe_decode_reference(x, rw, wf, wp, 2, True))
+    got = kernels.moe_decode(x, rw, wf, wp, 2, True)  # in x's dtype, rounded from the fp32 sums
+    assert got.dtype == x.dtype and torch.equal(got, kernels.moe_decode_reference(x, rw, wf, wp, 2, True).to(x.dtype))
     with pytest.raises(ValueError, match="bad shapes"):
         kernels.moe_decode(x[:, :31], rw, wf, wp, 2, True)  # D mismatch
     with pytest.raises(ValueError, match="bad shapes"):
@@ -240,27 +241,34 @@ def test_decode_atomic_rule():
 
 def test_decode_kernels_compile_for_sm90():
     """moe_decode's kernels as the GPU runs them (tl.dot in bf16 and fp32, fc and proj, one and several K splits,
-    top-1 and top-2): they must compile for sm_90, which the interpreter does not check."""
+    top-1 and top-2, with and without PDL, and the PDL cast): they must compile for sm_90, which the interpreter does
+    not check (nor run PDL at all)."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the kernels are interpreter functions in this process")
     for dt in ("bf16", "fp32"):
-        compile_sm90(kernels._moe_logits_kernel, {"x_ptr": f"*{dt}", "rw_ptr": f"*{dt}", "logits_ptr": "*fp32",
-                                                  "cnt_ptr": "*i32", "n_cnt": "i32", "out_ptr": "*fp32", "n_out": "i32",
-                                                  "E": "i32", "D": "i32", "sxm": "i32", "sxd": "i32", "swe": "i32",
-                                                  "swd": "i32"},
-                     {"BLOCK_D": 2048, "BLOCK_Z": 128})
+        for pdl in (False, True):  # PDL: the launches chained (gdc wait / launch-dependents), which the interpreter lacks
+            compile_sm90(kernels._moe_logits_kernel, {"x_ptr": f"*{dt}", "rw_ptr": f"*{dt}", "logits_ptr": "*fp32",
+                                                      "cnt_ptr": "*i32", "n_cnt": "i32", "out_ptr": "*fp32",
+                                                      "n_out": "i32", "E": "i32", "D": "i32", "sxm": "i32",
+                                                      "sxd": "i32", "swe": "i32", "swd": "i32"},
+                         {"BLOCK_D": 2048, "BLOCK_Z": 128, "PDL": pdl})
+        compile_sm90(kernels._moe_cast_kernel, {"src_ptr": "*fp32", "dst_ptr": f"*{dt}", "n": "i32"}, {"BLOCK": 1024})
         mm = {"w_ptr": f"*{dt}", "logits_ptr": "*fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32",
               "N": "i32", "K": "i32", "E": "i32", "k_per_split": "i32", "sxm": "i32", "sxk": "i32", "swg": "i32",
               "swk": "i32", "swn": "i32"}
-        # (FC, N_SPLITS, ATOMIC, TOP_K): fc unsplit (GeLU at once) and split (the last arriver's sum); proj with the
-        # last-arriver finish or atomic adds, one and several splits, top-1 and top-2
-        for fc, splits, atomic, top_k in ((True, 1, False, 2), (True, 3, False, 2), (False, 1, False, 2),
-                                          (False, 3, False, 2), (False, 2, False, 1), (False, 1, True, 2),
-                                          (False, 5, True, 2), (False, 2, True, 1)):
+        # (FC, N_SPLITS, ATOMIC, TOP_K, PDL): fc unsplit (GeLU at once) and split (the last arriver's sum); proj with
+        # the last-arriver finish or atomic adds, one and several splits, top-1 and top-2; with PDL as at 1 token
+        for fc, splits, atomic, top_k, pdl in ((True, 1, False, 2, False), (True, 3, False, 2, False),
+                                               (False, 1, False, 2, False), (False, 3, False, 2, False),
+                                               (False, 2, False, 1, False), (False, 1, True, 2, False),
+                                               (False, 5, True, 2, False), (False, 2, True, 1, False),
+                                               (True, 2, False, 2, True), (False, 5, True, 2, True),
+                                               (False, 5, False, 2, True)):
             compile_sm90(kernels._moe_decode_mm_kernel, {**mm, "x_ptr": f"*{dt}", "out_ptr": f"*{dt}" if fc else "*fp32"},
                          {"TOP_K": top_k, "RENORM": True, "FC": fc, "N_SPLITS": splits, "ATOMIC": atomic,
-                          "DOT_FP32": dt == "fp32", "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64},
+                          "DOT_FP32": dt == "fp32", "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_E": 64,
+                          "PDL": pdl},
                          num_stages=4)
 
 
@@ -345,7 +353,7 @@ def _interp_main() -> None:
             tag = (f"decode case {i} N={N} k={k} D={D} F={Fh} E={E} {cfg} {dtype} splits "
                    f"{kernels._moe_decode_splits(N * k, Fh, D, c['fc_block_n'])[0]}/"
                    f"{kernels._moe_decode_splits(N * k, D, Fh, c['block_n'])[0]}")
-            ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm)
+            ref = kernels.moe_decode_reference(x, rw, wf, wp, k, renorm).to(dtype)
             for atomic in (True, False):  # proj's output by atomic adds, or by the last-arriving program
                 kernels.MOE_DECODE_CONFIG["proj_atomic"] = atomic
                 with torch.no_grad():  # through the op, the expert weights strided
