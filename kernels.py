@@ -1456,7 +1456,7 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 
 
 # ===================================================================================================
-# The MoE layer's decode step for a few tokens, fused into three launches
+# The MoE layer's decode step for a few tokens, fused into three launches (four, chained, at 1 token)
 #
 #     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) in x.dtype    the custom op `ultramem::moe_decode`
 #                                                                                  (`ultramem::moe_decode_pdl` at 1 token)
@@ -1504,8 +1504,9 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 #   proj:   routes (the logits are complete: fc let it launch only after its own wait) and sets up its pointers, lets
 #           the cast launch, then waits for fc (h, and the zeroed output) before its K loop;
 #   cast:   lets the next launch start, waits for proj, rounds the fp32 output to x.dtype.
-# Waiting for a launch implies that every launch before it is complete. Before its wait a program writes nothing, so
-# buffers the allocator hands on are never written early. Session 20 (docs/BENCHMARKS.md): at 1 token the layer went
+# Waiting for a launch implies that every launch before it is complete. Before its wait a program writes nothing (so
+# buffers the allocator hands on are never written early) and reads nothing that a launch still running may write:
+# only proj reads before its wait, the logits, complete by then; the weights are read after the waits too. Session 20 (docs/BENCHMARKS.md): at 1 token the layer went
 # from 30.8 to 28.2 us (each launch's start overlaps the end of the one before, and the cast, 1.5 us as an Inductor
 # kernel after the launches, takes 0.7 us), the whole MoE-1.6B decode step from 1.888 to 1.756 ms. At 2 tokens the
 # layer alone went from 47.0 to 45.2 us but the decode step from 2.437 to 2.514 ms; at 4 tokens the layer was 3 us
