@@ -1495,7 +1495,9 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # feed the dot through arithmetic are not pipelined); programmatic dependent launch between the three (31.7 us at
 # its best, no gain); the three phases in one persistent launch whose programs take work items by an atomic
 # ticket (46.2 us); and the other one-launch designs of sessions 12-13.
-# The output is summed in fp32 and rounded to x.dtype at the end (the unfused path's y.to(x.dtype)).
+# The output is summed in fp32 and rounded to x.dtype at the end (the unfused path's y.to(x.dtype)); with `residual`
+# (Block.forward's residual stream) that is added to the fp32 sums first, so the block's add needs no launch of its
+# own (on the PDL path the cast adds it; otherwise the add outside the op, which Inductor fuses with the cast).
 # Programmatic dependent launch (PDL), at up to MOE_DECODE_CONFIG["pdl_max_tokens"] tokens on Hopper and later: the
 # launches are chained so that each starts while the one before is still running and waits (griddepcontrol.wait)
 # only where it reads that one's output. A fourth launch rounds the output to x.dtype. The order:
@@ -1503,7 +1505,7 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 #   fc:     waits for the logits first (its routing reads them); lets proj launch after its K loop;
 #   proj:   routes (the logits are complete: fc let it launch only after its own wait) and sets up its pointers, lets
 #           the cast launch, then waits for fc (h, and the zeroed output) before its K loop;
-#   cast:   lets the next launch start, waits for proj, rounds the fp32 output to x.dtype.
+#   cast:   lets the next launch start, waits for proj, adds the residual (if any), rounds to x.dtype.
 # Waiting for a launch implies that every launch before it is complete. Before its wait a program writes nothing (so
 # buffers the allocator hands on are never written early) and reads nothing that a launch still running may write:
 # only proj reads before its wait, the logits, complete by then; the weights are read after the waits too. Session 20 (docs/BENCHMARKS.md): at 1 token the layer went
@@ -1717,16 +1719,24 @@ if triton is not None:
 
 
     @triton.jit
-    def _moe_cast_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
-        # the PDL chain's last launch: the next launch may start now; then proj's fp32 output rounded to dst's dtype
+    def _moe_cast_kernel(src_ptr, res_ptr, dst_ptr, n, RES: tl.constexpr, BLOCK: tl.constexpr):
+        # the PDL chain's last launch: the next launch may start now; then proj's fp32 output, plus the residual
+        # stream if RES, rounded to dst's dtype
         gdc_launch_dependents()
         gdc_wait()
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(dst_ptr + offs, tl.load(src_ptr + offs, mask=offs < n).to(dst_ptr.dtype.element_ty), mask=offs < n)
+        y = tl.load(src_ptr + offs, mask=offs < n)
+        if RES:
+            y += tl.load(res_ptr + offs, mask=offs < n).to(tl.float32)
+        tl.store(dst_ptr + offs, y.to(dst_ptr.dtype.element_ty), mask=offs < n)
 
 
-def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int) -> None:
+def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
+                      residual: Tensor | None = None) -> None:
     N, D = x.shape if x.dim() == 2 else (-1, -1)
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
+        raise ValueError(f"moe_decode: residual must be a contiguous {tuple(x.shape)} {x.dtype} tensor like x, got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
     if x.dim() != 2 or router_w.dim() != 2 or w_fc.dim() != 3 or w_proj.dim() != 3 or router_w.shape[1] != D \
             or w_fc.shape[:2] != (router_w.shape[0], D) or w_proj.shape != (w_fc.shape[0], w_fc.shape[2], D):
         raise ValueError(f"moe_decode: bad shapes x {tuple(x.shape)}, router_w {tuple(router_w.shape)}, w_fc "
@@ -1761,11 +1771,11 @@ def _sm90_or_later(device: int) -> bool:
 
 
 def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
-                         renorm: bool, pdl: bool = False) -> tuple[Tensor, list]:
+                         renorm: bool, pdl: bool = False, residual: Tensor | None = None) -> tuple[Tensor, list]:
     """The layer's output and the launches that fill it, in order, as callables: moe_decode runs them all;
     bench_moe.py times them added one by one. Without PDL: the fp32 output (N, D) and three launches (logits, fc,
-    proj; the caller rounds to x.dtype); with it (launched directly, not through wrap_triton): the output in x.dtype
-    and a fourth launch, the cast."""
+    proj; the caller rounds to x.dtype, residual unused); with it (launched directly, not through wrap_triton): the
+    output in x.dtype, plus residual if given, and a fourth launch, the cast that adds it."""
     N, D = x.shape
     E, _, Fh = w_fc.shape
     M = N * top_k
@@ -1812,13 +1822,14 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     if not pdl:
         return out, launches
     y = _empty(N, D, dtype=x.dtype, device=dev)
-    return y, launches + [lambda: _moe_cast_kernel[(triton.cdiv(N * D, 1024),)](out, y, N * D, BLOCK=1024,
-                                                                               num_warps=4, launch_pdl=True)]
+    res = residual if residual is not None else y  # a pointer either way; read only with RES
+    return y, launches + [lambda: _moe_cast_kernel[(triton.cdiv(N * D, 1024),)](
+        out, res, y, N * D, RES=residual is not None, BLOCK=1024, num_warps=4, launch_pdl=True)]
 
 
 def _moe_decode_triton(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
-                       renorm: bool, pdl: bool = False) -> Tensor:
-    out, launches = _moe_decode_launches(x, router_w, w_fc, w_proj, top_k, renorm, pdl)
+                       renorm: bool, pdl: bool = False, residual: Tensor | None = None) -> Tensor:
+    out, launches = _moe_decode_launches(x, router_w, w_fc, w_proj, top_k, renorm, pdl, residual)
     for launch in launches:
         launch()
     return out
@@ -1835,31 +1846,34 @@ def _moe_decode_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, to
 
 @torch.library.custom_op("ultramem::moe_decode_pdl", mutates_args=())
 def _moe_decode_pdl_op(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool,
-                       config: str) -> Tensor:
-    # the same layer with its launches chained by PDL (CUDA only), in x.dtype: opaque to torch.compile, which calls
-    # it as it is
-    return _moe_decode_triton(x, router_w, w_fc, w_proj, top_k, renorm, pdl=True)
+                       residual: Tensor | None, config: str) -> Tensor:
+    # the same layer with its launches chained by PDL (CUDA only), in x.dtype, plus residual if given: opaque to
+    # torch.compile, which calls it as it is
+    return _moe_decode_triton(x, router_w, w_fc, w_proj, top_k, renorm, pdl=True, residual=residual)
 
 
 @_moe_decode_pdl_op.register_fake
-def _(x, router_w, w_fc, w_proj, top_k, renorm, config):
+def _(x, router_w, w_fc, w_proj, top_k, renorm, residual, config):
     return x.new_empty(x.shape)
 
 
-def moe_decode(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool) -> Tensor:
+def moe_decode(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int, renorm: bool,
+               residual: Tensor | None = None) -> Tensor:
     """The MoE layer for a few tokens, routing included (see the section header): (N, D) in x.dtype, summed in
-    fp32. The custom op, Triton on CUDA (its launches chained by PDL at up to MOE_DECODE_CONFIG["pdl_max_tokens"]
-    tokens on Hopper and later), the reference on the CPU. Inference only: raises RuntimeError if grad mode is on
-    and an input requires grad."""
-    _moe_decode_check(x, router_w, w_fc, w_proj, top_k)
+    fp32. With residual ((N, D), x's dtype): residual + the layer, added to the fp32 sums and rounded once (as
+    Block.forward takes it: the PDL chain's last launch does the add, so no kernel follows the chain for it). The
+    custom op, Triton on CUDA (its launches chained by PDL at up to MOE_DECODE_CONFIG["pdl_max_tokens"] tokens on
+    Hopper and later), the reference on the CPU. Inference only: raises RuntimeError if grad mode is on and an input
+    requires grad."""
+    _moe_decode_check(x, router_w, w_fc, w_proj, top_k, residual)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, router_w, w_fc, w_proj)):
         raise RuntimeError("moe_decode is inference only (no autograd formula): call it under "
                            "torch.no_grad() or torch.inference_mode(), or pass tensors that do not require grad")
-    if _moe_decode_pdl(x):  # already rounded, by the chain's last launch
-        return torch.ops.ultramem.moe_decode_pdl(x, router_w, w_fc, w_proj, top_k, renorm,
+    if _moe_decode_pdl(x):  # already added and rounded, by the chain's last launch
+        return torch.ops.ultramem.moe_decode_pdl(x, router_w, w_fc, w_proj, top_k, renorm, residual,
                                                  _config_key(MOE_DECODE_CONFIG))
-    return torch.ops.ultramem.moe_decode(x, router_w, w_fc, w_proj, top_k, renorm,
-                                         _config_key(MOE_DECODE_CONFIG)).to(x.dtype)
+    y = torch.ops.ultramem.moe_decode(x, router_w, w_fc, w_proj, top_k, renorm, _config_key(MOE_DECODE_CONFIG))
+    return (y if residual is None else y + residual.to(y.dtype)).to(x.dtype)
 
 
 # ===================================================================================================

@@ -295,7 +295,9 @@ class MoE(nn.Module):
         nn.init.normal_(self.w_fc, std=self.init_std)
         nn.init.normal_(self.w_proj, std=self.init_std / math.sqrt(2 * self.n_layer))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """x (B, T, D) -> (the layer's output, its auxiliary losses). With residual (B, T, D), the output is
+        residual + the layer (Block.forward's add): the fused path adds it inside its last kernel."""
         B, T, D = x.shape
         xf = x.reshape(B * T, D)  # (N, D)
         impl = self.impl if self.impl != "auto" else self.auto_impl(B * T, x.is_cuda)
@@ -303,9 +305,14 @@ class MoE(nn.Module):
             if self.training or torch.is_grad_enabled():
                 raise RuntimeError("moe_impl='fused' is inference only: call model.eval() and run under "
                                    "torch.no_grad() (it computes no gradients and no auxiliary losses)")
-            y = kernels.moe_decode(xf.to(self.w_fc.dtype), self.router.weight, self.w_fc, self.w_proj, self.top_k,
-                                   self.renorm)
-            return y.to(x.dtype).view(B, T, D), {}
+            wdt = self.w_fc.dtype
+            fuse = residual is not None and residual.dtype == wdt  # else added below, in the residual's dtype
+            y = kernels.moe_decode(xf.to(wdt), self.router.weight, self.w_fc, self.w_proj, self.top_k, self.renorm,
+                                   residual=residual.reshape(B * T, D).contiguous() if fuse else None)
+            if fuse:
+                return y.view(B, T, D), {}
+            y = y.to(x.dtype).view(B, T, D)
+            return (y if residual is None else residual + y), {}
         with torch.autocast(x.device.type, enabled=False):  # routing in fp32
             logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
         probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
@@ -317,7 +324,7 @@ class MoE(nn.Module):
             y = moe_experts_grouped(xf, self.w_fc, self.w_proj, weights, experts, triton=impl == "triton")
         y = y.to(x.dtype).view(B, T, D)
         if not self.training and not torch.is_grad_enabled():  # inference (decoding): no objective to add to
-            return y, {}
+            return (y if residual is None else residual + y), {}
         # Switch/GShard balance: E * sum_e f_e P_e, f_e = share of the N*k token-slots routed to e (no
         # gradient), P_e = mean router probability of e. Uniform routing gives 1 (balanced), skewed more.
         counts = torch.zeros(self.n_experts, device=x.device).scatter_add_(
@@ -326,7 +333,8 @@ class MoE(nn.Module):
         aux = {"moe_balance": self.aux_coef * self.n_experts * (f * probs.mean(dim=0)).sum()}
         if self.z_coef > 0:  # ST-MoE router z-loss: mean logsumexp(logits)^2
             aux["moe_z"] = self.z_coef * logits.logsumexp(dim=-1).square().mean()
-        return self.dropout(y), aux
+        y = self.dropout(y)
+        return (y if residual is None else residual + y), aux
 
     def auto_impl(self, n_tokens: int, cuda: bool) -> str:
         """moe_impl="auto"'s choice for n_tokens. Decoding (eval, no grad, few tokens): up to MOE_FUSED_MAX_TOKENS the
@@ -371,6 +379,9 @@ class Block(nn.Module):
         h = self.ln_2(x)
         if self.ffn is None:
             return x, h, {}
+        if isinstance(self.ffn, MoE):  # it adds the residual itself (in its fused decode kernel, when it takes it)
+            x, aux = self.ffn(h, residual=x)
+            return x, h, aux
         y, aux = self.ffn(h)
         return x + y, h, aux
 

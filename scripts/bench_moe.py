@@ -83,8 +83,8 @@ def stack(xs):
     return [m(x)[0] for m, x in zip(layers, xs)]
 
 
-def stack_residual(xs):  # as Block.forward takes the layer: its output added into the residual stream
-    return [x + m(x)[0] for m, x in zip(layers, xs)]
+def stack_residual(xs):  # as Block.forward takes the layer: its output added into the residual stream (here x itself)
+    return [m(x, residual=x)[0] for m, x in zip(layers, xs)]
 
 
 step = torch.compile(stack, fullgraph=True) if COMPILE else stack
@@ -217,7 +217,7 @@ for impl in IMPLS:  # moe_impl: "grouped" (torch._grouped_mm), "triton" (kernels
           + (f" {kernels.MOE_GATHER_CONFIG}" if impl == "gather" else "")
           + (f" {kernels.MOE_DECODE_CONFIG}" if impl == "fused" else ""))
     # "+ residual": the layer with its output added into the residual stream (x + layer(x), as Block.forward takes
-    # it; compiled, the cast of the layer's fp32 output fuses into that add), its floor the same
+    # it: layer(x, residual=x), which the fused layer adds in its last kernel), its floor the same
     print(f"{'tokens':>6} {'experts hit':>11} {'E[hit]':>7} {'us/layer':>9} {'floor us':>9} {'x floor':>8} "
           f"{'+ residual us':>13} {'x floor':>8} {'all-expert floor':>16}")
     with torch.no_grad():

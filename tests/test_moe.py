@@ -237,6 +237,24 @@ def test_decode_paths_equal_loop(dtype, impl):
             moe(x)
 
 
+@pytest.mark.parametrize("impl", ["loop", "fused"])
+def test_residual_added(impl):
+    """MoE(x, residual=r) is r + MoE(x), as Block.forward takes it: the loop adds the rounded output, the fused
+    layer (kernels.moe_decode) adds r to its fp32 sums and rounds once, so the two agree to a rounding."""
+    torch.manual_seed(1)
+    moe = MoE(moe_cfg()).to(torch.bfloat16).eval()
+    moe.impl = impl
+    x, r = torch.randn(5, 1, 64, dtype=torch.bfloat16), torch.randn(5, 1, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y, _ = moe(x)
+        y_res, aux = moe(x, residual=r)
+    assert aux == {} and y_res.dtype == torch.bfloat16 and y_res.shape == r.shape
+    if impl == "loop":
+        assert torch.equal(y_res, r + y)
+    else:
+        assert rel_err(y_res, r + y) < 1e-2 and not torch.equal(y_res, y)
+
+
 def test_auto_impl_policy():
     """moe_impl="auto": the fused layer for inference of up to MOE_FUSED_MAX_TOKENS tokens (and at most
     MOE_DECODE_MAX_SLOTS token-slots), the Triton kernel up to MOE_TRITON_MAX_TOKENS, grouped for training and

@@ -188,7 +188,14 @@ def test_decode_reference_is_the_layer():
 def test_decode_op_on_cpu_checks_and_refuses_grad():
     x, rw, wf, wp = _decode_inputs(4, 32, 24, 6, torch.bfloat16, 13)
     got = kernels.moe_decode(x, rw, wf, wp, 2, True)  # in x's dtype, rounded from the fp32 sums
-    assert got.dtype == x.dtype and torch.equal(got, kernels.moe_decode_reference(x, rw, wf, wp, 2, True).to(x.dtype))
+    ref = kernels.moe_decode_reference(x, rw, wf, wp, 2, True)
+    assert got.dtype == x.dtype and torch.equal(got, ref.to(x.dtype))
+    r = torch.randn(4, 32).bfloat16()  # a residual stream: added to the fp32 sums, rounded once
+    assert torch.equal(kernels.moe_decode(x, rw, wf, wp, 2, True, residual=r), (ref + r.float()).to(x.dtype))
+    with pytest.raises(ValueError, match="residual"):
+        kernels.moe_decode(x, rw, wf, wp, 2, True, residual=r[:3])
+    with pytest.raises(ValueError, match="residual"):
+        kernels.moe_decode(x, rw, wf, wp, 2, True, residual=r.float())
     with pytest.raises(ValueError, match="bad shapes"):
         kernels.moe_decode(x[:, :31], rw, wf, wp, 2, True)  # D mismatch
     with pytest.raises(ValueError, match="bad shapes"):
@@ -253,7 +260,9 @@ def test_decode_kernels_compile_for_sm90():
                                                       "n_out": "i32", "E": "i32", "D": "i32", "sxm": "i32",
                                                       "sxd": "i32", "swe": "i32", "swd": "i32"},
                          {"BLOCK_D": 2048, "BLOCK_Z": 128, "PDL": pdl})
-        compile_sm90(kernels._moe_cast_kernel, {"src_ptr": "*fp32", "dst_ptr": f"*{dt}", "n": "i32"}, {"BLOCK": 1024})
+        for res in (False, True):  # the PDL chain's last launch, with and without the residual add
+            compile_sm90(kernels._moe_cast_kernel, {"src_ptr": "*fp32", "res_ptr": f"*{dt}", "dst_ptr": f"*{dt}",
+                                                    "n": "i32"}, {"RES": res, "BLOCK": 1024})
         mm = {"w_ptr": f"*{dt}", "logits_ptr": "*fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32",
               "N": "i32", "K": "i32", "E": "i32", "k_per_split": "i32", "sxm": "i32", "sxk": "i32", "swg": "i32",
               "swk": "i32", "swn": "i32"}
