@@ -1458,8 +1458,8 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # ===================================================================================================
 # The MoE layer's decode step for a few tokens, fused into three launches (four, chained, at 1 token)
 #
-#     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) in x.dtype    the custom op `ultramem::moe_decode`
-#                                                                                  (`ultramem::moe_decode_pdl` at 1 token)
+#     moe_decode(x, router_w, w_fc, w_proj, top_k, renorm) -> (N, D) in x.dtype
+#         the custom op `ultramem::moe_decode` (`ultramem::moe_decode_pdl` at 1 token)
 #
 # The whole layer for N tokens (N * top_k token-slots up to MOE_DECODE_MAX_SLOTS): x (N, D), router_w (E, D)
 # (nn.Linear's weight), w_fc (E, D, F), w_proj (E, F, D). Why: at 1-4 tokens the layer's bandwidth floor is
@@ -1508,12 +1508,12 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 #   cast:   lets the next launch start, waits for proj, adds the residual (if any), rounds to x.dtype.
 # Waiting for a launch implies that every launch before it is complete. Before its wait a program writes nothing (so
 # buffers the allocator hands on are never written early) and reads nothing that a launch still running may write:
-# only proj reads before its wait, the logits, complete by then; the weights are read after the waits too. Session 20 (docs/BENCHMARKS.md): at 1 token the layer went
-# from 30.8 to 28.2 us (each launch's start overlaps the end of the one before, and the cast, 1.5 us as an Inductor
-# kernel after the launches, takes 0.7 us), the whole MoE-1.6B decode step from 1.888 to 1.756 ms. At 2 tokens the
-# layer alone went from 47.0 to 45.2 us but the decode step from 2.437 to 2.514 ms; at 4 tokens the layer was 3 us
-# slower (83.2 against 79.8 us: proj's programs, placed while fc's still hold the SMs, spread unevenly). So PDL is
-# taken at 1 token only.
+# only proj reads before its wait, the logits, complete by then; the weights are read after the waits too.
+# Session 20 (docs/BENCHMARKS.md): at 1 token the layer went from 30.8 to 28.2 us (each launch's start overlaps the
+# end of the one before, and the cast, 1.5 us as an Inductor kernel after the launches, takes 0.7 us), the whole
+# MoE-1.6B decode step from 1.888 to 1.756 ms. At 2 tokens the layer alone went from 47.0 to 45.2 us but the decode
+# step from 2.437 to 2.514 ms; at 4 tokens the layer was 3 us slower (83.2 against 79.8 us: proj's programs, placed
+# while fc's still hold the SMs, spread unevenly). So PDL is taken at 1 token only.
 # Triton launches with PDL only through its own launcher, which torch.compile's handling of triton_op does not
 # reach (Inductor failed to compile the kernel launched with launch_pdl, session 20), so the PDL path is a plain
 # custom op that torch.compile calls as it is (the CUDA graph captures its four launches).
@@ -1734,7 +1734,8 @@ if triton is not None:
 def _moe_decode_check(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tensor, top_k: int,
                       residual: Tensor | None = None) -> None:
     N, D = x.shape if x.dim() == 2 else (-1, -1)
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                 or not residual.is_contiguous()):
         raise ValueError(f"moe_decode: residual must be a contiguous {tuple(x.shape)} {x.dtype} tensor like x, got "
                          f"{tuple(residual.shape)} {residual.dtype}")
     if x.dim() != 2 or router_w.dim() != 2 or w_fc.dim() != 3 or w_proj.dim() != 3 or router_w.shape[1] != D \
@@ -1780,8 +1781,8 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     E, _, Fh = w_fc.shape
     M = N * top_k
     out = _empty(N, D, dtype=torch.float32, device=x.device)
-    if N == 0:
-        return out.to(x.dtype) if pdl else out, []
+    if N == 0:  # (never on the PDL path: _moe_decode_pdl wants a token)
+        return out, []
     cfg, cuda, dev = MOE_DECODE_CONFIG, x.is_cuda, x.device
     s_fc, per_fc = _moe_decode_splits(M, Fh, D, cfg["fc_block_n"], cfg["fc_splits"])
     s_pj, per_pj = _moe_decode_splits(M, D, Fh, cfg["block_n"])

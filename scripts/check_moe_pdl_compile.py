@@ -1,6 +1,7 @@
 """Does kernels.moe_decode compile (fullgraph) on the GPU with and without its PDL path (1 and 2 tokens; the default
 mode, and reduce-overhead as sample.py compiles its decode step: CUDA graphs by torch's cudagraph trees; without and
-with the residual stream added), and is it right there? (session 20; run from the repo root: PYTHONPATH=. python scripts/check_moe_pdl_compile.py)"""
+with the residual stream added), and is it right there? (session 20; run from the repo root:
+PYTHONPATH=. python scripts/check_moe_pdl_compile.py)"""
 import torch
 
 import kernels
