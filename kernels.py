@@ -1501,19 +1501,26 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # Programmatic dependent launch (PDL), at up to MOE_DECODE_CONFIG["pdl_max_tokens"] tokens on Hopper and later: the
 # launches are chained so that each starts while the one before is still running and waits (griddepcontrol.wait)
 # only where it reads that one's output. A fourth launch rounds the output to x.dtype. The order:
-#   logits: lets fc launch at once, then waits for the kernel before it (which wrote x);
+#   logits: prefetches its router row into L2, waits for the kernel before it (which wrote x), then lets fc launch
+#           (session 21: fc launched at logits' start was placed unevenly on the SMs, 0.6 us slower with the prefetch);
 #   fc:     waits for the logits first (its routing reads them); lets proj launch after its K loop;
 #   proj:   routes (the logits are complete: fc let it launch only after its own wait) and sets up its pointers, lets
 #           the cast launch, then waits for fc (h, and the zeroed output) before its K loop;
 #   cast:   lets the next launch start, waits for proj, adds the residual (if any), rounds to x.dtype.
 # Waiting for a launch implies that every launch before it is complete. Before its wait a program writes nothing (so
 # buffers the allocator hands on are never written early) and reads nothing that a launch still running may write:
-# only proj reads before its wait, the logits, complete by then; the weights are read after the waits too.
+# only proj reads before its wait, the logits, complete by then; the weights are read after the waits too (logits'
+# prefetch into L2 is a hint that reads into the coherent L2, never a stale value).
 # Session 20 (docs/BENCHMARKS.md): at 1 token the layer went from 30.8 to 28.2 us (each launch's start overlaps the
 # end of the one before, and the cast, 1.5 us as an Inductor kernel after the launches, takes 0.7 us), the whole
 # MoE-1.6B decode step from 1.888 to 1.756 ms. At 2 tokens the layer alone went from 47.0 to 45.2 us but the decode
 # step from 2.437 to 2.514 ms; at 4 tokens the layer was 3 us slower (83.2 against 79.8 us: proj's programs, placed
 # while fc's still hold the SMs, spread unevenly). So PDL is taken at 1 token only.
+# Session 21: %smid stamps showed fc's programs placed 2 to 4 per SM (on 120-130 SMs) when logits let fc launch at
+# its start, while the previous launches still held SMs; a K loop took 9.3 us with 2 programs on its SM, 10.4 with 4.
+# Letting fc launch after logits' wait placed them 2 or 3 per SM on all 132, and with the router row prefetched the
+# layer went from 28.1 to 27.5 us (1.47x). Stream-K fc and proj launches (every program an equal share of the K
+# steps, scripts/exp_moe_streamk.py) were 1.9-5.2 us slower at 1 token and 2.6-10 us at 2 and 4: not taken.
 # Triton launches with PDL only through its own launcher, which torch.compile's handling of triton_op does not
 # reach (Inductor failed to compile the kernel launched with launch_pdl, session 20), so the PDL path is a plain
 # custom op that torch.compile calls as it is (the CUDA graph captures its four launches).
@@ -1563,17 +1570,30 @@ def _moe_decode_splits(M: int, N: int, K: int, block_n: int, splits: int = 0) ->
 if triton is not None:
 
     @triton.jit
+    def _prefetch_l2(ptrs):
+        # a prefetch of each pointer's line into L2, a hint with no result (the int32 zeros returned are for Triton).
+        # One line of PTX: Inductor copies this source into its own module, where an escaped newline in the string
+        # became a real one (a syntax error, session 21)
+        return tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+
+    @triton.jit
     def _moe_logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, out_ptr, n_out, E, D, sxm, sxd, swe, swd,
                            BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr, PDL: tl.constexpr):
         # program (token t, expert e): the router logit x[t] . router_w[e] in fp32, one row read per program; the
         # programs also zero the n_cnt arrival counters of fc and proj and the n_out elements of the fp32 output
-        # (0 unless proj accumulates it by atomic adds), for the next two launches. PDL: fc may launch now; then
-        # wait for the launch before this one (x)
-        if PDL:
-            gdc_launch_dependents()
-            gdc_wait()
+        # (0 unless proj accumulates it by atomic adds), for the next two launches. PDL: the router row prefetched
+        # into L2 (coherent: a kernel still running before this one cannot leave a stale line there), then wait for
+        # the launch before this one (x), then let fc launch: launched earlier, fc's programs would be placed while
+        # the previous launches' still hold SMs, unevenly (session 21)
         t = tl.program_id(0)
         e = tl.program_id(1)
+        if PDL:
+            for d0 in range(0, D, BLOCK_D):
+                _prefetch_l2(rw_ptr + e.to(tl.int64) * swe + tl.minimum(d0 + tl.arange(0, BLOCK_D // 32) * 32, D - 1)
+                             * swd)
+            gdc_wait()
+            gdc_launch_dependents()
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
@@ -1809,8 +1829,8 @@ def _moe_decode_launches(x: Tensor, router_w: Tensor, w_fc: Tensor, w_proj: Tens
     launches = [
         lambda: launch(_moe_logits_kernel, (N, E), cuda, x, router_w, logits, cnt, cnt.numel(), out,
                        out.numel() if atomic else 0, E, D, x.stride(0), x.stride(1), router_w.stride(0),
-                       router_w.stride(1), BLOCK_D=min(2048, triton.next_power_of_2(D)), BLOCK_Z=128, num_warps=4,
-                       **pdl_kw),
+                       router_w.stride(1), BLOCK_D=min(2048, max(32, triton.next_power_of_2(D))), BLOCK_Z=128,
+                       num_warps=4, **pdl_kw),
         lambda: launch(_moe_decode_mm_kernel, (M, t_fc, s_fc), cuda, x, w_fc, logits, part_fc, cnt, h, M, Fh, D, E,
                        per_fc, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1), w_fc.stride(2), FC=True,
                        N_SPLITS=s_fc, ATOMIC=False, BLOCK_N=cfg["fc_block_n"],

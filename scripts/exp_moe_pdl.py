@@ -20,6 +20,11 @@ timelines printed are one layer of the 8 in a graph replay at 1 token, us after 
 The variants in main() are call 4's (docs/runs/2026-12-01_s20/4_exp_moe_pdl.log; "kernels.moe_decode" there is the
 layer before session 20 plus a cast, now the committed PDL layer); calls 1-3 ran other lists, named
 in their logs. What was taken into kernels.py: pdl with fc_trigger 2, the PDL cast with cast_trigger, logits_pdl.
+Session 21: `--diag` prints the committed chain's timelines with each program's SM (%smid, the 5th slot of a trace)
+and fc's and proj's K-loop times grouped by how many programs shared the SM (by_sm); `--s21` times where the logits
+launch lets fc launch (logits_trigger: 1 at its start, 2 after its wait, 3 at its end) and the router row prefetched
+into L2 before its wait (logits_prefetch). kernels.py took logits_trigger 2 with the prefetch
+(docs/runs/2026-12-01_s21/1_exp_diag.log, 2_exp_s21.log).
 """
 import itertools
 import sys
@@ -42,6 +47,11 @@ dev = "cuda"
 def _now(dummy):
     return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [dummy], dtype=tl.int64, is_pure=False,
                                      pack=1)
+
+
+@triton.jit
+def _smid(dummy):
+    return tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [dummy], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -89,16 +99,23 @@ def _slots_packed(logits_ptr, M, E, TOP_K: tl.constexpr, RENORM: tl.constexpr, W
 @triton.jit
 def _logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, out_ptr, n_out, E, D, sxm, sxd, swe, swd, tr_ptr,
                    BLOCK_D: tl.constexpr, BLOCK_Z: tl.constexpr, TRIGGER: tl.constexpr, WAIT: tl.constexpr,
-                   TRACE: tl.constexpr):
+                   TRACE: tl.constexpr, PREFETCH: tl.constexpr = False):
+    # TRIGGER (session 21): 1 fc may launch at the start, 2 after the wait, 3 at the end; PREFETCH: the router row
+    # prefetched into L2 before the wait (L2 is coherent: no stale values, whatever the kernel before writes)
     t = tl.program_id(0)
     e = tl.program_id(1)
     pid = t * E + e
     if TRACE:
         tl.store(tr_ptr + pid * 2, _now(pid))
-    if TRIGGER:
+    if PREFETCH:
+        lines = tl.arange(0, BLOCK_D // 64) * 64
+        _prefetch_l2(rw_ptr + e.to(tl.int64) * swe + lines * swd)
+    if TRIGGER == 1:
         gdc_launch_dependents()
     if WAIT:  # launched with PDL itself: x comes from the previous kernel
         gdc_wait()
+    if TRIGGER == 2:
+        gdc_launch_dependents()
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
@@ -114,6 +131,8 @@ def _logits_kernel(x_ptr, rw_ptr, logits_ptr, cnt_ptr, n_cnt, out_ptr, n_out, E,
     for z0 in range(pid * BLOCK_Z, n_out, n_prog * BLOCK_Z):
         zs = z0 + tl.arange(0, BLOCK_Z)
         tl.store(out_ptr + zs, tl.zeros((BLOCK_Z,), dtype=tl.float32), mask=zs < n_out)
+    if TRIGGER == 3:
+        gdc_launch_dependents()
     if TRACE:
         tl.store(tr_ptr + pid * 2 + 1, _now(pid))
 
@@ -131,7 +150,8 @@ def _mm_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
     split = tl.program_id(2)
     pid = (j * tl.num_programs(1) + nt) * tl.num_programs(2) + split
     if TRACE:
-        tl.store(tr_ptr + pid * 4, _now(pid))
+        tl.store(tr_ptr + pid * 5, _now(pid))
+        tl.store(tr_ptr + pid * 5 + 4, _smid(pid).to(tl.int64))
     if PDL and FC:  # fc reads the logits launch's logits: wait first
         gdc_wait()
         if TRIGGER == 1:
@@ -179,7 +199,7 @@ def _mm_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
         tl.debug_barrier()
         x_rows = hp + rows.to(tl.int64)[:, None] * KPS - k_start  # rows >= BLOCK_R are masked (not in `same`)
     if TRACE:
-        tl.store(tr_ptr + pid * 4 + 1, _now(pid))
+        tl.store(tr_ptr + pid * 5 + 1, _now(pid))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -189,7 +209,7 @@ def _mm_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
                     eviction_policy=EVICT)
         acc = tl.dot(a, b, acc)
     if TRACE:
-        tl.store(tr_ptr + pid * 4 + 2, _now(pid))
+        tl.store(tr_ptr + pid * 5 + 2, _now(pid))
     if PDL and TRIGGER == 2:
         gdc_launch_dependents()
     n_tiles = tl.num_programs(1)
@@ -219,7 +239,7 @@ def _mm_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
     if PDL and TRIGGER == 3:
         gdc_launch_dependents()
     if TRACE:
-        tl.store(tr_ptr + pid * 4 + 3, _now(pid))
+        tl.store(tr_ptr + pid * 5 + 3, _now(pid))
 
 
 @triton.jit
@@ -240,7 +260,8 @@ def _cast_kernel(src_ptr, dst_ptr, n, tr_ptr, PDL: tl.constexpr, BLOCK: tl.const
 
 
 VARIANT = {"pdl": 0, "fc_trigger": 1, "prefetch": 0, "evict_first": 0, "cast": "torch", "pj_stages": 0,
-           "pj_splits": 0, "fc_stages": 0, "logits_pdl": 0, "route": 0, "cast_trigger": 0, "hproj": 0}
+           "pj_splits": 0, "fc_stages": 0, "logits_pdl": 0, "route": 0, "cast_trigger": 0, "hproj": 0,
+           "logits_trigger": 1, "logits_prefetch": 0}
 
 
 def _direct(kernel, grid, *args, **kw):
@@ -276,7 +297,7 @@ def layer(x, rw, w_fc, w_proj, v: dict, trace: dict | None = None, launch=_direc
     hp = torch.empty(n_pj * block_r * kps if hproj else 1, dtype=w_fc.dtype, device=dev)
     hx = dict(HPROJ=hproj, FC_SPLITS=s_fc, BLOCK_R=block_r if hproj else 1, KPS=kps if hproj else 1)
     bufs = {}
-    for name, n in (("logits", N * E * 2), ("fc", M * t_fc * s_fc * 4), ("proj", M * t_pj * s_pj * 4),
+    for name, n in (("logits", N * E * 2), ("fc", M * t_fc * s_fc * 5), ("proj", M * t_pj * s_pj * 5),
                     ("cast", triton.cdiv(N * D, 1024) * 2)):
         # stamp buffers made once, outside the captured graph (memset nodes would break the PDL chain)
         bufs[name] = (trace[name] if name in trace else torch.zeros(n, dtype=torch.int64, device=dev)) if tr else cnt
@@ -287,7 +308,8 @@ def layer(x, rw, w_fc, w_proj, v: dict, trace: dict | None = None, launch=_direc
               TRIGGER=v["fc_trigger"] if pdl else 0, ROUTE=v["route"], TRACE=tr)
     launch(_logits_kernel, (N, E), x, rw, logits, cnt, cnt.numel(), out, out.numel(), E, D, x.stride(0), x.stride(1),
                            rw.stride(0), rw.stride(1), bufs["logits"], BLOCK_D=min(2048, triton.next_power_of_2(D)),
-                           BLOCK_Z=128, TRIGGER=pdl, WAIT=bool(v["logits_pdl"]), TRACE=tr, num_warps=4,
+                           BLOCK_Z=128, TRIGGER=v["logits_trigger"] if pdl else 0, WAIT=bool(v["logits_pdl"]), TRACE=tr,
+                           PREFETCH=bool(v["logits_prefetch"]), num_warps=4,
                            launch_pdl=bool(v["logits_pdl"]))
     launch(_mm_kernel, (M, t_fc, s_fc), x, w_fc, logits, part_fc, cnt, h, M, Fh, D, E, per_fc, x.stride(0), x.stride(1),
                                 w_fc.stride(0), w_fc.stride(1), w_fc.stride(2), bufs["fc"], part_fc, hp, FC=True, N_SPLITS=s_fc,
@@ -312,17 +334,114 @@ def timeline(trace: dict) -> str:
     """Per launch: [min, median, max] of each stamp, us after the logits launch's first start."""
     t0 = trace["logits"].view(-1, 2)[:, 0].min()
     lines = []
-    for name, n_st, labels in (("logits", 2, ("start", "end")), ("fc", 4, ("start", "ready", "loop end", "end")),
-                               ("proj", 4, ("start", "ready", "loop end", "end")), ("cast", 2, ("start", "end"))):
+    for name, n_st, labels in (("logits", 2, ("start", "end")), ("fc", 5, ("start", "ready", "loop end", "end")),
+                               ("proj", 5, ("start", "ready", "loop end", "end")), ("cast", 2, ("start", "end"))):
         st = trace.get(name)
         if st is None or st.dtype != torch.int64 or not st.any():
             continue
-        st = (st.view(-1, n_st) - t0).double() / 1e3
+        st = (st.view(-1, n_st)[:, :len(labels)] - t0).double() / 1e3
         parts = [f"{lab} {st[:, i].min():5.1f}/{st[:, i].median():5.1f}/{st[:, i].max():5.1f}"
                  for i, lab in enumerate(labels)]
         lines.append(f"    {name:6s} ({st.shape[0]:3d} programs): " + ", ".join(parts))
     return "\n".join(lines)
 
+
+def by_sm(trace: dict) -> str:
+    """fc's and proj's programs grouped by how many programs of their launch ran on their SM (the 5th slot of the
+    trace, %smid): count, mean K-loop time (ready to loop end) and mean / max loop end, us (session 21)."""
+    t0 = trace["logits"].view(-1, 2)[:, 0].min()
+    lines = []
+    for name in ("fc", "proj"):
+        st = trace[name].view(-1, 5)
+        sm = st[:, 4]
+        per_sm = torch.bincount(sm, minlength=int(sm.max()) + 1)
+        n_on = per_sm[sm]  # programs sharing each program's SM
+        ready, end = (st[:, 1] - t0).double() / 1e3, (st[:, 2] - t0).double() / 1e3
+        used = int((per_sm > 0).sum())
+        lines.append(f"    {name}: {st.shape[0]} programs on {used} SMs")
+        for c in sorted(set(n_on.tolist())):
+            m = n_on == c
+            lines.append(f"      {c} per SM: {int(m.sum()):3d} programs, loop {(end - ready)[m].mean():5.2f} us, "
+                         f"loop end mean {end[m].mean():5.2f} max {end[m].max():5.2f}, "
+                         f"ready mean {ready[m].mean():5.2f}")
+    return "\n".join(lines)
+
+
+def diag():
+    """Session 21: the timeline of the session-20 layer (PDL, as committed) at 1 token, several replays, with its
+    programs grouped by their SM's load (by_sm)."""
+    torch.manual_seed(0)
+    ws = [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
+           torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
+           torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+    xs = [torch.randn(1, D, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
+    from bench import _cuda_graph
+    v = dict(pdl=1, cast="pdl", fc_trigger=2, logits_pdl=1, cast_trigger=1)
+    with torch.no_grad():
+        t = replay_seconds(lambda: [layer(x, *w, v) for x, w in zip(xs, ws)]) / LAYERS
+        print(f"diag: variant {v}: {t * 1e6:.1f} us per layer at 1 token")
+        traces = [dict() for _ in range(LAYERS)]
+        for x, w, tr in zip(xs, ws, traces):
+            layer(x, *w, v, tr)
+        replay = _cuda_graph(lambda: [layer(x, *w, v, tr) for x, w, tr in zip(xs, ws, traces)])
+        for rep in range(3):
+            for _ in range(3):
+                replay()
+            torch.cuda.synchronize()
+            for i in (3, 5):
+                print(f"replay {rep}, layer {i + 1} of {LAYERS}:")
+                print(timeline(traces[i]))
+                print(by_sm(traces[i]))
+
+
+def s21():
+    """Session 21: where the logits launch lets fc launch (logits_trigger) and the router row prefetched into L2 before
+    its wait (logits_prefetch), against the committed chain, at 1 token; then their timelines by SM load."""
+    torch.manual_seed(0)
+    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
+    bw = big.numel() * 2 / replay_seconds(lambda: big.sum(dtype=torch.float32), 10)
+    del big
+    ws = [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
+           torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
+           torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+    base = dict(pdl=1, cast="pdl", fc_trigger=2, logits_pdl=1, cast_trigger=1)  # as committed
+    variants = [base] + [dict(base, **kv) for kv in S21_VARIANTS]
+    floor = (2 * 2 * D * Fh * 2 + E * D * 2) / bw
+    print(f"read rate {bw / 1e12:.2f} TB/s; floor at 1 token {floor * 1e6:.2f} us (1.5x {1.5 * floor * 1e6:.2f})")
+    from bench import _cuda_graph
+    with torch.no_grad():
+        for v in variants:
+            x = torch.randn(3, D, device=dev, dtype=torch.bfloat16)
+            ref = kernels.moe_decode_reference(x[:1], *ws[0], K, True)
+            err = ((layer(x[:1], *ws[0], v).float() - ref).norm() / ref.norm()).item()
+            assert err < 1e-2, (v, err)
+        xs = [torch.randn(1, D, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
+        res = {}
+        for rep in range(4):
+            res.setdefault("kernels.moe_decode", []).append(
+                replay_seconds(lambda: [kernels.moe_decode(x, *w, K, True) for x, w in zip(xs, ws)]) / LAYERS)
+            for v in variants:
+                t = replay_seconds(lambda v=v: [layer(x, *w, v) for x, w in zip(xs, ws)]) / LAYERS
+                res.setdefault(str({k: v[k] for k in v if v[k] != base.get(k, VARIANT[k])}), []).append(t)
+        for name, ts in sorted(res.items(), key=lambda kv: min(kv[1])):
+            print(f"  {min(ts) * 1e6:6.2f} us (x{min(ts) / floor:.3f}; runs {', '.join(f'{t * 1e6:.2f}' for t in ts)})"
+                  f"  {name}")
+        for v in variants[:S21_TIMELINES]:
+            traces = [dict() for _ in range(LAYERS)]
+            for x, w, tr in zip(xs, ws, traces):
+                layer(x, *w, v, tr)
+            replay = _cuda_graph(lambda v=v: [layer(x, *w, v, tr) for x, w, tr in zip(xs, ws, traces)])
+            for _ in range(5):
+                replay()
+            torch.cuda.synchronize()
+            print(f"timeline, 1 token, layer 5 of {LAYERS}, {v}")
+            print(timeline(traces[4]))
+            print(by_sm(traces[4]))
+
+
+S21_VARIANTS = [dict(logits_trigger=2), dict(logits_trigger=3), dict(logits_prefetch=1),
+                dict(logits_trigger=2, logits_prefetch=1), dict(cast_trigger=0), dict(logits_trigger=2, cast_trigger=0)]
+S21_TIMELINES = 3
 
 BEST = dict(VARIANT)
 
@@ -435,4 +554,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    diag() if "--diag" in sys.argv else s21() if "--s21" in sys.argv else main()
