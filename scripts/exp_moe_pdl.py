@@ -26,7 +26,6 @@ launch lets fc launch (logits_trigger: 1 at its start, 2 after its wait, 3 at it
 into L2 before its wait (logits_prefetch). kernels.py took logits_trigger 2 with the prefetch
 (docs/runs/2026-12-01_s21/1_exp_diag.log, 2_exp_s21.log).
 """
-import itertools
 import sys
 
 import torch
@@ -264,6 +263,33 @@ VARIANT = {"pdl": 0, "fc_trigger": 1, "prefetch": 0, "evict_first": 0, "cast": "
            "logits_trigger": 1, "logits_prefetch": 0}
 
 
+def read_rate() -> float:
+    """The card's read rate (bytes/s): a 2 GiB bf16 sum, as bench_moe.py measures it."""
+    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
+    return big.numel() * 2 / replay_seconds(lambda: big.sum(dtype=torch.float32), 10)  # big is freed on return
+
+
+def weights() -> list:
+    """LAYERS layers' (router_w, w_fc, w_proj), bf16, seeded (0) so that every mode builds the same."""
+    torch.manual_seed(0)
+    return [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
+             torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
+             torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+
+
+def traced(xs, ws, v: dict, replays: int = 5) -> list:
+    """Per layer, the stamps of variant v's programs after `replays` replays of the LAYERS layers in a CUDA graph."""
+    from bench import _cuda_graph
+    traces = [dict() for _ in range(LAYERS)]
+    for x, w, tr in zip(xs, ws, traces):
+        layer(x, *w, v, tr)  # makes the stamp buffers, outside the graph
+    replay = _cuda_graph(lambda: [layer(x, *w, v, tr) for x, w, tr in zip(xs, ws, traces)])
+    for _ in range(replays):
+        replay()
+    torch.cuda.synchronize()
+    return traces
+
+
 def _direct(kernel, grid, *args, **kw):
     return kernel[grid](*args, **kw)
 
@@ -370,24 +396,14 @@ def by_sm(trace: dict) -> str:
 def diag():
     """Session 21: the timeline of the session-20 layer (PDL, as committed) at 1 token, several replays, with its
     programs grouped by their SM's load (by_sm)."""
-    torch.manual_seed(0)
-    ws = [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+    ws = weights()
     xs = [torch.randn(1, D, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
-    from bench import _cuda_graph
     v = dict(pdl=1, cast="pdl", fc_trigger=2, logits_pdl=1, cast_trigger=1)
     with torch.no_grad():
         t = replay_seconds(lambda: [layer(x, *w, v) for x, w in zip(xs, ws)]) / LAYERS
         print(f"diag: variant {v}: {t * 1e6:.1f} us per layer at 1 token")
-        traces = [dict() for _ in range(LAYERS)]
-        for x, w, tr in zip(xs, ws, traces):
-            layer(x, *w, v, tr)
-        replay = _cuda_graph(lambda: [layer(x, *w, v, tr) for x, w, tr in zip(xs, ws, traces)])
         for rep in range(3):
-            for _ in range(3):
-                replay()
-            torch.cuda.synchronize()
+            traces = traced(xs, ws, v, 3)
             for i in (3, 5):
                 print(f"replay {rep}, layer {i + 1} of {LAYERS}:")
                 print(timeline(traces[i]))
@@ -396,19 +412,14 @@ def diag():
 
 def s21():
     """Session 21: where the logits launch lets fc launch (logits_trigger) and the router row prefetched into L2 before
-    its wait (logits_prefetch), against the committed chain, at 1 token; then their timelines by SM load."""
-    torch.manual_seed(0)
-    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
-    bw = big.numel() * 2 / replay_seconds(lambda: big.sum(dtype=torch.float32), 10)
-    del big
-    ws = [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+    its wait (logits_prefetch), against the committed chain, at 1 token; then their timelines by SM load. (Call 2 drew
+    its weights after the read-rate buffer; weights() now seeds just before them, as main and diag do.)"""
+    bw = read_rate()
+    ws = weights()
     base = dict(pdl=1, cast="pdl", fc_trigger=2, logits_pdl=1, cast_trigger=1)  # as committed
     variants = [base] + [dict(base, **kv) for kv in S21_VARIANTS]
     floor = (2 * 2 * D * Fh * 2 + E * D * 2) / bw
     print(f"read rate {bw / 1e12:.2f} TB/s; floor at 1 token {floor * 1e6:.2f} us (1.5x {1.5 * floor * 1e6:.2f})")
-    from bench import _cuda_graph
     with torch.no_grad():
         for v in variants:
             x = torch.randn(3, D, device=dev, dtype=torch.bfloat16)
@@ -427,13 +438,7 @@ def s21():
             print(f"  {min(ts) * 1e6:6.2f} us (x{min(ts) / floor:.3f}; runs {', '.join(f'{t * 1e6:.2f}' for t in ts)})"
                   f"  {name}")
         for v in variants[:S21_TIMELINES]:
-            traces = [dict() for _ in range(LAYERS)]
-            for x, w, tr in zip(xs, ws, traces):
-                layer(x, *w, v, tr)
-            replay = _cuda_graph(lambda v=v: [layer(x, *w, v, tr) for x, w, tr in zip(xs, ws, traces)])
-            for _ in range(5):
-                replay()
-            torch.cuda.synchronize()
+            traces = traced(xs, ws, v)
             print(f"timeline, 1 token, layer 5 of {LAYERS}, {v}")
             print(timeline(traces[4]))
             print(by_sm(traces[4]))
@@ -464,15 +469,10 @@ def _(x, rw, w_fc, w_proj):
 def main():
     tokens = next(([int(t) for t in a.split("=", 1)[1].split(",") if t] for a in sys.argv if a.startswith("--tokens=")),
                   [2, 4])
-    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
-    bw = big.numel() * 2 / replay_seconds(lambda: big.sum(dtype=torch.float32), 10)
-    del big
+    bw = read_rate()
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
           f"read rate {bw / 1e12:.2f} TB/s")
-    torch.manual_seed(0)
-    ws = [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+    ws = weights()
     expert_bytes, router_bytes = 2 * D * Fh * 2, E * D * 2
     # calls 1-2 (docs/runs/2026-12-01_s20/): PDL with fc's trigger after its K loop, no prefetch, the PDL cast, the
     # default stages and splits were best (28.8 us at 1 token). Here: the packed routing (route=1), and the logits
@@ -518,15 +518,8 @@ def main():
         for B in [1] + tokens:
             table(B, variants, reps=3)
         xs = [torch.randn(1, D, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
-        from bench import _cuda_graph
         for v in variants[1:5]:
-            traces = [dict() for _ in range(LAYERS)]
-            for x, w, tr in zip(xs, ws, traces):
-                layer(x, *w, v, tr)
-            replay = _cuda_graph(lambda v=v: [layer(x, *w, v, tr) for x, w, tr in zip(xs, ws, traces)])
-            for _ in range(5):
-                replay()
-            torch.cuda.synchronize()
+            traces = traced(xs, ws, v)
             print(f"timeline, 1 token, layer 4 of {LAYERS}, {v} (us: min/median/max over programs)")
             print(timeline(traces[3]))
             nxt = traces[4]["logits"].view(-1, 2)[:, 0].min() - traces[3]["logits"].view(-1, 2)[:, 0].min()

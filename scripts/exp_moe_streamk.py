@@ -28,6 +28,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 import kernels
 from bench import replay_seconds
+from exp_moe_pdl import read_rate, weights
 from kernels import _moe_slots
 
 D, E, Fh, K = 2048, 34, 4864, 2
@@ -66,20 +67,8 @@ def _sk_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
             u = cur // S
             s0 = cur - u * S
             s1 = tl.minimum(S, s0 + end - cur)
-            d = u // n_tiles
-            nt = u - d * n_tiles
-            e = tl.sum(tl.where(first & (rank == d), slot_e, 0), axis=0)
-            same = slot_e == e
-            cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
-            nmask = cols < N
-            w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(s0, s1):
-                ks = s * BLOCK_K + kk
-                kmask = ks < K
-                a = tl.load(x_rows + ks[None, :] * sxk, mask=same[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
-                acc = tl.dot(a, b, acc)
+            acc, same, cols, nmask = _sk_segment(x_rows, w_ptr, slot_e, first, rank, u, s0, s1, n_tiles, N, K, sxk,
+                                                 swg, swk, swn, BLOCK_M, BLOCK_N, BLOCK_K)
             cur = u * S + s1
             if PDL and FC and cur >= end:
                 gdc_launch_dependents()
@@ -92,20 +81,8 @@ def _sk_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
             u = cur // S
             s0 = cur - u * S
             s1 = tl.where(live, tl.minimum(S, s0 + end - cur), s0)
-            d = u // n_tiles
-            nt = u - d * n_tiles
-            e = tl.sum(tl.where(first & (rank == d), slot_e, 0), axis=0)
-            same = slot_e == e
-            cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
-            nmask = cols < N
-            w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(s0, s1):
-                ks = s * BLOCK_K + kk
-                kmask = ks < K
-                a = tl.load(x_rows + ks[None, :] * sxk, mask=same[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
-                acc = tl.dot(a, b, acc)
+            acc, same, cols, nmask = _sk_segment(x_rows, w_ptr, slot_e, first, rank, u, s0, s1, n_tiles, N, K, sxk,
+                                                 swg, swk, swn, BLOCK_M, BLOCK_N, BLOCK_K)
             cur = tl.where(live, u * S + s1, cur)
             if live:
                 if PDL and FC and cur >= end:
@@ -135,6 +112,29 @@ def _sk_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
                 _sk_finish(acc, u, pid, P, total, S, rows, cols, nmask, same, slot_w, part_ptr, cnt_ptr, out_ptr, M,
                            N, TOP_K, FC, BLOCK_M, BLOCK_N, C_MAX)
                 acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+
+@triton.jit
+def _sk_segment(x_rows, w_ptr, slot_e, first, rank, u, s0, s1, n_tiles, N, K, sxk, swg, swk, swn,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # unit u's K steps [s0, s1): unit u is (distinct expert u // n_tiles, column tile u % n_tiles); its rows are the
+    # slots that chose the expert. Returns the fp32 partial and the unit's rows, columns and column mask
+    d = u // n_tiles
+    nt = u - d * n_tiles
+    e = tl.sum(tl.where(first & (rank == d), slot_e, 0), axis=0)
+    same = slot_e == e
+    cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = cols < N
+    w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
+    kk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(s0, s1):
+        ks = s * BLOCK_K + kk
+        kmask = ks < K
+        a = tl.load(x_rows + ks[None, :] * sxk, mask=same[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(w_e + ks.to(tl.int64)[:, None] * swk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+    return acc, same, cols, nmask
 
 
 @triton.jit
@@ -236,15 +236,10 @@ VARIANTS = [dict(fc="sk", loop=2), dict(proj="sk", loop=2), dict(fc="sk", proj="
 def main():
     tokens = next(([int(t) for t in a.split("=", 1)[1].split(",") if t] for a in sys.argv if a.startswith("--tokens=")),
                   [1])
-    big = torch.randn(2**30, device=dev, dtype=torch.bfloat16)
-    bw = big.numel() * 2 / replay_seconds(lambda: big.sum(dtype=torch.float32), 10)
-    del big
+    bw = read_rate()
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
           f"read rate {bw / 1e12:.2f} TB/s")
-    torch.manual_seed(0)
-    ws = [(torch.randn(E, D, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, D, Fh, device=dev, dtype=torch.bfloat16) * 0.02,
-           torch.randn(E, Fh, D, device=dev, dtype=torch.bfloat16) * 0.02) for _ in range(LAYERS)]
+    ws = weights()  # calls 3-4 seeded before the read-rate buffer: other random weights, the same shapes
     expert_bytes, router_bytes = 2 * D * Fh * 2, E * D * 2
     variants = [dict(VARIANT)] + VARIANTS
     with torch.no_grad():
