@@ -317,6 +317,23 @@ def test_lookup_kernels_compile_for_sm90():
                      {"BLOCK_L": 4096, "BITS": 4, "KEY_BITS": key_bits}, num_warps=8)
 
 
+def test_kernel_sources_survive_inductors_copy():
+    """torch.compile copies a wrap_triton kernel's source (and its helpers') into its own module inside a plain
+    (not raw) triple-quoted literal (torch/_inductor/codegen/wrapper.py), where escapes are read: an escaped newline
+    in an inline-PTX string became a real one there, a syntax error on the H200 (session 21). Every Triton function
+    in kernels.py must come out of that literal unchanged."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the kernels are interpreter functions in this process")
+    from triton.runtime.jit import JITFunction
+    jit = {name: fn for name, fn in vars(kernels).items() if isinstance(fn, JITFunction)}
+    assert len(jit) > 20, "the kernels were not found"
+    for name, fn in jit.items():
+        ns = {}
+        exec(f"copied = '''\n{fn.src}\n'''", ns)  # as the generated module reads it
+        assert ns["copied"] == f"\n{fn.src}\n", f"{name}: its source changes in Inductor's copy (an escape in it?)"
+
+
 def test_score_dot_is_one_dot_for_bf16_scores():
     """fwd_sdot / bwd_sdot on the GPU (SPLIT=True, which the interpreter never runs): with bf16 scores the score
     operand is exact in bf16 and takes one tensor-core dot per slot block, with fp32 scores two (hi + lo); the
