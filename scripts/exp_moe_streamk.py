@@ -94,12 +94,7 @@ def _sk_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
         for step in range(start, end):
             u = step // S
             s = step - u * S
-            d = u // n_tiles
-            nt = u - d * n_tiles
-            e = tl.sum(tl.where(first & (rank == d), slot_e, 0), axis=0)
-            same = slot_e == e
-            cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
-            nmask = cols < N
+            e, same, cols, nmask = _sk_unit(slot_e, first, rank, u, n_tiles, N, BLOCK_N)
             ks = s * BLOCK_K + kk
             kmask = ks < K
             a = tl.load(x_rows + ks[None, :] * sxk, mask=same[:, None] & kmask[None, :], other=0.0)
@@ -115,16 +110,21 @@ def _sk_kernel(x_ptr, w_ptr, logits_ptr, part_ptr, cnt_ptr, out_ptr, M, N, K, E,
 
 
 @triton.jit
-def _sk_segment(x_rows, w_ptr, slot_e, first, rank, u, s0, s1, n_tiles, N, K, sxk, swg, swk, swn,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # unit u's K steps [s0, s1): unit u is (distinct expert u // n_tiles, column tile u % n_tiles); its rows are the
-    # slots that chose the expert. Returns the fp32 partial and the unit's rows, columns and column mask
+def _sk_unit(slot_e, first, rank, u, n_tiles, N, BLOCK_N: tl.constexpr):
+    # unit u is (distinct expert u // n_tiles, column tile u % n_tiles): the expert, its rows (the slots that chose
+    # it), the tile's columns and their mask
     d = u // n_tiles
     nt = u - d * n_tiles
     e = tl.sum(tl.where(first & (rank == d), slot_e, 0), axis=0)
-    same = slot_e == e
     cols = nt * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = cols < N
+    return e, slot_e == e, cols, cols < N
+
+
+@triton.jit
+def _sk_segment(x_rows, w_ptr, slot_e, first, rank, u, s0, s1, n_tiles, N, K, sxk, swg, swk, swn,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # unit u's K steps [s0, s1). Returns the fp32 partial and the unit's rows, columns and column mask
+    e, same, cols, nmask = _sk_unit(slot_e, first, rank, u, n_tiles, N, BLOCK_N)
     w_e = w_ptr + e.to(tl.int64) * swg + cols[None, :] * swn
     kk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
