@@ -1502,7 +1502,8 @@ def moe_gather_mm(x: Tensor, w: Tensor, ids: Tensor, x_div: int = 1) -> Tensor:
 # launches are chained so that each starts while the one before is still running and waits (griddepcontrol.wait)
 # only where it reads that one's output. A fourth launch rounds the output to x.dtype. The order:
 #   logits: prefetches its router row into L2, waits for the kernel before it (which wrote x), then lets fc launch
-#           (session 21: fc launched at logits' start was placed unevenly on the SMs, 0.6 us slower with the prefetch);
+#           (session 21: launched at logits' start, fc's programs were placed unevenly on the SMs; the layer took
+#           0.6 us longer than with this order and the prefetch);
 #   fc:     waits for the logits first (its routing reads them); lets proj launch after its K loop;
 #   proj:   routes (the logits are complete: fc let it launch only after its own wait) and sets up its pointers, lets
 #           the cast launch, then waits for fc (h, and the zeroed output) before its K loop;
@@ -1585,7 +1586,7 @@ if triton is not None:
         # (0 unless proj accumulates it by atomic adds), for the next two launches. PDL: the router row prefetched
         # into L2 (coherent: a kernel still running before this one cannot leave a stale line there), then wait for
         # the launch before this one (x), then let fc launch: launched earlier, fc's programs would be placed while
-        # the previous launches' still hold SMs, unevenly (session 21)
+        # the previous launches' programs still hold SMs, unevenly (session 21)
         t = tl.program_id(0)
         e = tl.program_id(1)
         if PDL:
