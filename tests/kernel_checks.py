@@ -3,11 +3,14 @@ kernel's output with its reference, and the subprocess that runs a test file's i
 
 TRITON_INTERPRET=1 must be set before triton is first imported in a process, and other test modules import
 kernels earlier in the same pytest run, so each file's Triton-on-CPU checks run in a subprocess: the file
-run as a script with --interp, which prints "interp: all ..." when every check passed."""
+run as a script with --interp, which prints "interp: all ..." when every check passed. conftest.py starts these
+subprocesses as soon as the tests are collected, so that they run beside the rest of the suite (the lookup's took
+about 5 of CI's 14.5 minutes when run in turn), and moves the tests that wait for their results to the end."""
 
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -26,13 +29,49 @@ def close(out, ref, dtype, what):
     assert err < tol, f"{what}: relative error {err:.2e} >= {tol}"
 
 
-def run_interpreter_checks(test_file: str, timeout: int = 420) -> None:
-    """Run `python test_file --interp` with the interpreter on; fail with its output unless it passed."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.abspath(test_file), "--interp"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert "interp: all" in proc.stdout
+_STARTED = {}  # test file (its real path) -> (its --interp subprocess, the file that holds its output)
+
+
+def start_interpreter_checks(test_file: str) -> None:
+    """Start `python test_file --interp` with the interpreter on, in the background (once per file). One thread
+    for torch in it: it shares the machine's cores with the rest of the suite."""
+    path = os.path.realpath(test_file)
+    if path in _STARTED:
+        return
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    out = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, path, "--interp"], env=env, cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+    _STARTED[path] = (proc, out)
+
+
+def stop_interpreter_checks() -> None:
+    """Kill the subprocesses no test waited for (a run stopped early, by -x or an interrupt)."""
+    for proc, out in _STARTED.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    _STARTED.clear()
+
+
+def run_interpreter_checks(test_file: str, timeout: int = 1200) -> None:
+    """The result of `python test_file --interp` (started now unless conftest.py started it at collection): fail
+    with its output unless it passed. timeout: seconds to wait for it from now."""
+    start_interpreter_checks(test_file)
+    proc, out = _STARTED.pop(os.path.realpath(test_file))
+    late = ""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        late = f", killed after waiting {timeout} s"
+    out.seek(0)
+    text = out.read()
+    out.close()
+    assert proc.returncode == 0, f"interpreter checks failed (exit {proc.returncode}{late}):\n{text[-6000:]}"
+    assert "interp: all" in text, f"interpreter checks did not finish:\n{text[-6000:]}"
 
 
 def compile_sm90(fn, types: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 3):
