@@ -311,8 +311,15 @@ class MoE(nn.Module):
                                    residual=residual.reshape(B * T, D).contiguous() if fuse else None)
             if fuse:
                 return y.view(B, T, D), {}
-            y = y.to(x.dtype).view(B, T, D)
-            return (y if residual is None else residual + y), {}
+            y, aux = y.to(x.dtype).view(B, T, D), {}
+        else:
+            y, aux = self._routed(x, xf, impl)
+        return (y if residual is None else residual + y), aux
+
+    def _routed(self, x: Tensor, xf: Tensor, impl: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """The unfused paths (impl "loop", "gather", "grouped" or "triton"): the routing in PyTorch, the experts, and
+        in training the auxiliary losses and dropout. x (B, T, D), xf its (N, D) view -> ((B, T, D) in x.dtype, aux)."""
+        B, T, D = x.shape
         with torch.autocast(x.device.type, enabled=False):  # routing in fp32
             logits = F.linear(xf.float(), self.router.weight.float())  # (N, E)
         probs, weights, experts = moe_route(logits, self.top_k, self.renorm)  # (N, E), (N, k), (N, k)
@@ -324,7 +331,7 @@ class MoE(nn.Module):
             y = moe_experts_grouped(xf, self.w_fc, self.w_proj, weights, experts, triton=impl == "triton")
         y = y.to(x.dtype).view(B, T, D)
         if not self.training and not torch.is_grad_enabled():  # inference (decoding): no objective to add to
-            return (y if residual is None else residual + y), {}
+            return y, {}
         # Switch/GShard balance: E * sum_e f_e P_e, f_e = share of the N*k token-slots routed to e (no
         # gradient), P_e = mean router probability of e. Uniform routing gives 1 (balanced), skewed more.
         counts = torch.zeros(self.n_experts, device=x.device).scatter_add_(
@@ -333,8 +340,7 @@ class MoE(nn.Module):
         aux = {"moe_balance": self.aux_coef * self.n_experts * (f * probs.mean(dim=0)).sum()}
         if self.z_coef > 0:  # ST-MoE router z-loss: mean logsumexp(logits)^2
             aux["moe_z"] = self.z_coef * logits.logsumexp(dim=-1).square().mean()
-        y = self.dropout(y)
-        return (y if residual is None else residual + y), aux
+        return self.dropout(y), aux
 
     def auto_impl(self, n_tokens: int, cuda: bool) -> str:
         """moe_impl="auto"'s choice for n_tokens. Decoding (eval, no grad, few tokens): up to MOE_FUSED_MAX_TOKENS the
